@@ -1,0 +1,178 @@
+"""THE sampling loop: every experiment in the app runs through `sample`.
+
+Experiments differ only in what they feed it: the conditioning (a prompt's encoding, edited token
+embeddings, a mix of prompts), the start (pure noise at step 0, or an image's latents noised to step k),
+per-step hooks (loss guidance), and how often to decode a preview. The loop yields one `Frame` per step.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from core import schedule
+from core.latents import decode, to_pil
+from core.models import ModelBundle
+
+MAX_STEPS = 200
+MAX_GUIDANCE = 50.0
+MAX_SEED = 2**63 - 1
+MIN_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Plain values for one run; `check_settings` validates them against a model."""
+
+    steps: int = 30                # denoising steps
+    guidance_scale: float = 7.5    # classifier-free guidance; 1.0 turns it off
+    seed: int = 32                 # seeds the run's own generator (CPU, so a seed means the same noise everywhere)
+    height: int = 512              # pixels, a multiple of the VAE's downsampling factor
+    width: int = 512
+    preview_every: int = 1         # decode x_t and x0 every N steps (0: only at the end)
+    scheduler: str = "lms"         # a key of core.schedule.SCHEDULERS
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet's cross-attention reads: the prompt's encoding and the negative/empty one."""
+
+    cond: torch.Tensor             # (1, 77, hidden)
+    uncond: torch.Tensor           # (1, 77, hidden)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Begin from an image instead of pure noise: its latents are noised to step `step`."""
+
+    latents: torch.Tensor          # (1, 4, h, w), clean latents scaled by the VAE's scaling factor
+    step: int                      # 0-based index of the first step to run
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a hook sees in the middle of a step, after the noise prediction, before the scheduler."""
+
+    index: int                     # 0-based index into the schedule
+    timestep: torch.Tensor
+    sigma: float
+    latents: torch.Tensor          # x_t, (1, 4, h, w), in the scheduler's scale
+    noise_pred: torch.Tensor       # the guided noise prediction for x_t
+    predict_noise: Callable[[torch.Tensor], torch.Tensor]  # x_t -> guided noise prediction (differentiable)
+
+
+@dataclass(frozen=True)
+class HookResult:
+    latents: torch.Tensor          # replaces x_t before the scheduler step
+    loss: float | None = None      # shown with the frame
+
+
+Hook = Callable[[StepState], HookResult | None]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What one step hands to whoever listens."""
+
+    index: int                     # 0-based index into the schedule
+    steps: int                     # steps in the whole schedule
+    timestep: float
+    sigma: float
+    x_t: torch.Tensor              # the noisy latents the UNet saw, in its input scale, (1, 4, h, w)
+    x0: torch.Tensor               # the scheduler's predicted original sample, (1, 4, h, w)
+    latents: torch.Tensor          # latents after this step, (1, 4, h, w)
+    x_t_image: Image.Image | None  # decoded x_t on preview steps
+    x0_image: Image.Image | None   # decoded x0 on preview steps
+    image: Image.Image | None      # the decoded result, on the last step of the schedule
+    loss: float | None = None      # a hook's loss, on steps where one ran
+
+
+def check_settings(bundle: ModelBundle, s: Settings) -> None:
+    """Every check of a run's numbers, each message naming the bad value and what is allowed."""
+    if not isinstance(s.steps, int) or not 1 <= s.steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {s.steps!r}")
+    if not 0.0 <= s.guidance_scale <= MAX_GUIDANCE:  # also false for NaN
+        raise ValueError(f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {s.guidance_scale!r}")
+    if not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {s.seed!r}")
+    factor, max_side = bundle.vae_scale_factor, bundle.max_side
+    for name, side in (("height", s.height), ("width", s.width)):
+        if not isinstance(side, int) or not MIN_SIDE <= side <= max_side:
+            raise ValueError(f"{name} must be from {MIN_SIDE} to {max_side} pixels, got {side!r}")
+        if side % factor:
+            raise ValueError(f"{name} must be a multiple of {factor}, got {side}")
+    if not isinstance(s.preview_every, int) or not 0 <= s.preview_every <= s.steps:
+        raise ValueError(f"preview_every must be from 0 (only the end) to steps ({s.steps}), got {s.preview_every!r}")
+    if s.scheduler not in schedule.SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(schedule.SCHEDULERS)}, got {s.scheduler!r}")
+
+
+def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
+           hooks: Sequence[Hook] = (), should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
+    """Check the inputs now, then return the generator that denoises one step per `next()`.
+
+    `should_stop` is asked before every step; when it says yes the run ends there.
+    """
+    check_settings(bundle, settings)
+    if start is not None and not 0 <= start.step < settings.steps:
+        raise ValueError(f"start step must be from 0 to {settings.steps - 1}, got {start.step}")
+    return _denoise(bundle, cond, settings, start, tuple(hooks), should_stop)
+
+
+@torch.no_grad()
+def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None,
+             hooks: tuple[Hook, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
+    # 1. this run's own scheduler and random generator
+    first = start.step if start else 0
+    scheduler = schedule.make_scheduler(bundle.scheduler_config, s.scheduler, s.steps, bundle.device, first)
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    timesteps = scheduler.timesteps[first:]
+    sigmas = schedule.sigmas(scheduler)
+
+    # 2. starting latents: pure noise, or the image's latents noised to the first timestep
+    factor = bundle.vae_scale_factor
+    shape = (1, bundle.latent_channels, s.height // factor, s.width // factor)
+    noise = randn_tensor(shape, generator=generator, device=bundle.device, dtype=bundle.dtype)
+    if start is None:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(start.latents.to(bundle.device, bundle.dtype), noise, timesteps[:1])
+
+    # 3. classifier-free guidance runs the UNet on [uncond, cond] as one batch
+    guided = s.guidance_scale != 1.0
+    context = torch.cat([cond.uncond, cond.cond]) if guided else cond.cond  # (2, 77, hidden) or (1, 77, hidden)
+
+    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+        noise_pred = bundle.unet(model_input, t, encoder_hidden_states=context).sample
+        if not guided:
+            return noise_pred
+        uncond, text = noise_pred.chunk(2)
+        return uncond + s.guidance_scale * (text - uncond)
+
+    # 4. denoise, one frame per step
+    for taken, t in enumerate(timesteps):
+        if should_stop():
+            return
+        index = first + taken
+        noise_pred = predict_noise(latents, t)
+        loss = None
+        for hook in hooks:
+            state = StepState(index, t, sigmas[index], latents, noise_pred, lambda x, t=t: predict_noise(x, t))
+            result = hook(state)
+            if result is not None:
+                latents, loss = result.latents, result.loss
+        x_t = scheduler.scale_model_input(latents, t)
+        next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
+        last = index == s.steps - 1
+        x_t_image = x0_image = image = None
+        if last or (s.preview_every and (taken + 1) % s.preview_every == 0):
+            decoded = decode(bundle, torch.cat([x_t, x0, next_latents] if last else [x_t, x0]))
+            x_t_image, x0_image, *final = to_pil(decoded)
+            image = final[0] if final else None
+        yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
+                    x_t_image, x0_image, image, loss)
+        latents = next_latents
