@@ -1,0 +1,81 @@
+"""SD Lens: watch Stable Diffusion denoise, step by step, in the browser.
+
+    python app.py                                   # SD v1.4 from the Hugging Face Hub
+    python app.py --model /path/to/diffusers/folder # a local model, offline
+    python app.py --share --auth teacher:secret     # a public link with a password
+
+Every flag can also come from an environment variable (SDLENS_MODEL, SDLENS_DEVICE, ...), which is how
+hosted demos are configured; a flag on the command line wins.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SDLENS_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="SD Lens: look inside Stable Diffusion while it works.")
+    p.add_argument("--model", default=env("MODEL", DEFAULT_MODEL),
+                   help="a Hugging Face id or a local folder in diffusers format (env SDLENS_MODEL)")
+    p.add_argument("--device", default=env("DEVICE", "auto"),
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (env SDLENS_DEVICE)")
+    p.add_argument("--dtype", default=env("DTYPE", "auto"),
+                   help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16 (env SDLENS_DTYPE)")
+    p.add_argument("--host", default=env("HOST", "127.0.0.1"),
+                   help="address to serve on; 0.0.0.0 for every interface (env SDLENS_HOST)")
+    p.add_argument("--port", type=int, default=int(env("PORT", "7860")), help="port (env SDLENS_PORT)")
+    p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
+                   help="also serve through a public gradio.live link (env SDLENS_SHARE=1)")
+    p.add_argument("--auth", default=env("AUTH"),
+                   help="user:password that protects the page and the API (env SDLENS_AUTH)")
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error(f"--auth must be user:password, got {args.auth!r}")
+    return args
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal to what the user needs: no per-load progress bars or library chatter."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_libraries()
+    from core.engine import Engine
+    from core.models import ModelLoadError, load_bundle
+    from ui import CSS, build_app
+
+    print(f"Loading {args.model} ...", flush=True)
+    try:
+        bundle = load_bundle(args.model, device=args.device, dtype=args.dtype)
+    except (ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Loaded {bundle.describe()}", flush=True)
+    demo = build_app(Engine(bundle))
+    demo.queue()
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                    auth=tuple(args.auth.split(":", 1)) if args.auth else None, css=CSS)
+    except OSError as err:
+        print(f"error: cannot serve on {args.host}:{args.port} ({err}); pick another with --port", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The Gradio app: one module per tab, each exposing `build(...)`; nothing here touches tensors."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from core.engine import Engine
+from ui import txt2img
+from ui.stops import StopFlags
+
+TITLE = "SD Lens: look inside Stable Diffusion"
+CSS = """
+.pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+"""
+
+
+def build_app(engine: Engine) -> gr.Blocks:
+    """The whole page for one loaded model."""
+    stops = StopFlags()
+    export_dir = Path(tempfile.mkdtemp(prefix="sdlens-"))  # the runs' GIF/MP4 files
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
+        with gr.Tab("Text to image", id="txt2img"):
+            txt2img.build(engine, stops, export_dir)
+    return demo

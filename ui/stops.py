@@ -1,0 +1,28 @@
+"""Stop buttons: one stop flag per browser session, so Stop ends only its own user's run."""
+from __future__ import annotations
+
+import threading
+
+
+class StopFlags:
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, session: str) -> threading.Event:
+        """A fresh flag for the run this session is starting."""
+        flag = threading.Event()
+        with self._lock:
+            self._flags[session] = flag
+        return flag
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is not None:
+            flag.set()
+
+    def end(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
