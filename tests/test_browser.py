@@ -1,0 +1,107 @@
+"""The page in a real headless Chromium, as a user sees it: streamed frames, Stop, the scrubber.
+
+Screenshots land in tests/screenshots/ to be looked at.
+"""
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = os.environ.get("SDLENS_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+RUN_TIMEOUT_MS = 120_000
+
+# Records every image the x0 panel shows, so frames that flash by are counted too.
+RECORD_X0 = """() => {
+  window.x0Sources = [];
+  const panel = document.querySelector('#txt2img-x0');
+  const note = () => panel.querySelectorAll('img').forEach(img => {
+    if (img.src && window.x0Sources.at(-1) !== img.src) window.x0Sources.push(img.src);
+  });
+  new MutationObserver(note).observe(panel, {subtree: true, childList: true, attributes: true,
+                                             attributeFilter: ['src']});
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
+        pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(app_url)
+        yield page
+        browser.close()
+
+
+def set_number(page, label, value):
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_streams_distinct_frames(page):
+    status = page.locator("#txt2img-status")
+    page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")
+    set_number(page, "Steps", 20)
+    page.evaluate(RECORD_X0)
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("step 20 / 20")
+    sources = page.evaluate("window.x0Sources")
+    assert len(set(sources)) >= 15  # 20 streamed; the page may coalesce a few that arrive together
+    expect(page.locator("#txt2img-result img")).to_have_count(1)
+    expect(page.get_by_text("Scrub through the run")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.mp4"))).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.gif"))).to_have_count(1)
+    page.screenshot(path=SHOTS / "txt2img.png", full_page=True)
+
+
+def test_scrubber_replays_the_run(page):
+    status = page.locator("#txt2img-status")
+    x0 = page.locator("#txt2img-x0 img")
+    last = x0.get_attribute("src")
+    set_number(page, "Scrub through the run", 2)
+    expect(status).to_contain_text("step 3 / 20")
+    expect(status).to_contain_text("scrubbing")
+    assert x0.get_attribute("src") != last
+    page.screenshot(path=SHOTS / "txt2img-scrub.png", full_page=True)
+
+
+def test_stop_ends_the_run_and_the_page_stays_usable(page):
+    status = page.locator("#txt2img-status")
+    set_number(page, "Steps", 200)
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
+    page.get_by_role("button", name="Stop").click()
+    expect(status).to_contain_text("stopped", timeout=RUN_TIMEOUT_MS)
+    stopped_at = int(re.search(r"step (\d+) / 200", status.inner_text()).group(1))
+    assert stopped_at < 200
+    page.screenshot(path=SHOTS / "txt2img-stopped.png", full_page=True)
+    set_number(page, "Steps", 3)
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text("step 3 / 3", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("done")
+
+
+def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
+    status = page.locator("#txt2img-status")
+    set_number(page, "Width", 68)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("width must be a multiple of 8, got 68")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.locator(".toast-body.error")).to_have_css("opacity", "1")  # faded in
+    expect(page.locator("#txt2img-x0")).not_to_contain_text("Error")  # the outputs are left alone
+    page.screenshot(path=SHOTS / "txt2img-error.png")
+    set_number(page, "Width", 64)
+    set_number(page, "Steps", 2)
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text("step 2 / 2", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("done")

@@ -1,0 +1,79 @@
+"""Loading model bundles, and the app's one-line startup errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from huggingface_hub import constants as hub_constants
+
+from core.models import ModelLoadError, load_bundle, resolve_device, resolve_dtype
+from tests.conftest import ROOT, free_port
+
+
+def test_tiny_bundle_shape(tiny_bundle):
+    assert tiny_bundle.vae_scale_factor == 8
+    assert tiny_bundle.latent_channels == 4
+    assert tiny_bundle.native_size == 64 and tiny_bundle.max_side == 128
+    assert tiny_bundle.max_length == 77
+    assert tiny_bundle.scheduler_config["beta_schedule"] == "scaled_linear"
+    assert not any(p.requires_grad for p in tiny_bundle.unet.parameters())
+    assert "2.7M parameters" in tiny_bundle.describe()
+
+
+def test_folder_missing_parts_is_named(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match="missing tokenizer, text_encoder, vae, scheduler"):
+        load_bundle(str(tmp_path))
+
+
+def test_missing_folder_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(ModelLoadError, match="No model folder at"):
+        load_bundle(str(tmp_path / "nope"))
+
+
+@pytest.fixture
+def closed_hub(monkeypatch):
+    """A Hub endpoint on a closed loopback port: unreachable at once, and no traffic leaves the machine."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    return endpoint
+
+
+def test_unreachable_hub_fails_fast_with_advice(closed_hub):
+    with pytest.raises(ModelLoadError) as err:
+        load_bundle("sdlens-tests/no-such-model")
+    assert f"The Hugging Face Hub ({closed_hub}) cannot be reached" in str(err.value)
+    assert "'sdlens-tests/no-such-model'" in str(err.value)
+    assert "--model /path/to/folder" in str(err.value)
+
+
+def test_device_and_dtype_choices():
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    with pytest.raises(ValueError, match="dtype must be auto, float32, float16, bfloat16, got 'int8'"):
+        resolve_dtype("int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda, cuda:N or mps, got 'gpu0'"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "sdlens-tests/no-such-model"], "error: Could not load model 'sdlens-tests/no-such-model'"),
+    (["--model", "./no/such/folder"], "error: No model folder at no/such/folder"),
+    (["--model", "x/y", "--dtype", "int8"], "error: dtype must be auto"),
+])
+def test_startup_errors_are_one_line(closed_hub, args, message):
+    proc = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message)
+    assert "Traceback" not in proc.stderr
+
+
+def test_auth_needs_a_colon():
+    proc = subprocess.run([sys.executable, "app.py", "--auth", "justaname"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--auth must be user:password, got 'justaname'" in proc.stderr

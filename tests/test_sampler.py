@@ -1,0 +1,183 @@
+"""The one sampling loop against diffusers' StableDiffusionPipeline, and its contract."""
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, LMSDiscreteScheduler
+
+from core import schedule, text
+from core.engine import RANDOM_SEED, Engine
+from core.latents import decode, to_pil
+from core.sampler import Conditioning, HookResult, Settings, Start, sample
+
+SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
+
+
+def conditioning(bundle, prompt="a red circle", negative=""):
+    return Conditioning(text.encode(bundle, text.tokenize(bundle, prompt)),
+                        text.encode(bundle, text.tokenize(bundle, negative)))
+
+
+def pipeline_latents(pipe, prompt, settings, negative_prompt=None):
+    return pipe(prompt, negative_prompt=negative_prompt, num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale, height=settings.height, width=settings.width,
+                generator=torch.Generator("cpu").manual_seed(settings.seed), output_type="latent").images
+
+
+@pytest.mark.parametrize("name", list(schedule.SCHEDULERS))
+def test_loop_equals_pipeline(tiny_bundle, tiny_pipeline, name):
+    settings = Settings(**{**SMALL.__dict__, "scheduler": name})
+    tiny_pipeline.scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, name, 1, tiny_bundle.device)
+    ref = pipeline_latents(tiny_pipeline, "a red circle", settings)
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
+    assert (frames[-1].latents - ref).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_loop_equals_pipeline_with_negative_prompt(tiny_bundle, tiny_pipeline, guidance_scale):
+    tiny_pipeline.scheduler = LMSDiscreteScheduler.from_config(tiny_bundle.scheduler_config)
+    settings = Settings(**{**SMALL.__dict__, "guidance_scale": guidance_scale})
+    ref = pipeline_latents(tiny_pipeline, "a red circle", settings, negative_prompt="blue")
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle, negative="blue"), settings))
+    assert (frames[-1].latents - ref).abs().max().item() <= 1e-6
+
+
+def test_ddim_does_not_clip_latents(tiny_bundle):
+    scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, "ddim", 10, tiny_bundle.device)
+    assert isinstance(scheduler, DDIMScheduler) and scheduler.config.clip_sample is False
+
+
+def test_one_frame_per_step_with_the_schedules_numbers(tiny_bundle):
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), SMALL))
+    scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, "lms", SMALL.steps, tiny_bundle.device)
+    assert [f.index for f in frames] == list(range(SMALL.steps))
+    assert [f.timestep for f in frames] == pytest.approx(scheduler.timesteps.tolist())
+    assert [f.sigma for f in frames] == pytest.approx(scheduler.sigmas[:-1].tolist())
+    assert all(f.steps == SMALL.steps for f in frames)
+    assert frames[0].timestep == 999.0 and frames[0].sigma == pytest.approx(14.6146, abs=1e-4)
+
+
+def test_previews_and_final_image(tiny_bundle):
+    settings = Settings(**{**SMALL.__dict__, "preview_every": 3})
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
+    assert [f.index for f in frames if f.x0_image is not None] == [2, 5, 7]  # every 3rd, and the last
+    assert [f.image is not None for f in frames] == [False] * 7 + [True]
+    last = frames[-1]
+    assert last.x0_image.size == (64, 64)
+    expected = to_pil(decode(tiny_bundle, last.latents))[0]
+    assert list(last.image.getdata()) == list(expected.getdata())
+    only_end = list(sample(tiny_bundle, conditioning(tiny_bundle), Settings(**{**SMALL.__dict__, "preview_every": 0})))
+    assert [f.index for f in only_end if f.x0_image is not None] == [7]
+
+
+@pytest.mark.parametrize("name", ["lms", "euler", "ddim", "dpm++"])
+def test_x0_is_the_prediction_from_x_t(tiny_bundle, name):
+    """x_t is the UNet's input, (latents) / sqrt(sigma^2 + 1); x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    settings = Settings(**{**SMALL.__dict__, "guidance_scale": 1.0, "scheduler": name})
+    cond = conditioning(tiny_bundle)
+    eps = []
+    hook = lambda state: eps.append(state.noise_pred)  # noqa: E731
+    frames = list(sample(tiny_bundle, cond, settings, hooks=[hook]))
+    for frame, noise in zip(frames, eps):
+        alpha_bar = 1 / (frame.sigma**2 + 1)
+        expected = (frame.x_t - math.sqrt(1 - alpha_bar) * noise) / math.sqrt(alpha_bar)
+        assert (frame.x0 - expected).abs().max() < 1e-3 * max(1.0, expected.abs().max().item())
+    assert frames[0].x_t.std() == pytest.approx(1.0, abs=0.2)  # pure noise, at the UNet's unit scale
+
+
+def test_seed_repeats_and_differs(tiny_bundle):
+    cond = conditioning(tiny_bundle)
+    a = list(sample(tiny_bundle, cond, SMALL))[-1].latents
+    b = list(sample(tiny_bundle, cond, SMALL))[-1].latents
+    c = list(sample(tiny_bundle, cond, Settings(**{**SMALL.__dict__, "seed": 4})))[-1].latents
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 0.1
+
+
+def test_stop_ends_within_one_step(tiny_bundle):
+    calls = []
+    unet_forward = tiny_bundle.unet.forward
+    stop = {"now": False}
+    frames = sample(tiny_bundle, conditioning(tiny_bundle), SMALL, should_stop=lambda: stop["now"])
+    tiny_bundle.unet.forward = lambda *a, **k: calls.append(1) or unet_forward(*a, **k)
+    try:
+        got = [next(frames), next(frames), next(frames)]
+        stop["now"] = True
+        assert list(frames) == []
+    finally:
+        del tiny_bundle.unet.forward
+    assert len(got) == 3 and len(calls) == 3  # no UNet call after the stop
+
+
+def test_start_step_runs_the_rest_of_the_schedule(tiny_bundle):
+    clean = torch.zeros(1, 4, 8, 8)
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), SMALL, start=Start(clean, 5)))
+    assert [f.index for f in frames] == [5, 6, 7]
+    assert frames[-1].image is not None
+
+
+def test_hooks_replace_latents_and_report_loss(tiny_bundle):
+    seen = []
+
+    def nudge(state):
+        seen.append((state.index, state.sigma))
+        if state.index == 2:
+            return HookResult(latents=state.latents + 1.0, loss=0.5)
+        return None
+
+    cond = conditioning(tiny_bundle)
+    plain = list(sample(tiny_bundle, cond, SMALL))
+    hooked = list(sample(tiny_bundle, cond, SMALL, hooks=[nudge]))
+    assert [i for i, _ in seen] == list(range(SMALL.steps))
+    assert [f.loss for f in hooked] == [None, None, 0.5] + [None] * 5
+    assert torch.equal(plain[1].latents, hooked[1].latents)
+    assert (plain[2].latents - hooked[2].latents).abs().max() > 0.1
+
+
+def test_hook_predict_noise_reproduces_the_step_prediction(tiny_bundle):
+    diffs = []
+
+    def check(state):
+        diffs.append((state.predict_noise(state.latents) - state.noise_pred).abs().max().item())
+
+    list(sample(tiny_bundle, conditioning(tiny_bundle), SMALL, hooks=[check]))
+    assert max(diffs) == 0.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 0}, "steps must be a whole number from 1 to 200, got 0"),
+    ({"steps": 500}, "got 500"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be from 0 to 50, got -1.0"),
+    ({"guidance_scale": float("nan")}, "got nan"),
+    ({"seed": -7}, "seed must be a whole number from 0"),
+    ({"height": 100}, "height must be a multiple of 8, got 100"),
+    ({"width": 4096}, "width must be from 64 to 128 pixels, got 4096"),
+    ({"width": 32}, "got 32"),
+    ({"preview_every": -1}, "preview_every must be from 0"),
+    ({"scheduler": "heun"}, "scheduler must be one of lms, euler, ddim, dpm++, got 'heun'"),
+])
+def test_validation_names_the_value(tiny_bundle, change, message):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+").replace("(", r"\(")):
+        sample(tiny_bundle, conditioning(tiny_bundle), Settings(**{**SMALL.__dict__, **change}))
+
+
+def test_start_step_out_of_range(tiny_bundle):
+    with pytest.raises(ValueError, match="start step must be from 0 to 7, got 8"):
+        sample(tiny_bundle, conditioning(tiny_bundle), SMALL, start=Start(torch.zeros(1, 4, 8, 8), 8))
+
+
+def test_engine_txt2img_random_seed_and_truncation_note(tiny_bundle):
+    engine = Engine(tiny_bundle)
+    run = engine.txt2img("a red circle " * 40, "", Settings(**{**SMALL.__dict__, "seed": RANDOM_SEED}))
+    assert 0 <= run.settings.seed and run.settings.seed != RANDOM_SEED
+    assert len(run.notes) == 1 and "longer than CLIP's 77 tokens" in run.notes[0]
+    assert len(list(run.frames)) == SMALL.steps
+    with pytest.raises(ValueError, match="prompt must be at most 4000 characters, got 5000"):
+        engine.txt2img("x" * 5000, "", SMALL)
+
+
+def test_engine_txt2img_equals_pipeline(tiny_bundle, tiny_pipeline):
+    tiny_pipeline.scheduler = LMSDiscreteScheduler.from_config(tiny_bundle.scheduler_config)
+    run = Engine(tiny_bundle).txt2img("a blue star", "green", SMALL)
+    ref = pipeline_latents(tiny_pipeline, "a blue star", SMALL, negative_prompt="green")
+    assert (list(run.frames)[-1].latents - ref).abs().max().item() <= 1e-6
