@@ -17,6 +17,17 @@ from ui.stops import StopFlags
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
 
 
+def number(value, name: str) -> float:
+    """A widget's number; an emptied box arrives as None."""
+    if value is None:
+        raise ValueError(f"{name} is empty: enter a number")
+    return float(value)
+
+
+def whole(value, name: str) -> int:
+    return int(number(value, name))
+
+
 def frame_caption(frame: Frame) -> str:
     return f"step {frame.index + 1} / {frame.steps} · timestep {frame.timestep:.1f} · sigma {frame.sigma:.4f}"
 
@@ -62,9 +73,9 @@ def build(engine: Engine, stops: StopFlags, export_dir: Path) -> None:
     history = gr.State([])  # this session's last run: [(caption, x_t image, x0 image)]
 
     def settings_of(steps, guidance_scale, seed, width, height, preview_every, scheduler):
-        return replace(defaults, steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
-                       width=int(width), height=int(height), preview_every=int(preview_every),
-                       scheduler=scheduler)
+        return replace(defaults, steps=whole(steps, "steps"), guidance_scale=number(guidance_scale, "guidance_scale"),
+                       seed=whole(seed, "seed"), width=whole(width, "width"), height=whole(height, "height"),
+                       preview_every=whole(preview_every, "preview_every"), scheduler=scheduler)
 
     def check(prompt, negative_prompt, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
