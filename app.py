@@ -10,7 +10,10 @@ hosted demos are configured; a flag on the command line wins.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import socket
 import sys
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -35,10 +38,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also serve through a public gradio.live link (env SDLENS_SHARE=1)")
     p.add_argument("--auth", default=env("AUTH"),
                    help="user:password that protects the page and the API (env SDLENS_AUTH)")
+    p.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "1")),
+                   help="generations that run at once; the rest wait in the queue (env SDLENS_CONCURRENCY)")
+    p.add_argument("--queue-size", type=int, default=int(env("QUEUE_SIZE", "20")),
+                   help="requests that may wait; more are turned away with a message (env SDLENS_QUEUE_SIZE)")
+    p.add_argument("--max-upload", default=env("MAX_UPLOAD", "20mb"),
+                   help="largest file a user may upload, e.g. 20mb (env SDLENS_MAX_UPLOAD)")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error(f"--auth must be user:password, got {args.auth!r}")
+    if args.concurrency < 1:
+        p.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.queue_size < 1:
+        p.error(f"--queue-size must be at least 1, got {args.queue_size}")
     return args
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def launch(demo, args: argparse.Namespace) -> None:
+    """Serve, then say in one line each where: the local URL, and the public link or why there is none."""
+    from ui import CSS
+
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    chatter = io.StringIO()  # gradio's own multi-line messages; what matters is printed below
+    with contextlib.redirect_stdout(chatter):
+        _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                                      max_file_size=args.max_upload, css=CSS, quiet=True,
+                                      prevent_thread_lock=True)
+    print(f"* Running on local URL:  {local_url}", flush=True)
+    if args.share and demo.share_url:
+        print(f"* Running on public URL: {demo.share_url}", flush=True)
+    elif args.share:
+        print("* No public link: the share server cannot be reached (offline?); serving locally only.", flush=True)
+    demo.block_thread()
 
 
 def quiet_libraries() -> None:
@@ -54,10 +95,13 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if port_taken(args.host, args.port):
+        print(f"error: port {args.port} on {args.host} is taken; pick another with --port", file=sys.stderr)
+        return 2
     quiet_libraries()
     from core.engine import Engine
     from core.models import ModelLoadError, load_bundle
-    from ui import CSS, build_app
+    from ui import build_app
 
     print(f"Loading {args.model} ...", flush=True)
     try:
@@ -66,11 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"Loaded {bundle.describe()}", flush=True)
-    demo = build_app(Engine(bundle))
-    demo.queue()
+    demo = build_app(Engine(bundle), concurrency=args.concurrency)
+    demo.queue(max_size=args.queue_size)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                    auth=tuple(args.auth.split(":", 1)) if args.auth else None, css=CSS)
+        launch(demo, args)
     except OSError as err:
         print(f"error: cannot serve on {args.host}:{args.port} ({err}); pick another with --port", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+import torch
+
 from core import text
 from core.models import ModelBundle
 from core.sampler import MAX_SEED, Conditioning, Frame, Settings, check_settings, sample
@@ -22,6 +24,33 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights: 
         ["A colorful dancer, nat geo photo", "blue", 7.5],
     ],
 }
+
+
+class RunFailed(RuntimeError):
+    """A run broke off mid-way; the message says why and what to try."""
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def guarded(frames: Iterator[Frame], settings: Settings, device: torch.device) -> Iterator[Frame]:
+    """The frames of a run, ended with a message that says what to change when the numbers blow up
+    (NaN or infinite latents) or the device runs out of memory (after freeing its cache)."""
+    try:
+        for frame in frames:
+            if not torch.isfinite(frame.latents).all():
+                raise RunFailed(
+                    f"The latents became NaN or infinite at step {frame.index + 1}: lower the guidance scale "
+                    f"(now {settings.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
+            yield frame
+    except torch.OutOfMemoryError as err:
+        free_memory(device)
+        raise RunFailed(f"Out of memory on {device.type} at {settings.width}x{settings.height}: "
+                        "try a smaller width and height") from err
 
 
 @dataclass(frozen=True)
@@ -70,4 +99,4 @@ class Engine:
         # 3. encode and sample
         cond = Conditioning(cond=text.encode(self.bundle, tokens), uncond=text.encode(self.bundle, negative))
         frames = sample(self.bundle, cond, settings, should_stop=should_stop)
-        return Run(settings, notes, frames)
+        return Run(settings, notes, guarded(frames, settings, self.bundle.device))

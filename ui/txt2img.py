@@ -11,28 +11,17 @@ from core import export
 from core.engine import RANDOM_SEED, Engine
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, Frame
 from core.schedule import SCHEDULERS
-from ui.errors import user_errors
+from ui.common import GENERATE, number, user_errors, whole
 from ui.stops import StopFlags
 
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
-
-
-def number(value, name: str) -> float:
-    """A widget's number; an emptied box arrives as None."""
-    if value is None:
-        raise ValueError(f"{name} is empty: enter a number")
-    return float(value)
-
-
-def whole(value, name: str) -> int:
-    return int(number(value, name))
 
 
 def frame_caption(frame: Frame) -> str:
     return f"step {frame.index + 1} / {frame.steps} · timestep {frame.timestep:.1f} · sigma {frame.sigma:.4f}"
 
 
-def build(engine: Engine, stops: StopFlags, export_dir: Path) -> None:
+def build(engine: Engine, stops: StopFlags, export_dir: Path, concurrency: int) -> None:
     defaults = engine.default_settings()
     factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
     with gr.Row():
@@ -138,7 +127,7 @@ def build(engine: Engine, stops: StopFlags, export_dir: Path) -> None:
     inputs = [prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, scheduler]
     outputs = [x_t_view, x0_view, status, result, scrub, mp4, gif, history]
     generate.click(check, inputs, None, api_visibility="private").success(
-        txt2img, inputs, outputs, api_name="txt2img")
+        txt2img, inputs, outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
     stop.click(stop_run, None, None, api_name="stop", queue=False)
     dice.click(lambda: RANDOM_SEED, None, seed, api_visibility="private", queue=False)
     scrub.input(show_frame, [scrub, history], [x_t_view, x0_view, status], api_visibility="private",

@@ -1,0 +1,38 @@
+"""What every tab shares: turning engine errors into messages on the page, and reading number widgets."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import gradio as gr
+
+from core.engine import RunFailed
+
+GENERATE = "generate"  # the concurrency group of every event that runs the UNet: one queue for the device
+log = logging.getLogger("sdlens")
+
+
+@contextmanager
+def user_errors():
+    """Bad input and failed runs become a message for this user; the app goes on serving everyone."""
+    try:
+        yield
+    except (ValueError, RunFailed) as err:
+        raise gr.Error(str(err)) from err
+    except gr.Error:
+        raise
+    except Exception as err:
+        log.exception("a run failed")
+        raise gr.Error(f"This run failed ({type(err).__name__}: {err}). The app is still running: "
+                       "try again, or change the settings.") from err
+
+
+def number(value, name: str) -> float:
+    """A widget's number; an emptied box arrives as None."""
+    if value is None:
+        raise ValueError(f"{name} is empty: enter a number")
+    return float(value)
+
+
+def whole(value, name: str) -> int:
+    return int(number(value, name))
