@@ -105,3 +105,22 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     page.get_by_role("button", name="Generate").click()
     expect(status).to_contain_text("step 2 / 2", timeout=RUN_TIMEOUT_MS)
     expect(status).to_contain_text("done")
+
+
+def test_a_second_user_sees_their_queue_position_then_gets_served(page, app_url):
+    """Two browser sessions, one worker: the second waits in the queue, visibly, until the first stops."""
+    first_status = page.locator("#txt2img-status")
+    set_number(page, "Steps", 200)
+    page.get_by_role("button", name="Generate").click()
+    expect(first_status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
+    second = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    second.goto(app_url)
+    set_number(second, "Steps", 3)
+    second.get_by_role("button", name="Generate").click()
+    expect(second.locator("#txt2img-x0")).to_contain_text(re.compile(r"queue: 1/1"), timeout=RUN_TIMEOUT_MS)
+    second.screenshot(path=SHOTS / "txt2img-queued.png")
+    page.get_by_role("button", name="Stop").click()
+    expect(first_status).to_contain_text("stopped", timeout=RUN_TIMEOUT_MS)
+    expect(second.locator("#txt2img-status")).to_contain_text("step 3 / 3", timeout=RUN_TIMEOUT_MS)
+    expect(second.locator("#txt2img-status")).to_contain_text("done")
+    second.close()
