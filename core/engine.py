@@ -13,7 +13,7 @@ import torch
 
 from core import text
 from core.models import ModelBundle
-from core.sampler import MAX_SEED, Conditioning, Frame, Settings, check_settings, sample
+from core.sampler import MAX_SEED, Conditioning, Frame, RunFailed, Settings, check_settings, sample
 
 RANDOM_SEED = -1  # asks the engine to pick a seed; the run reports the one it used
 
@@ -26,10 +26,6 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights: 
 }
 
 
-class RunFailed(RuntimeError):
-    """A run broke off mid-way; the message says why and what to try."""
-
-
 def free_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -38,15 +34,9 @@ def free_memory(device: torch.device) -> None:
 
 
 def guarded(frames: Iterator[Frame], settings: Settings, device: torch.device) -> Iterator[Frame]:
-    """The frames of a run, ended with a message that says what to change when the numbers blow up
-    (NaN or infinite latents) or the device runs out of memory (after freeing its cache)."""
+    """The frames of a run; running out of memory frees the cache and says what to change."""
     try:
-        for frame in frames:
-            if not torch.isfinite(frame.latents).all():
-                raise RunFailed(
-                    f"The latents became NaN or infinite at step {frame.index + 1}: lower the guidance scale "
-                    f"(now {settings.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
-            yield frame
+        yield from frames
     except torch.OutOfMemoryError as err:
         free_memory(device)
         raise RunFailed(f"Out of memory on {device.type} at {settings.width}x{settings.height}: "

@@ -23,6 +23,10 @@ MAX_SEED = 2**63 - 1
 MIN_SIDE = 64
 
 
+class RunFailed(RuntimeError):
+    """A run broke off mid-way; the message says why and what to try."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Plain values for one run; `check_settings` validates them against a model."""
@@ -167,6 +171,10 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
                 latents, loss = result.latents, result.loss
         x_t = scheduler.scale_model_input(latents, t)
         next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
+        if not torch.isfinite(next_latents).all():
+            raise RunFailed(
+                f"The latents became NaN or infinite at step {index + 1}: lower the guidance scale "
+                f"(now {s.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
         last = index == s.steps - 1
         x_t_image = x0_image = image = None
         if last or (s.preview_every and (taken + 1) % s.preview_every == 0):

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, LMSDiscreteScheduler
 from core import schedule, text
 from core.engine import RANDOM_SEED, Engine
 from core.latents import decode, to_pil
-from core.sampler import Conditioning, HookResult, Settings, Start, sample
+from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, sample
 
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
 
@@ -181,3 +181,12 @@ def test_engine_txt2img_equals_pipeline(tiny_bundle, tiny_pipeline):
     run = Engine(tiny_bundle).txt2img("a blue star", "green", SMALL)
     ref = pipeline_latents(tiny_pipeline, "a blue star", SMALL, negative_prompt="green")
     assert (list(run.frames)[-1].latents - ref).abs().max().item() <= 1e-6
+
+
+def test_non_finite_latents_end_the_run_with_advice(tiny_bundle):
+    poison = lambda state: HookResult(state.latents * float("nan")) if state.index == 2 else None  # noqa: E731
+    frames = sample(tiny_bundle, conditioning(tiny_bundle), SMALL, hooks=[poison])
+    got = [next(frames), next(frames)]
+    with pytest.raises(RunFailed, match=r"NaN or infinite at step 3: lower the guidance scale \(now 7.5\)"):
+        next(frames)
+    assert [f.index for f in got] == [0, 1]

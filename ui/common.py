@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from core.engine import RunFailed
+from core.sampler import RunFailed
 
 GENERATE = "generate"  # the concurrency group of every event that runs the UNet: one queue for the device
 log = logging.getLogger("sdlens")
