@@ -149,27 +149,30 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
     guided = s.guidance_scale != 1.0
     context = torch.cat([cond.uncond, cond.cond]) if guided else cond.cond  # (2, 77, hidden) or (1, 77, hidden)
 
-    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        model_input = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-        noise_pred = bundle.unet(model_input, t, encoder_hidden_states=context).sample
+    def noise_of_input(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided noise prediction for an input already in the UNet's scale."""
+        noise_pred = bundle.unet(torch.cat([x_t, x_t]) if guided else x_t, t, encoder_hidden_states=context).sample
         if not guided:
             return noise_pred
         uncond, text = noise_pred.chunk(2)
         return uncond + s.guidance_scale * (text - uncond)
+
+    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise_of_input(scheduler.scale_model_input(x, t), t)
 
     # 4. denoise, one frame per step
     for taken, t in enumerate(timesteps):
         if should_stop():
             return
         index = first + taken
-        noise_pred = predict_noise(latents, t)
+        x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees
+        noise_pred = noise_of_input(x_t, t)
         loss = None
         for hook in hooks:
             state = StepState(index, t, sigmas[index], latents, noise_pred, lambda x, t=t: predict_noise(x, t))
             result = hook(state)
             if result is not None:
                 latents, loss = result.latents, result.loss
-        x_t = scheduler.scale_model_input(latents, t)
         next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
         if not torch.isfinite(next_latents).all():
             raise RunFailed(

@@ -190,3 +190,16 @@ def test_non_finite_latents_end_the_run_with_advice(tiny_bundle):
     with pytest.raises(RunFailed, match=r"NaN or infinite at step 3: lower the guidance scale \(now 7.5\)"):
         next(frames)
     assert [f.index for f in got] == [0, 1]
+
+
+def test_x_t_is_what_the_unet_saw_even_when_a_hook_moves_the_latents(tiny_bundle):
+    seen = []
+    unet_forward = tiny_bundle.unet.forward
+    tiny_bundle.unet.forward = lambda sample, *a, **k: seen.append(sample[:1].clone()) or unet_forward(sample, *a, **k)
+    shift = lambda state: HookResult(state.latents + 1.0)  # noqa: E731
+    try:
+        frames = list(sample(tiny_bundle, conditioning(tiny_bundle), SMALL, hooks=[shift]))
+    finally:
+        del tiny_bundle.unet.forward
+    assert len(seen) == SMALL.steps
+    assert all(torch.equal(frame.x_t, input_) for frame, input_ in zip(frames, seen))
