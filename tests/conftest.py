@@ -92,8 +92,14 @@ def start_app(*args: str, env: dict | None = None, timeout: float = 120) -> tupl
 
 
 @pytest.fixture(scope="session")
-def app_url(tiny_sd_dir):
-    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()))
+def app_tmp(tmp_path_factory) -> Path:
+    """The temporary folder of the app behind `app_url`."""
+    return tmp_path_factory.mktemp("app-tmp")
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_sd_dir, app_tmp):
+    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), env={"TMPDIR": str(app_tmp)})
     yield url
     proc.terminate()
     proc.wait(timeout=30)

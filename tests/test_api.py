@@ -6,7 +6,7 @@ from PIL import Image
 from core.engine import Engine
 from core.sampler import Settings
 
-STATUS, X_T, X0, RESULT, MP4, GIF = 2, 0, 1, 3, 5, 6
+STATUS, X_T, X0, RESULT = 2, 0, 1, 3
 
 
 def txt2img(client, prompt="a red circle", negative_prompt="", steps=12, guidance_scale=7.5, seed=7,
@@ -20,17 +20,24 @@ def image_paths(outputs, index):
     return [out[index] for out in outputs if isinstance(out[index], str)]
 
 
-def test_txt2img_streams_every_preview_frame(app_url):
-    outputs = list(txt2img(Client(app_url, verbose=False), steps=12))
+def test_txt2img_streams_every_preview_frame(app_url, app_tmp):
+    client = Client(app_url, verbose=False)
+    outputs = list(txt2img(client, steps=12))
     x0s, x_ts = image_paths(outputs, X0), image_paths(outputs, X_T)
     assert len(x0s) == len(set(x0s)) == 12 and len(x_ts) == 12
     statuses = [out[STATUS] for out in outputs if isinstance(out[STATUS], str)]
     assert [s.split(" · ")[0] for s in statuses[:12]] == [f"step {i} / 12" for i in range(1, 13)]
     assert "**done**" in statuses[-1] and "seed 7" in statuses[-1]
-    final = outputs[-1]
-    assert final[MP4].endswith(".mp4") and final[GIF].endswith(".gif")
-    assert Image.open(final[GIF]).n_frames == 12
     assert Image.open(image_paths(outputs, RESULT)[-1]).size == (64, 64)
+    mp4, gif = client.predict(api_name="/export_video")
+    assert mp4.endswith("sdlens-x0-seed7.mp4") and gif.endswith("sdlens-x0-seed7.gif")
+    assert Image.open(gif).n_frames == 12
+    assert list(app_tmp.glob("sdlens-*")) == []  # the app keeps no copy outside gradio's expiring cache
+
+
+def test_video_before_any_run_says_what_to_do(app_url):
+    with pytest.raises(Exception, match="There is no run to make a video of yet: press Generate first"):
+        Client(app_url, verbose=False).predict(api_name="/export_video")
 
 
 def test_preview_every_n(app_url):

@@ -60,6 +60,7 @@ def test_generate_streams_distinct_frames(page):
     assert len(set(sources)) >= 15  # 20 streamed; the page may coalesce a few that arrive together
     expect(page.locator("#txt2img-result img")).to_have_count(1)
     expect(page.get_by_text("Scrub through the run")).to_be_visible()
+    page.get_by_role("button", name="Make the x0 video").click()
     expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.mp4"))).to_have_count(1)
     expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.gif"))).to_have_count(1)
     page.screenshot(path=SHOTS / "txt2img.png", full_page=True)

@@ -1,9 +1,6 @@
 """The Gradio app: one module per tab, each exposing `build(...)`; nothing here touches tensors."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import gradio as gr
 
 from core.engine import Engine
@@ -19,9 +16,8 @@ CSS = """
 def build_app(engine: Engine, concurrency: int = 1) -> gr.Blocks:
     """The whole page for one loaded model; `concurrency` generations run at once, across all tabs."""
     stops = StopFlags()
-    export_dir = Path(tempfile.mkdtemp(prefix="sdlens-"))  # the runs' GIF/MP4 files
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
         with gr.Tab("Text to image", id="txt2img"):
-            txt2img.build(engine, stops, export_dir, concurrency)
+            txt2img.build(engine, stops, concurrency)
     return demo

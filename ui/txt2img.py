@@ -1,7 +1,7 @@
 """The "Text to image" tab: prompt in, every step's x_t and predicted x0 streamed out."""
 from __future__ import annotations
 
-import uuid
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def frame_caption(frame: Frame) -> str:
     return f"step {frame.index + 1} / {frame.steps} · timestep {frame.timestep:.1f} · sigma {frame.sigma:.4f}"
 
 
-def build(engine: Engine, stops: StopFlags, export_dir: Path, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     defaults = engine.default_settings()
     factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
     with gr.Row():
@@ -56,10 +56,11 @@ def build(engine: Engine, stops: StopFlags, export_dir: Path, concurrency: int) 
             scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False)
             result = gr.Image(label="Result", format="png", height=PANEL, elem_classes="pixels",
                               elem_id="txt2img-result")
+            make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm")
             with gr.Row():
                 mp4 = gr.File(label="x0 video (MP4)")
                 gif = gr.File(label="x0 video (GIF)")
-    history = gr.State([])  # this session's last run: [(caption, x_t image, x0 image)]
+    history = gr.State(None)  # this session's last run: (seed, [(caption, x_t image, x0 image), ...])
 
     def settings_of(steps, guidance_scale, seed, width, height, preview_every, scheduler):
         return replace(defaults, steps=whole(steps, "steps"), guidance_scale=number(guidance_scale, "guidance_scale"),
@@ -95,39 +96,41 @@ def build(engine: Engine, stops: StopFlags, export_dir: Path, concurrency: int) 
                         image = update[result] = frame.image
                     yield update
             ended = "done" if image is not None else "stopped"
-            yield {status: f"{caption} · **{ended}** · {about}", **finish(frames, run.settings.seed)}
+            scrubber = gr.update(maximum=max(len(frames) - 1, 1), value=len(frames) - 1, visible=len(frames) > 1)
+            yield {status: f"{caption} · **{ended}** · {about}", scrub: scrubber,
+                   history: (run.settings.seed, frames) if frames else None}
         finally:
             stops.end(request.session_hash, flag)
 
-    def finish(frames, seed):
-        """The scrubber, the downloads and the session's history for a finished run."""
-        if not frames:
-            return {history: []}
-        folder = export_dir / uuid.uuid4().hex
-        folder.mkdir()
-        stem = folder / f"sdlens-x0-seed{seed}"
+    def export_video(last_run):
+        """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video"."""
+        if not last_run:
+            raise gr.Error("There is no run to make a video of yet: press Generate first")
+        seed, frames = last_run
         pairs = [export.pair(x_t, x0) for _, x_t, x0 in frames]
-        return {
-            scrub: gr.update(maximum=len(frames) - 1, value=len(frames) - 1, visible=len(frames) > 1),
-            mp4: str(export.write_mp4(pairs, stem.with_suffix(".mp4"))),
-            gif: str(export.write_gif(pairs, stem.with_suffix(".gif"))),
-            history: frames,
-        }
+        with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
+            stem = Path(folder) / f"sdlens-x0-seed{seed}"
+            # Gradio copies both files into its own cache before it resumes this generator, which
+            # then removes the folder: nothing of a run stays behind outside that expiring cache.
+            yield (str(export.write_mp4(pairs, stem.with_suffix(".mp4"))),
+                   str(export.write_gif(pairs, stem.with_suffix(".gif"))))
 
     def stop_run(request: gr.Request):
         """Stop this session's run before its next step."""
         stops.stop(request.session_hash)
 
-    def show_frame(position, frames):
-        if not frames:
+    def show_frame(position, last_run):
+        if not last_run:
             return gr.skip(), gr.skip(), gr.skip()
+        frames = last_run[1]
         caption, x_t, x0 = frames[min(int(position), len(frames) - 1)]
         return x_t, x0, f"{caption} · scrubbing the last run"
 
     inputs = [prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, scheduler]
-    outputs = [x_t_view, x0_view, status, result, scrub, mp4, gif, history]
+    outputs = [x_t_view, x0_view, status, result, scrub, mp4, gif, history]  # mp4/gif: cleared by a new run
     generate.click(check, inputs, None, api_visibility="private").success(
         txt2img, inputs, outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
+    make_video.click(export_video, history, [mp4, gif], api_name="export_video")
     stop.click(stop_run, None, None, api_name="stop", queue=False)
     dice.click(lambda: RANDOM_SEED, None, seed, api_visibility="private", queue=False)
     scrub.input(show_frame, [scrub, history], [x_t_view, x0_view, status], api_visibility="private",
