@@ -24,6 +24,8 @@ def env(name: str, default: str | None = None) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Defaults from the environment stay strings: argparse converts them like typed flags, so a bad
+    # SDLENS_PORT gets the same one-line usage error as a bad --port.
     p = argparse.ArgumentParser(description="SD Lens: look inside Stable Diffusion while it works.")
     p.add_argument("--model", default=env("MODEL", DEFAULT_MODEL),
                    help="a Hugging Face id or a local folder in diffusers format (env SDLENS_MODEL)")
@@ -33,14 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16 (env SDLENS_DTYPE)")
     p.add_argument("--host", default=env("HOST", "127.0.0.1"),
                    help="address to serve on; 0.0.0.0 for every interface (env SDLENS_HOST)")
-    p.add_argument("--port", type=int, default=int(env("PORT", "7860")), help="port (env SDLENS_PORT)")
+    p.add_argument("--port", type=int, default=env("PORT", "7860"), help="port (env SDLENS_PORT)")
     p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
                    help="also serve through a public gradio.live link (env SDLENS_SHARE=1)")
     p.add_argument("--auth", default=env("AUTH"),
                    help="user:password that protects the page and the API (env SDLENS_AUTH)")
-    p.add_argument("--concurrency", type=int, default=int(env("CONCURRENCY", "1")),
+    p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "1"),
                    help="generations that run at once; the rest wait in the queue (env SDLENS_CONCURRENCY)")
-    p.add_argument("--queue-size", type=int, default=int(env("QUEUE_SIZE", "20")),
+    p.add_argument("--queue-size", type=int, default=env("QUEUE_SIZE", "20"),
                    help="requests that may wait; more are turned away with a message (env SDLENS_QUEUE_SIZE)")
     p.add_argument("--max-upload", default=env("MAX_UPLOAD", "20mb"),
                    help="largest file a user may upload, e.g. 20mb (env SDLENS_MAX_UPLOAD)")

@@ -1,4 +1,5 @@
 """Loading model bundles, and the app's one-line startup errors."""
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,11 @@ def test_auth_needs_a_colon():
     proc = subprocess.run([sys.executable, "app.py", "--auth", "justaname"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "--auth must be user:password, got 'justaname'" in proc.stderr
+
+
+def test_a_bad_number_in_the_environment_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SDLENS_PORT": "abc"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == "app.py: error: argument --port: invalid int value: 'abc'"
+    assert "Traceback" not in proc.stderr
