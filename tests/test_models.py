@@ -1,13 +1,15 @@
 """Loading model bundles, and the app's one-line startup errors."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-
 from huggingface_hub import constants as hub_constants
 
+from core.engine import Engine
 from core.models import ModelLoadError, load_bundle, resolve_device, resolve_dtype
 from tests.conftest import ROOT, free_port
 
@@ -86,3 +88,19 @@ def test_a_bad_number_in_the_environment_is_a_usage_error():
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == "app.py: error: argument --port: invalid int value: 'abc'"
     assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
+    folder = tmp_path / "with-defaults"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "lens_defaults.json").write_text(json.dumps({
+        "settings": {"guidance_scale": 3.0, "steps": 20},
+        "examples": {"txt2img": [["a red circle", "", 3.0]]},
+    }))
+    engine = Engine(load_bundle(str(folder), device="cpu"))
+    settings = engine.default_settings()
+    assert (settings.guidance_scale, settings.steps, settings.width, settings.height) == (3.0, 20, 64, 64)
+    assert engine.examples("txt2img") == [["a red circle", "", 3.0]]
+    plain = Engine(load_bundle(str(tiny_sd_dir), device="cpu"))
+    assert plain.default_settings().guidance_scale == 7.5
+    assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
