@@ -1,0 +1,143 @@
+"""Measure how well a model follows toy-world prompts: colour, shape and background adherence.
+
+    python -m core.toyworld.evaluate --model core/toyworld/model            # the notebook's settings
+    python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
+
+Each image is read back without any learned model: the background is the median of the border, the
+shape's colour the median of the pixels that differ from it, both matched to the nearest named colour;
+the shape is told by two geometric features of its mask (solidity, and how much of its enclosing circle it
+fills), voted on by its nearest neighbours among procedurally drawn references.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+from scipy.spatial import ConvexHull, QhullError
+
+from core.toyworld.data import COLORS, SHAPES, SIZES, Scene, draw, sample_scene
+
+PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (11, 3)
+NAMES = list(COLORS)
+FOREGROUND = 40.0  # RGB distance from the background that marks a pixel as the shape's (palette gaps >= 83)
+NEIGHBOURS = 5
+
+
+def nearest_color(rgb: np.ndarray) -> str:
+    return NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(-1)))]
+
+
+def shape_features(mask: np.ndarray) -> np.ndarray | None:
+    """(solidity, circle fill) of a binary mask, or None when there is no shape to measure."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 8:
+        return None
+    points = np.stack([xs, ys], axis=1).astype(np.float64)
+    try:
+        hull = ConvexHull(points)
+    except QhullError:
+        return None
+    area = float(len(xs))
+    radius = np.sqrt(((points - points.mean(0)) ** 2).sum(1)).max() + 0.5
+    return np.array([area / max(hull.volume, 1.0), area / (np.pi * radius**2)])
+
+
+@dataclass(frozen=True)
+class Reading:
+    color: str
+    shape: str | None
+    background: str
+
+
+class Reader:
+    """Reads (colour, shape, background) back from a 64x64 toy-world image."""
+
+    def __init__(self, references: int = 600, seed: int = 1234):
+        rng = random.Random(seed)
+        feats, labels = [], []
+        while len(feats) < references:
+            scene = sample_scene(rng)
+            features = shape_features(self._mask(np.asarray(draw(scene), dtype=np.float32), COLORS[scene.background]))
+            if features is not None:
+                feats.append(features)
+                labels.append(scene.shape)
+        self.features, self.labels = np.stack(feats), labels
+
+    @staticmethod
+    def _mask(pixels: np.ndarray, background) -> np.ndarray:
+        return np.sqrt(((pixels - np.asarray(background, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND
+
+    def read(self, image: Image.Image) -> Reading:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (64, 64, 3)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        background_rgb = np.median(border, axis=0)
+        mask = self._mask(pixels, background_rgb)
+        color = nearest_color(np.median(pixels[mask], axis=0)) if mask.any() else nearest_color(background_rgb)
+        features = shape_features(mask)
+        shape = None
+        if features is not None:
+            distance = ((self.features - features) ** 2).sum(1)
+            votes = [self.labels[i] for i in np.argsort(distance)[:NEIGHBOURS]]
+            shape = max(set(votes), key=votes.count)
+        return Reading(color, shape, nearest_color(background_rgb))
+
+
+def prompt_grid(seed: int = 0) -> list[Scene]:
+    """Every colour x shape once, each on a background picked in turn (never its own colour)."""
+    rng = random.Random(seed)
+    scenes = []
+    for i, color in enumerate(COLORS):
+        for j, shape in enumerate(SHAPES):
+            others = [b for b in COLORS if b != color]
+            scenes.append(Scene(shape, color, others[(i + j) % len(others)], rng.choice(list(SIZES)), 0.5, 0.5, 0))
+    return scenes
+
+
+def prompt_of(scene: Scene) -> str:
+    article = "an" if scene.color[0] in "aeiou" else "a"
+    return f"{article} {scene.color} {scene.shape} on a {scene.background} background"
+
+
+def evaluate(engine, settings, seeds: int = 2, reader: Reader | None = None) -> dict:
+    """Adherence of `engine`'s model over the colour x shape grid, `seeds` images each."""
+    reader = reader or Reader()
+    hits = {"color": 0, "shape": 0, "background": 0}
+    total, start = 0, time.time()
+    for scene in prompt_grid():
+        for seed in range(seeds):
+            run = engine.txt2img(prompt_of(scene), "", replace(settings, seed=seed, preview_every=0))
+            reading = reader.read(list(run.frames)[-1].image)
+            hits["color"] += reading.color == scene.color
+            hits["shape"] += reading.shape == scene.shape
+            hits["background"] += reading.background == scene.background
+            total += 1
+    seconds = time.time() - start
+    return {**{k: round(v / total, 3) for k, v in hits.items()}, "images": total,
+            "seconds_per_image": round(seconds / total, 3)}
+
+
+def main() -> None:
+    from core.engine import Engine
+    from core.models import load_bundle
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--scheduler", default="lms")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
+    settings = replace(engine.default_settings(), steps=args.steps, guidance_scale=args.guidance,
+                       scheduler=args.scheduler)
+    result = evaluate(engine, settings, args.seeds)
+    print(json.dumps({"steps": args.steps, "guidance_scale": args.guidance, "scheduler": args.scheduler, **result}))
+
+
+if __name__ == "__main__":
+    main()

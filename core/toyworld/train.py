@@ -1,0 +1,242 @@
+"""Train the toy world's Stable Diffusion from scratch on a CPU, and save it as a diffusers folder.
+
+    python -m core.toyworld.train                      # the shipped model: ~1 hour on 2 cores
+    python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
+
+Two stages, each given a time budget (the step count follows from the measured speed, so the
+learning-rate schedule always completes):
+1. an AutoencoderKL (8x down, 4 latent channels, as SD v1) trained on crops of the procedural images
+   with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
+2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
+   on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
+   with an exponential moving average of both.
+Everything is generated here; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from core.models import TOKENIZER_DIR
+from core.toyworld.data import SIZE, caption, make_dataset
+
+HERE = Path(__file__).resolve().parent
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                   steps_offset=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    images: int = 50_000              # procedural training images
+    held_out: int = 500               # images the VAE never trains on, for its PSNR
+    seed: int = 0
+    vae_channels: tuple = (32, 64, 64, 64)
+    vae_minutes: float = 15.0
+    vae_batch: int = 32
+    vae_crop: int = 32                # train on crops: the VAE is convolutional, and crops are 4x cheaper
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    text_hidden: int = 64             # CLIP text encoder width (SD v1: 768)
+    text_layers: int = 2
+    unet_channels: tuple = (64, 128)
+    unet_layers_per_block: int = 1
+    unet_minutes: float = 35.0
+    unet_batch: int = 128
+    unet_lr: float = 1e-3
+    uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
+    ema_decay: float = 0.999
+    warmup_steps: int = 100
+    max_steps: int | None = None      # a cap on each stage's steps (the tiny preset uses it)
+
+
+PRESETS = {
+    "full": TrainConfig(),
+    "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_minutes=0.2, vae_batch=8,
+                        text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_minutes=0.2, unet_batch=8,
+                        warmup_steps=2, max_steps=6),
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL images -> (N, 3, 64, 64) in [-1, 1]."""
+    array = np.stack([np.asarray(im) for im in images]).astype(np.float32) / 127.5 - 1  # (N, 64, 64, 3)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+class Budget:
+    """Turns a time budget into a step count after timing the first steps, and reports progress."""
+
+    def __init__(self, name: str, minutes: float, max_steps: int | None, probe: int = 10):
+        self.name, self.seconds, self.max_steps, self.probe = name, minutes * 60, max_steps, probe
+        self.start, self.total, self.last_report = time.time(), None, 0.0
+
+    def steps_so_far(self, step: int) -> int:
+        if self.total is None and (step == self.probe or (self.max_steps and step >= self.max_steps)):
+            per_step = (time.time() - self.start) / max(step, 1)
+            self.total = max(step, int(self.seconds / per_step))
+            if self.max_steps:
+                self.total = min(self.total, self.max_steps)
+            log(f"{self.name}: {per_step * 1000:.0f} ms a step, {self.total} steps in {self.seconds / 60:.1f} min")
+        return self.total or self.probe
+
+    def report(self, step: int, loss: float) -> None:
+        now, total = time.time(), self.steps_so_far(step)
+        if self.total is not None and (now - self.last_report > 30 or step == total):
+            self.last_report = now
+            elapsed = now - self.start
+            eta = elapsed / step * (total - step)
+            log(f"{self.name}: step {step}/{self.total} loss {loss:.4f} · {elapsed / 60:.1f} min, {eta / 60:.1f} min left")
+
+
+def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) -> tuple[AutoencoderKL, float]:
+    """The trained VAE and its mean PSNR (dB) on held-out images."""
+    n = len(cfg.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
+                        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    budget = Budget("vae", cfg.vae_minutes, cfg.max_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    while step < budget.steps_so_far(step):
+        idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen)
+        top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen).tolist()
+        x = images[idx, :, top:top + cfg.vae_crop, left:left + cfg.vae_crop]  # (B, 3, crop, crop)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg.vae_lr, step, budget.steps_so_far(step), cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        budget.report(step, loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(x).latent_dist.mode()).sample for x in held_out.split(64)])
+        mse = ((recon.clamp(-1, 1) - held_out) / 2).pow(2).mean(dim=(1, 2, 3))  # in [0, 1] units
+        psnr = (10 * torch.log10(1 / mse)).mean().item()
+        latents = torch.cat([vae.encode(x).latent_dist.sample() for x in images[:2000].split(64)])
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    log(f"vae: held-out PSNR {psnr:.2f} dB, latent std {latents.std():.3f}, scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae, psnr
+
+
+def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list,
+               tokenizer: CLIPTokenizer) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 8, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * len(cfg.unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(cfg.unet_channels),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=min(32, cfg.unet_channels[0]))
+    with torch.no_grad():  # the VAE is frozen: encode every image once; sample the posterior per step
+        dists = [vae.encode(x).latent_dist for x in images.split(256)]
+        means = torch.cat([d.mean for d in dists])          # (N, 4, 8, 8)
+        stds = torch.cat([d.std for d in dists])
+    scale = vae.config.scaling_factor
+    noise_schedule = DDPMScheduler(**SD_SCHEDULE)
+    alphas = noise_schedule.alphas_cumprod
+    models = torch.nn.ModuleList([unet, text_encoder])
+    ema = copy.deepcopy(models).requires_grad_(False)
+    opt = torch.optim.AdamW(models.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    budget = Budget("unet", cfg.unet_minutes, cfg.max_steps)
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    while step < budget.steps_so_far(step):
+        idx = torch.randint(len(means), (cfg.unet_batch,), generator=gen)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, 4, 8, 8)
+        texts = ["" if rng.random() < cfg.uncond_fraction else caption(scenes[i], rng) for i in idx.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids                      # (B, 77)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (cfg.unet_batch,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg.unet_lr, step, budget.steps_so_far(step), cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), models.parameters()):
+                e.lerp_(p, 1 - decay)
+        step += 1
+        budget.report(step, loss.item())
+    return ema[0].eval(), ema[1].eval()
+
+
+def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: float, psnr: float) -> None:
+    pipe = StableDiffusionPipeline(
+        vae=vae.half(), text_encoder=text_encoder.half(), tokenizer=tokenizer, unet=unet.half(),
+        scheduler=LMSDiscreteScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    (out / "training.json").write_text(json.dumps(
+        {"recipe": recipe, "minutes": round(minutes, 1), "vae_psnr_db": round(psnr, 2)}, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig, out: Path) -> dict:
+    """Generate the data, train both stages, save the diffusers folder `out`; return what was measured."""
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed)
+    images = to_tensor([im for im, _, _ in data])
+    scenes = [scene for _, _, scene in data]
+    log(f"data: {len(data)} images in {time.time() - start:.0f} s")
+    train_images, held_out = images[: cfg.images], images[cfg.images:]
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    vae, psnr = train_vae(cfg, train_images, held_out)
+    unet, text_encoder = train_unet(cfg, vae, train_images, scenes[: cfg.images], tokenizer)
+    minutes = (time.time() - start) / 60
+    save(out, vae, text_encoder, unet, tokenizer, cfg, minutes, psnr)
+    log(f"saved to {out} after {minutes:.1f} min")
+    return {"minutes": minutes, "vae_psnr_db": psnr}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument("--out", type=Path, default=HERE / "model")
+    parser.add_argument("--vae-minutes", type=float)
+    parser.add_argument("--unet-minutes", type=float)
+    args = parser.parse_args()
+    budgets = {"vae_minutes": args.vae_minutes, "unet_minutes": args.unet_minutes}
+    train(replace(PRESETS[args.preset], **{k: v for k, v in budgets.items() if v is not None}), args.out)
+
+
+if __name__ == "__main__":
+    main()
