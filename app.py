@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # SDLENS_PORT gets the same one-line usage error as a bad --port.
     p = argparse.ArgumentParser(description="SD Lens: look inside Stable Diffusion while it works.")
     p.add_argument("--model", default=env("MODEL", DEFAULT_MODEL),
-                   help="a Hugging Face id or a local folder in diffusers format (env SDLENS_MODEL)")
+                   help="auto (SD v1.4 on a CUDA GPU, else the toy world), toy, a Hugging Face id, or a local "
+                        "folder in diffusers format (env SDLENS_MODEL)")
     p.add_argument("--device", default=env("DEVICE", "auto"),
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (env SDLENS_DEVICE)")
     p.add_argument("--dtype", default=env("DTYPE", "auto"),
@@ -102,17 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_libraries()
     from core.engine import Engine
-    from core.models import ModelLoadError, load_bundle
+    from core.models import ModelLoadError, load_model
     from ui import build_app
 
     print(f"Loading {args.model} ...", flush=True)
     try:
-        bundle = load_bundle(args.model, device=args.device, dtype=args.dtype)
+        bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if notice:
+        print(f"Notice: {notice}", flush=True)
     print(f"Loaded {bundle.describe()}", flush=True)
-    demo = build_app(Engine(bundle), concurrency=args.concurrency)
+    demo = build_app(Engine(bundle), concurrency=args.concurrency, notice=notice)
     demo.queue(max_size=args.queue_size)
     try:
         launch(demo, args)

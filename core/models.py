@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +20,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 HUB_PROBE_SECONDS = 5.0
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"  # OpenAI CLIP's vocabulary
+TOY_DIR = Path(__file__).resolve().parent / "toyworld" / "model"     # the small SD trained in this repository
+SD_V1 = "CompVis/stable-diffusion-v1-4"
+TOY = "toy"
 
 
 class ModelLoadError(RuntimeError):
@@ -177,3 +180,32 @@ def load_bundle(source: str, device: str = "auto", dtype: str = "auto") -> Model
         dtype=dt,
         defaults=_read_defaults(local) if is_local else {},
     )
+
+
+def auto_choice(device: torch.device) -> list[str]:
+    """What `--model auto` tries, in order: real SD v1.4 where there is a GPU for it, else the toy world."""
+    return [SD_V1, TOY] if device.type == "cuda" else [TOY]
+
+
+def load_toy(device: str = "auto", dtype: str = "auto", folder: Path = TOY_DIR) -> ModelBundle:
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"The toy world model is not in {folder}: train it with `python -m core.toyworld.train`")
+    return replace(load_bundle(str(folder), device, dtype), name="toy world (a small SD trained on shapes)")
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto",
+               toy_folder: Path = TOY_DIR) -> tuple[ModelBundle, str | None]:
+    """`toy`, `auto`, a Hub id or a folder -> (bundle, a notice when `auto` had to fall back)."""
+    def load(source: str) -> ModelBundle:
+        return load_toy(device, dtype, toy_folder) if source == TOY else load_bundle(source, device, dtype)
+
+    if name != "auto":
+        return load(name), None
+    preferred, *fallback = auto_choice(resolve_device(device))
+    try:
+        return load(preferred), None
+    except ModelLoadError as err:
+        if not fallback:
+            raise
+        bundle = load(fallback[0])
+        return bundle, f"{preferred} could not be loaded, so this is the {bundle.name}. ({err})"

@@ -9,9 +9,12 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
+from core import models
 from core.engine import Engine
-from core.models import ModelLoadError, load_bundle, resolve_device, resolve_dtype
+from core.models import (SD_V1, TOY, ModelLoadError, auto_choice, load_bundle, load_model, resolve_device,
+                         resolve_dtype)
 from tests.conftest import ROOT, free_port
+from ui import build_app
 
 
 def test_tiny_bundle_shape(tiny_bundle):
@@ -104,3 +107,30 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     plain = Engine(load_bundle(str(tiny_sd_dir), device="cpu"))
     assert plain.default_settings().guidance_scale == 7.5
     assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
+
+
+def test_auto_prefers_real_sd_on_a_gpu_and_the_toy_elsewhere():
+    assert auto_choice(torch.device("cuda")) == [SD_V1, TOY]
+    assert auto_choice(torch.device("cpu")) == [TOY] == auto_choice(torch.device("mps"))
+
+
+def test_toy_and_auto_on_a_cpu_load_the_toy_folder(tiny_sd_dir):
+    for name in ("toy", "auto"):
+        bundle, notice = load_model(name, device="cpu", toy_folder=tiny_sd_dir)
+        assert bundle.name.startswith("toy world") and notice is None
+
+
+def test_a_missing_toy_model_says_how_to_train_it(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"train it with `python -m core.toyworld.train`"):
+        load_model("toy", device="cpu", toy_folder=tmp_path)
+
+
+def test_auto_falls_back_to_the_toy_with_a_notice_on_the_page(closed_hub, tiny_sd_dir, monkeypatch):
+    monkeypatch.setattr(models, "auto_choice", lambda device: ["sdlens-tests/no-such-model", TOY])
+    bundle, notice = load_model("auto", device="cpu", toy_folder=tiny_sd_dir)
+    assert bundle.name.startswith("toy world")
+    assert notice.startswith("sdlens-tests/no-such-model could not be loaded, so this is the toy world")
+    assert "cannot be reached" in notice
+    page = build_app(Engine(bundle), notice=notice).get_config_file()
+    texts = [c["props"].get("value") for c in page["components"] if c["props"].get("elem_id") == "model-notice"]
+    assert len(texts) == 1 and "could not be loaded, so this is the toy world" in texts[0]

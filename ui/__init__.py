@@ -13,11 +13,14 @@ CSS = """
 """
 
 
-def build_app(engine: Engine, concurrency: int = 1) -> gr.Blocks:
-    """The whole page for one loaded model; `concurrency` generations run at once, across all tabs."""
+def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -> gr.Blocks:
+    """The whole page for one loaded model; `concurrency` generations run at once, across all tabs.
+    `notice` says why the model is not the one first asked for."""
     stops = StopFlags()
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
+        if notice:
+            gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
         with gr.Tab("Text to image", id="txt2img"):
             txt2img.build(engine, stops, concurrency)
     return demo
