@@ -125,3 +125,15 @@ def test_a_second_user_sees_their_queue_position_then_gets_served(page, app_url)
     expect(second.locator("#txt2img-status")).to_contain_text("step 3 / 3", timeout=RUN_TIMEOUT_MS)
     expect(second.locator("#txt2img-status")).to_contain_text("done")
     second.close()
+
+
+def test_upscaling_is_the_users_choice(page):
+    set_number(page, "Steps", 2)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#txt2img-status")).to_contain_text("step 2 / 2", timeout=RUN_TIMEOUT_MS)
+    x0 = page.locator("#txt2img-x0 img")
+    expect(x0).to_have_css("image-rendering", "pixelated")
+    page.locator("#upscale").get_by_text("smooth").click()
+    expect(x0).to_have_css("image-rendering", "auto")
+    page.locator("#upscale").get_by_text("nearest").click()
+    expect(x0).to_have_css("image-rendering", "pixelated")

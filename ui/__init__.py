@@ -10,7 +10,10 @@ from ui.stops import StopFlags
 TITLE = "SD Lens: look inside Stable Diffusion"
 CSS = """
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-"""
+body.smooth-upscale .pixels img { image-rendering: auto !important; }
+"""  # !important: gradio repeats every rule scoped under its container, which outranks a body-level class
+# Runs in the browser: the upscaling choice is a page style, no round trip to the server.
+UPSCALE_JS = "(choice) => { document.body.classList.toggle('smooth-upscale', choice === 'smooth'); return []; }"
 
 
 def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -> gr.Blocks:
@@ -21,6 +24,9 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
+        upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
+                           elem_id="upscale")
+        upscale.change(None, upscale, None, js=UPSCALE_JS)
         with gr.Tab("Text to image", id="txt2img"):
             txt2img.build(engine, stops, concurrency)
     return demo
