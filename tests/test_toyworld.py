@@ -68,7 +68,9 @@ def test_training_recipe_runs_and_the_engine_loads_its_model(tmp_path):
     assert len(bundle.tokenizer) == 49408 and bundle.tokenizer("puppy").input_ids[1] == 6829
     assert bundle.scheduler_config["beta_schedule"] == "scaled_linear"
     assert bundle.vae.config.scaling_factor != 0.18215  # set from the trained latents' spread
-    run = Engine(bundle).txt2img("a red circle", "", Settings(steps=3, height=64, width=64, preview_every=0))
+    engine = Engine(bundle)
+    assert engine.examples("txt2img")[0][0] == "a red circle on a white background"
+    run = engine.txt2img("a red circle", "", Settings(steps=3, height=64, width=64, preview_every=0))
     assert list(run.frames)[-1].image.size == (64, 64)
 
 

@@ -37,6 +37,19 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                    steps_offset=1)
 
 
+# What the app starts from with this model (core.models reads lens_defaults.json beside model_index.json).
+LENS_DEFAULTS = {
+    "examples": {
+        "txt2img": [
+            ["a red circle on a white background", "", 7.5],
+            ["a picture of a small blue star on yellow", "", 7.5],
+            ["a large green heart on a black background", "", 7.5],
+            ["a purple cross, orange background", "purple", 7.5],
+        ],
+    },
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     images: int = 50_000              # procedural training images
@@ -204,9 +217,14 @@ def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minute
         scheduler=LMSDiscreteScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
+    write_lens_defaults(out)
     recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     (out / "training.json").write_text(json.dumps(
         {"recipe": recipe, "minutes": round(minutes, 1), "vae_psnr_db": round(psnr, 2)}, indent=2) + "\n")
+
+
+def write_lens_defaults(out: Path) -> None:
+    (out / "lens_defaults.json").write_text(json.dumps(LENS_DEFAULTS, indent=2) + "\n")
 
 
 def train(cfg: TrainConfig, out: Path) -> dict:
