@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from core.toyworld.data import COLORS, SHAPES, SIZES, Scene, draw, sample_scene
@@ -70,7 +71,13 @@ class Reader:
 
     @staticmethod
     def _mask(pixels: np.ndarray, background) -> np.ndarray:
-        return np.sqrt(((pixels - np.asarray(background, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND
+        """The largest connected region that differs from the background (stray specks would skew the shape)."""
+        mask = np.sqrt(((pixels - np.asarray(background, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND
+        regions, count = ndimage.label(mask)
+        if count <= 1:
+            return mask
+        sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
+        return regions == 1 + int(np.argmax(sizes))
 
     def read(self, image: Image.Image) -> Reading:
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (64, 64, 3)
