@@ -1,0 +1,50 @@
+"""The shipped toy world model: what a prompt asks for is what the page shows."""
+from dataclasses import replace
+
+import pytest
+
+from core.engine import Engine
+from core.models import load_toy
+from core.toyworld.evaluate import Reader
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return Engine(load_toy(device="cpu", dtype="float32"))
+
+
+def test_the_toy_model_is_sd_shaped_and_starts_at_its_own_settings(toy):
+    bundle = toy.bundle
+    assert bundle.vae_scale_factor == 8 and bundle.latent_channels == 4 and bundle.native_size == 64
+    assert bundle.tokenizer("a picture of a puppy").input_ids[5] == 6829
+    settings = toy.default_settings()
+    assert (settings.guidance_scale, settings.scheduler, settings.width) == (3.0, "lms", 64)
+    assert toy.examples("txt2img")[0][0] == "a red circle on a white background"
+
+
+@pytest.mark.parametrize("prompt, color, shape, background", [
+    ("a red circle on a white background", "red", "circle", "white"),
+    ("a blue star on a yellow background", "blue", "star", "yellow"),
+    ("a purple square on a pink background", "purple", "square", "pink"),
+    ("an orange triangle on a gray background", "orange", "triangle", "gray"),
+])
+def test_a_prompt_gives_its_colour_shape_and_background(toy, prompt, color, shape, background):
+    reader = Reader()
+    for seed in (0, 1):
+        run = toy.txt2img(prompt, "", replace(toy.default_settings(), seed=seed, preview_every=0))
+        reading = reader.read(list(run.frames)[-1].image)
+        assert (reading.color, reading.shape, reading.background) == (color, shape, background), seed
+
+
+def test_classifier_free_guidance_is_what_makes_the_prompt_count(toy):
+    """At guidance 0 the model ignores the prompt (unconditional); at its default it follows it."""
+    reader = Reader()
+    settings = replace(toy.default_settings(), seed=0, preview_every=0)
+    reads = {
+        scale: [reader.read(list(toy.txt2img(f"a {c} heart on a black background", "",
+                                              replace(settings, guidance_scale=scale)).frames)[-1].image).color
+                for c in ("red", "green", "yellow")]
+        for scale in (0.0, 3.0)
+    }
+    assert reads[3.0] == ["red", "green", "yellow"]
+    assert len(set(reads[0.0])) == 1  # the same unconditional image whatever the prompt
