@@ -1,6 +1,6 @@
 """SD Lens: watch Stable Diffusion denoise, step by step, in the browser.
 
-    python app.py                                   # SD v1.4 from the Hugging Face Hub
+    python app.py                                   # SD v1.4 on a CUDA GPU, else the toy world model
     python app.py --model /path/to/diffusers/folder # a local model, offline
     python app.py --share --auth teacher:secret     # a public link with a password
 
@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+DEFAULT_MODEL = "auto"  # SD v1.4 on a CUDA GPU (the toy if the Hub fails), else the toy world
 
 
 def env(name: str, default: str | None = None) -> str | None:
