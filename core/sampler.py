@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -114,6 +115,23 @@ def check_settings(bundle: ModelBundle, s: Settings) -> None:
         raise ValueError(f"scheduler must be one of {', '.join(schedule.SCHEDULERS)}, got {s.scheduler!r}")
 
 
+def initial_noise(bundle: ModelBundle, s: Settings) -> torch.Tensor:
+    """The seed's noise, (1, 4, h, w): drawn on the CPU, so a seed gives the same noise on every device."""
+    factor = bundle.vae_scale_factor
+    shape = (1, bundle.latent_channels, s.height // factor, s.width // factor)
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    return randn_tensor(shape, generator=generator, device=bundle.device, dtype=bundle.dtype)
+
+
+def start_latents(bundle: ModelBundle, s: Settings, scheduler: SchedulerMixin, start: Start | None) -> torch.Tensor:
+    """What a run denoises first: the seed's noise scaled to the first sigma, or, starting from an image,
+    its latents noised to the start step with the scheduler's add_noise."""
+    noise = initial_noise(bundle, s)
+    if start is None:
+        return noise * scheduler.init_noise_sigma
+    return schedule.add_noise(scheduler, start.latents.to(bundle.device, bundle.dtype), noise, start.step)
+
+
 def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
            hooks: Sequence[Hook] = (), should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
     """Check the inputs now, then return the generator that denoises one step per `next()`.
@@ -129,21 +147,14 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
 @torch.no_grad()
 def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None,
              hooks: tuple[Hook, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
-    # 1. this run's own scheduler and random generator
+    # 1. this run's own scheduler
     first = start.step if start else 0
     scheduler = schedule.make_scheduler(bundle.scheduler_config, s.scheduler, s.steps, bundle.device, first)
-    generator = torch.Generator("cpu").manual_seed(s.seed)
     timesteps = scheduler.timesteps[first:]
     sigmas = schedule.sigmas(scheduler)
 
     # 2. starting latents: pure noise, or the image's latents noised to the first timestep
-    factor = bundle.vae_scale_factor
-    shape = (1, bundle.latent_channels, s.height // factor, s.width // factor)
-    noise = randn_tensor(shape, generator=generator, device=bundle.device, dtype=bundle.dtype)
-    if start is None:
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        latents = scheduler.add_noise(start.latents.to(bundle.device, bundle.dtype), noise, timesteps[:1])
+    latents = start_latents(bundle, s, scheduler, start)
 
     # 3. classifier-free guidance runs the UNet on [uncond, cond] as one batch
     guided = s.guidance_scale != 1.0

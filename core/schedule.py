@@ -6,6 +6,8 @@ sampling loop must know about: how many steps of history LMS may use.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -18,6 +20,7 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 }
 # Latents are not images in [-1, 1]: DDIM must not clip its x0 prediction (SD v1's own DDIM config).
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}
+VARIANCE_EXPLODING = (LMSDiscreteScheduler, EulerDiscreteScheduler)  # x_t = x0 + sigma * noise
 LMS_MAX_ORDER = 4  # LMSDiscreteScheduler's default order
 
 
@@ -53,6 +56,37 @@ def step(scheduler: SchedulerMixin, noise_pred: torch.Tensor, t: torch.Tensor, l
     else:
         out = scheduler.step(noise_pred, t, latents)
     return out.prev_sample, out.pred_original_sample
+
+
+def add_noise(scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+    """Clean latents noised to the `index`-th timestep of the schedule; the scheduler is left set to begin
+    its run there (the counting schedulers look the noise level up from where they begin)."""
+    if not _indexed_by_timestep(scheduler):
+        scheduler.set_begin_index(index)
+    return scheduler.add_noise(latents, noise, scheduler.timesteps[index : index + 1])
+
+
+def model_input_scale(scheduler: SchedulerMixin, sigma: float) -> float:
+    """The factor `scale_model_input` applies at noise level sigma: 1/sqrt(sigma^2 + 1) for the samplers whose
+    latents grow with sigma (LMS, Euler), 1 for those that keep them at unit variance (DDIM, DPM-Solver++)."""
+    return 1 / (sigma**2 + 1) ** 0.5 if isinstance(scheduler, VARIANCE_EXPLODING) else 1.0
+
+
+@dataclass(frozen=True)
+class Table:
+    """A schedule as numbers: what the schedule tab shows."""
+
+    timesteps: list[float]
+    sigmas: list[float]
+    input_scales: list[float]      # scale_model_input's factor at each step
+    init_noise_sigma: float        # the start noise is scaled by this, so x_T has the first step's noise level
+
+
+def table(config: dict, name: str, steps: int) -> Table:
+    scheduler = make_scheduler(config, name, steps, torch.device("cpu"))
+    levels = sigmas(scheduler)
+    return Table(scheduler.timesteps.tolist(), levels, [model_input_scale(scheduler, s) for s in levels],
+                 float(scheduler.init_noise_sigma))
 
 
 def sigmas(scheduler: SchedulerMixin) -> list[float]:
