@@ -19,7 +19,8 @@ import torch
 from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from core.models import TOKENIZER_DIR, ModelBundle, load_bundle
+from core.engine import Engine
+from core.models import TOKENIZER_DIR, ModelBundle, load_bundle, load_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -65,6 +66,12 @@ def tiny_bundle(tiny_sd_dir) -> ModelBundle:
 def tiny_pipeline(tiny_sd_dir) -> StableDiffusionPipeline:
     return StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
+
+
+@pytest.fixture(scope="session")
+def toy_engine() -> Engine:
+    """The trained toy world model shipped in core/toyworld/model."""
+    return Engine(load_toy(device="cpu", dtype="float32"))
 
 
 def free_port() -> int:

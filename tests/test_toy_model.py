@@ -3,14 +3,12 @@ from dataclasses import replace
 
 import pytest
 
-from core.engine import Engine
-from core.models import load_toy
 from core.toyworld.evaluate import Reader
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return Engine(load_toy(device="cpu", dtype="float32"))
+def toy(toy_engine):
+    return toy_engine
 
 
 def test_the_toy_model_is_sd_shaped_and_starts_at_its_own_settings(toy):

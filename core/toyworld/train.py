@@ -48,6 +48,11 @@ LENS_DEFAULTS = {
             ["a large green heart on a black background", "", 3.0],
             ["a purple cross, orange background", "purple", 3.0],
         ],
+        "img2img": [
+            ["a yellow star on a black background", 0.5],
+            ["a red heart on a pink background", 0.6],
+            ["a blue star on a yellow background", 0.7],
+        ],
     },
 }
 
