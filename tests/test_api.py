@@ -1,12 +1,15 @@
 """The running app (`python app.py` on the tiny model) driven through gradio_client, as scripts use it."""
+from pathlib import Path
+
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from core.engine import Engine
 from core.sampler import Settings
 
 STATUS, X_T, X0, RESULT = 2, 0, 1, 3
+EXAMPLE = Path(__file__).resolve().parents[1] / "ui" / "assets" / "examples" / "red-heart.png"
 
 
 def txt2img(client, prompt="a red circle", negative_prompt="", steps=12, guidance_scale=7.5, seed=7,
@@ -29,15 +32,15 @@ def test_txt2img_streams_every_preview_frame(app_url, app_tmp):
     assert [s.split(" · ")[0] for s in statuses[:12]] == [f"step {i} / 12" for i in range(1, 13)]
     assert "**done**" in statuses[-1] and "seed 7" in statuses[-1]
     assert Image.open(image_paths(outputs, RESULT)[-1]).size == (64, 64)
-    mp4, gif = client.predict(api_name="/export_video")
-    assert mp4.endswith("sdlens-x0-seed7.mp4") and gif.endswith("sdlens-x0-seed7.gif")
+    mp4, gif = client.predict(api_name="/txt2img_video")
+    assert mp4.endswith("sdlens-txt2img-x0-seed7.mp4") and gif.endswith("sdlens-txt2img-x0-seed7.gif")
     assert Image.open(gif).n_frames == 12
     assert list(app_tmp.glob("sdlens-*")) == []  # the app keeps no copy outside gradio's expiring cache
 
 
 def test_video_before_any_run_says_what_to_do(app_url):
     with pytest.raises(Exception, match="There is no run to make a video of yet: press Generate first"):
-        Client(app_url, verbose=False).predict(api_name="/export_video")
+        Client(app_url, verbose=False).predict(api_name="/txt2img_video")
 
 
 def test_preview_every_n(app_url):
@@ -82,3 +85,59 @@ def test_bad_input_gets_a_clear_error(app_url, change, message):
     with pytest.raises(Exception, match=message):
         txt2img(client, **change).result()
     assert len(image_paths(list(txt2img(client, steps=2)), X0)) == 2
+
+
+# --- image to image, the VAE, the noise schedule ---
+
+I2I_STATUS, I2I_X0, I2I_RESULT, I2I_ABOUT, I2I_START = 5, 4, 6, 2, 1
+
+
+def img2img(client, image=EXAMPLE, prompt="a red circle", strength=0.6, steps=10, seed=7, preview_every=1):
+    return client.submit(image=handle_file(str(image)), prompt=prompt, negative_prompt="", strength=strength,
+                         steps=steps, guidance_scale=7.5, seed=seed, preview_every=preview_every, scheduler="lms",
+                         api_name="/img2img")
+
+
+def test_img2img_shows_the_start_then_streams_the_remaining_steps(app_url):
+    outputs = list(img2img(Client(app_url, verbose=False), strength=0.6, steps=10))
+    assert "skip the first 4 steps" in outputs[0][I2I_ABOUT] and isinstance(outputs[0][I2I_START], str)
+    statuses = [out[I2I_STATUS] for out in outputs if isinstance(out[I2I_STATUS], str)]
+    assert [s.split(" · ")[0] for s in statuses[:6]] == [f"step {i} / 10" for i in range(5, 11)]
+    assert len(image_paths(outputs, I2I_X0)) == 6 and "**done**" in statuses[-1]
+
+
+def test_img2img_at_strength_zero_returns_the_round_trip(app_url, tiny_bundle):
+    outputs = list(img2img(Client(app_url, verbose=False), strength=0.0))
+    served = Image.open(image_paths(outputs, I2I_RESULT)[-1]).convert("RGB")
+    alone = Engine(tiny_bundle).vae_view(str(EXAMPLE)).reconstruction
+    assert list(served.getdata()) == list(alone.getdata())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"these are my notes", "bad.png is not an image that can be read"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "bad.png is not an image that can be read"),
+])
+def test_bad_images_get_a_clear_error_and_the_app_keeps_serving(app_url, tmp_path, content, message):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    client = Client(app_url, verbose=False)
+    for call in (lambda: img2img(client, image=bad).result(),
+                 lambda: client.predict(handle_file(str(bad)), "none", 0, api_name="/vae"),
+                 lambda: client.predict(handle_file(str(bad)), 10, "lms", 3, 1, api_name="/add_noise")):
+        with pytest.raises(Exception, match=message):
+            call()
+    assert len(image_paths(list(img2img(client, steps=4)), I2I_X0)) == 2
+
+
+def test_vae_schedule_and_add_noise_endpoints(app_url):
+    client = Client(app_url, verbose=False)
+    fitted, reconstruction, about, channels, difference, edited = client.predict(
+        handle_file(str(EXAMPLE)), "1", 0, api_name="/vae")
+    assert "64x64x3 -> 8x8x4: 48x fewer numbers" in about and "PSNR" in about
+    assert [c["caption"].split(":")[0] for c in channels] == ["ch 0", "ch 1", "ch 2", "ch 3"]
+    assert Image.open(edited).size == (64, 64)
+    table, plot, explain = client.predict(15, "lms", api_name="/schedule")
+    assert [round(row[2], 4) for row in table["data"][:3]] == [14.6146, 9.6826, 6.678]
+    assert "init_noise_sigma = 14.6146" in explain
+    noised, about, row = client.predict(handle_file(str(EXAMPLE)), 15, "lms", 7, 1, api_name="/add_noise")
+    assert about.startswith("step 7 · timestep") and len(row) == 6

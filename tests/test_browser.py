@@ -61,8 +61,8 @@ def test_generate_streams_distinct_frames(page):
     expect(page.locator("#txt2img-result img")).to_have_count(1)
     expect(page.get_by_text("Scrub through the run")).to_be_visible()
     page.get_by_role("button", name="Make the x0 video").click()
-    expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.mp4"))).to_have_count(1)
-    expect(page.get_by_text(re.compile(r"sdlens-x0-seed\d+.*\.gif"))).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.mp4"))).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.gif"))).to_have_count(1)
     page.screenshot(path=SHOTS / "txt2img.png", full_page=True)
 
 
@@ -137,3 +137,64 @@ def test_upscaling_is_the_users_choice(page):
     expect(x0).to_have_css("image-rendering", "auto")
     page.locator("#upscale").get_by_text("nearest").click()
     expect(x0).to_have_css("image-rendering", "pixelated")
+
+
+def open_tab(page, name, elem_id):
+    page.get_by_role("tab", name=name).click()
+    return page.locator(f"#{elem_id}")
+
+
+def test_img2img_states_the_strength_shows_the_start_and_streams(page):
+    tab = open_tab(page, "Image to image", "tab-img2img")
+    set_number(tab, "Strength", 0.5)
+    expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 30 steps: skip the first 15 steps")
+    set_number(tab, "Steps", 20)
+    expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 20 steps: skip the first 10 steps")
+    page.evaluate(RECORD_X0.replace("#txt2img-x0", "#img2img-x0"))
+    tab.get_by_role("button", name="Generate").click()
+    status = page.locator("#img2img-status")
+    expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("step 20 / 20")
+    assert len(set(page.evaluate("window.x0Sources"))) >= 8  # 10 steps run, a few may coalesce
+    for panel in ("#img2img-fitted", "#img2img-start", "#img2img-result"):
+        expect(page.locator(f"{panel} img")).to_have_count(1)
+    expect(page.locator("#img2img-about")).to_contain_text("Input: 64x64 RGB, used as it is")
+    page.screenshot(path=SHOTS / "img2img.png", full_page=True)
+
+
+def test_img2img_bad_upload_gets_a_clear_error(page, tmp_path):
+    tab = open_tab(page, "Image to image", "tab-img2img")
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    tab.locator("#img2img-input input[type=file]").set_input_files(bad)
+    tab.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("holiday.png is not an image that can be read")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.locator(".toast-body.error")).to_have_css("opacity", "1")  # faded in
+    page.screenshot(path=SHOTS / "img2img-error.png")
+
+
+def test_vae_tab_shows_channels_reconstruction_and_error(page):
+    tab = open_tab(page, "VAE", "tab-vae")
+    tab.get_by_label("Decode again with channel ...").click()
+    page.get_by_role("option", name="1").click()
+    tab.get_by_role("button", name="Encode and decode").click()
+    about = page.locator("#vae-about")
+    expect(about).to_contain_text("64x64x3 -> 8x8x4: 48x fewer numbers", timeout=RUN_TIMEOUT_MS)
+    expect(about).to_contain_text(re.compile(r"PSNR \d+\.\d\d dB"))
+    expect(page.locator("#vae-channels img")).to_have_count(4)
+    for panel in ("#vae-reconstruction", "#vae-difference", "#vae-edited"):
+        expect(page.locator(f"{panel} img")).to_have_count(1)
+    page.screenshot(path=SHOTS / "vae.png", full_page=True)
+
+
+def test_schedule_tab_table_plot_and_add_noise(page):
+    tab = open_tab(page, "Noise schedule", "tab-schedule")
+    set_number(tab, "Steps", 15)
+    table = page.locator("#schedule-table")
+    expect(table).to_contain_text("9.6826")  # the notebook's second sigma at 15 steps
+    expect(page.locator("#schedule-explain")).to_contain_text("init_noise_sigma = 14.6146")
+    set_number(tab, "Step (0 = the noisiest)", 7)
+    tab.get_by_role("button", name="Add noise").click()
+    expect(page.locator("#noise-about")).to_contain_text("step 7 · timestep", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#noise-row img")).to_have_count(6)
+    page.screenshot(path=SHOTS / "schedule.png", full_page=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import Engine
-from ui import txt2img
+from ui import img2img, schedule, txt2img, vae
 from ui.stops import StopFlags
 
 TITLE = "SD Lens: look inside Stable Diffusion"
@@ -27,6 +27,12 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -
         upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
                            elem_id="upscale")
         upscale.change(None, upscale, None, js=UPSCALE_JS)
-        with gr.Tab("Text to image", id="txt2img"):
+        with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
             txt2img.build(engine, stops, concurrency)
+        with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
+            img2img.build(engine, stops, concurrency)
+        with gr.Tab("VAE", id="vae", elem_id="tab-vae"):
+            vae.build(engine, concurrency)
+        with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
+            schedule.build(engine, concurrency)
     return demo

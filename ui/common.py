@@ -36,3 +36,16 @@ def number(value, name: str) -> float:
 
 def whole(value, name: str) -> int:
     return int(number(value, name))
+
+
+class ImageFile(gr.Image):
+    """An image input (use type="filepath") that hands the uploaded file's path on unopened, so the engine's
+    checks say what is wrong with a bad file (gr.Image opens uploads itself and fails on them with a generic
+    error)."""
+
+    is_template = True  # drawn by gr.Image's front end (which reads its props from gr.Image's signature)
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None:  # nothing, or a pasted data URL: gradio decodes it
+            return super().preprocess(payload)
+        return payload.path

@@ -1,0 +1,81 @@
+"""The "Image to image" tab: an image's latents noised to a start step, then denoised toward a prompt."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core.engine import Engine
+from ui.common import GENERATE, ImageFile, number, user_errors, whole
+from ui.run_view import PANEL, Controls, RunView, image_panel
+from ui.stops import StopFlags
+
+# Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
+EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.png"))
+DEFAULT_STRENGTH = 0.6
+
+
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+    defaults = engine.default_settings()
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
+                              height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
+            prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
+            negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+            strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                                 info="0 keeps the image, 1 ignores it")
+            plan = gr.Markdown(engine.img2img_plan(DEFAULT_STRENGTH, defaults.steps, defaults.scheduler).describe(),
+                               elem_id="img2img-plan")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            controls = Controls(engine, sized=False)
+            gr.Examples([[str(path), prompt_, strength_] for path, (prompt_, strength_)
+                         in zip(EXAMPLE_IMAGES, engine.examples("img2img"))], [image, prompt, strength])
+        with gr.Column(scale=3):
+            with gr.Row():
+                fitted = image_panel("The input as the model takes it", "img2img-fitted")
+                begin = image_panel("The noised latents the run starts from, decoded", "img2img-start")
+            about = gr.Markdown("", elem_id="img2img-about")
+            view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.")
+
+    def describe_plan(strength, steps, scheduler):
+        """What the strength means for these settings, in words (cheap: no model runs)."""
+        with user_errors():
+            return engine.img2img_plan(number(strength, "strength"), whole(steps, "steps"), scheduler).describe()
+
+    def check(image, prompt, negative_prompt, strength, *numbers):
+        """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
+        with user_errors():
+            if image is None:
+                raise ValueError("There is no input image: upload one or pick an example")
+            engine.fit_image(image)
+            settings = engine.check_txt2img(prompt, negative_prompt, controls.settings(*numbers))
+            engine.img2img_plan(number(strength, "strength"), settings.steps, settings.scheduler)
+
+    def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, scheduler,
+                request: gr.Request):
+        """Noise the image's latents to the step the strength gives, then denoise them toward the prompt,
+        streaming x_t and the predicted x0 of every preview step."""
+        with view.stop_flag(request) as flag:
+            with user_errors():
+                if image is None:
+                    raise ValueError("There is no input image: upload one or pick an example")
+                settings = controls.settings(steps, guidance_scale, seed, preview_every, scheduler)
+                run = engine.img2img(prompt, negative_prompt, image, number(strength, "strength"), settings,
+                                     should_stop=flag.is_set)
+            source = run.source
+            yield {fitted: source.image, begin: source.start,
+                   about: f"{source.plan.describe()}  \nInput: {source.note}"}
+            yield from view.stream(run, flag)
+            if source.plan.first == run.settings.steps:
+                yield {view.result: source.start}
+
+    inputs = [image, prompt, negative_prompt, strength, *controls.inputs]
+    generate.click(check, inputs, None, api_visibility="private").success(
+        img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
+        concurrency_limit=concurrency)
+    gr.on([strength.change, controls.steps.change, controls.scheduler.change], describe_plan,
+          [strength, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)
+    view.wire(stop, stop_api=None)

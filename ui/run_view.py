@@ -1,0 +1,160 @@
+"""The panels every generating tab shares: x_t and predicted x0 streamed per step, the status line, the
+result, a scrubber over the finished run, its x0 video, and Stop."""
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+
+from core import export
+from core.engine import RANDOM_SEED, Engine, Run
+from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, Frame, Settings
+from core.schedule import SCHEDULERS
+from ui.common import number, user_errors, whole
+from ui.stops import StopFlags
+
+PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
+
+
+def frame_caption(frame: Frame) -> str:
+    return f"step {frame.index + 1} / {frame.steps} · timestep {frame.timestep:.1f} · sigma {frame.sigma:.4f}"
+
+
+def image_panel(label: str, elem_id: str, **options) -> gr.Image:
+    """An image shown scaled up to the panel height (pixelated or smooth, as the page is set)."""
+    return gr.Image(label=label, format="png", height=PANEL, elem_classes="pixels", elem_id=elem_id, **options)
+
+
+class Controls:
+    """The settings every generating tab offers; `sized` adds width and height (image to image takes the
+    image's size instead)."""
+
+    def __init__(self, engine: Engine, sized: bool = True):
+        self.defaults = defaults = engine.default_settings()
+        factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
+        self.steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
+        self.guidance_scale = gr.Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
+                                        label="Guidance scale (CFG)", info="1 turns classifier-free guidance off")
+        with gr.Row():
+            self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed", info="-1: a random seed")
+            dice = gr.Button("Random seed", size="sm")
+        self.size = []
+        if sized:
+            with gr.Row():
+                self.size = [gr.Slider(MIN_SIDE, max_side, value=getattr(defaults, side), step=factor,
+                                       label=side.capitalize()) for side in ("width", "height")]
+        with gr.Row():
+            self.preview_every = gr.Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
+                                           label="Preview every N steps", info="0: only the final image")
+            self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
+        dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
+
+    @property
+    def inputs(self) -> list:
+        """In the order `settings` takes them."""
+        return [self.steps, self.guidance_scale, self.seed, *self.size, self.preview_every, self.scheduler]
+
+    def settings(self, steps, guidance_scale, seed, *rest) -> Settings:
+        """Widget values (in the order of `inputs`) -> Settings; size from the defaults when not offered."""
+        *size, preview_every, scheduler = rest
+        width, height = size or (self.defaults.width, self.defaults.height)
+        return replace(self.defaults, steps=whole(steps, "steps"),
+                       guidance_scale=number(guidance_scale, "guidance_scale"), seed=whole(seed, "seed"),
+                       width=whole(width, "width"), height=whole(height, "height"),
+                       preview_every=whole(preview_every, "preview_every"), scheduler=scheduler)
+
+
+class RunView:
+    """Lays out the panels of one tab (element ids start with `name`) and streams a run into them."""
+
+    def __init__(self, name: str, stops: StopFlags, idle: str):
+        self.name, self.stops = name, stops
+        with gr.Row():
+            self.x_t = image_panel("x_t: the noisy latents the UNet sees, decoded", f"{name}-xt")
+            self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
+        self.status = gr.Markdown(idle, elem_id=f"{name}-status")
+        self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False)
+        self.result = image_panel("Result", f"{name}-result")
+        self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm")
+        with gr.Row():
+            self.mp4 = gr.File(label="x0 video (MP4)")
+            self.gif = gr.File(label="x0 video (GIF)")
+        self.history = gr.State(None)  # this session's last run: (seed, [(caption, x_t image, x0 image), ...])
+
+    @property
+    def outputs(self) -> list:
+        """What a run writes (mp4 and gif: cleared by a new run)."""
+        return [self.x_t, self.x0, self.status, self.result, self.scrub, self.mp4, self.gif, self.history]
+
+    @contextmanager
+    def stop_flag(self, request: gr.Request) -> Iterator[threading.Event]:
+        """The flag this session's Stop button sets, for the run about to start."""
+        flag = self.stops.begin(request.session_hash)
+        try:
+            yield flag
+        finally:
+            self.stops.end(request.session_hash, flag)
+
+    def stream(self, run: Run, flag: threading.Event, about: str = "") -> Iterator[dict]:
+        """Page updates for each frame of `run`, then the summary line."""
+        notes = "".join(f"  \n⚠️ {note}" for note in run.notes)
+        about = f"seed {run.settings.seed}{about}{notes}"
+        frames, caption, image = [], "no step run", None
+        for note in run.notes:
+            gr.Warning(note)
+        yield {self.result: None, self.scrub: gr.update(visible=False), self.mp4: None, self.gif: None}
+        with user_errors():
+            for frame in run.frames:
+                caption = frame_caption(frame)
+                update = {self.status: f"{caption} · {about}"}
+                if frame.x0_image is not None:
+                    frames.append((caption, frame.x_t_image, frame.x0_image))
+                    update |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}
+                if frame.image is not None:
+                    image = update[self.result] = frame.image
+                yield update
+        ended = "done" if image is not None or not flag.is_set() else "stopped"
+        scrubber = gr.update(maximum=max(len(frames) - 1, 1), value=len(frames) - 1, visible=len(frames) > 1)
+        yield {self.status: f"{caption} · **{ended}** · {about}", self.scrub: scrubber,
+               self.history: (run.settings.seed, frames) if frames else None}
+
+    def wire(self, stop: gr.Button, stop_api: str | None) -> None:
+        """Stop, the scrubber and the video; `stop_api` names the Stop endpoint (one tab publishes it)."""
+        stops = self.stops
+
+        def export_video(last_run):
+            """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video"."""
+            if not last_run:
+                raise gr.Error("There is no run to make a video of yet: press Generate first")
+            seed, frames = last_run
+            pairs = [export.pair(x_t, x0) for _, x_t, x0 in frames]
+            with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
+                stem = Path(folder) / f"sdlens-{self.name}-x0-seed{seed}"
+                # Gradio copies both files into its own cache before it resumes this generator, which
+                # then removes the folder: nothing of a run stays behind outside that expiring cache.
+                yield (str(export.write_mp4(pairs, stem.with_suffix(".mp4"))),
+                       str(export.write_gif(pairs, stem.with_suffix(".gif"))))
+
+        def stop_run(request: gr.Request):
+            """Stop this session's run before its next step."""
+            stops.stop(request.session_hash)
+
+        def show_frame(position, last_run):
+            if not last_run:
+                return gr.skip(), gr.skip(), gr.skip()
+            frames = last_run[1]
+            caption, x_t, x0 = frames[min(int(position), len(frames) - 1)]
+            return x_t, x0, f"{caption} · scrubbing the last run"
+
+        self.make_video.click(export_video, self.history, [self.mp4, self.gif], api_name=f"{self.name}_video")
+        if stop_api:
+            stop.click(stop_run, None, None, api_name=stop_api, queue=False)
+        else:
+            stop.click(stop_run, None, None, api_visibility="private", queue=False)
+        self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
+                         api_visibility="private", queue=False)

@@ -1,0 +1,76 @@
+"""The "Noise schedule" tab: timesteps and sigmas of a schedule, and an image noised along it."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from core.engine import Engine
+from core.sampler import MAX_STEPS
+from core.schedule import SCHEDULERS
+from ui.common import GENERATE, ImageFile, user_errors, whole
+from ui.img2img import EXAMPLE_IMAGES
+from ui.run_view import PANEL, image_panel
+
+EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
+by this, so the first latents carry the first step's noise level (for LMS and Euler the latents are
+x0 + sigma * noise, so they grow with sigma; DDIM and DPM-Solver++ keep them at unit variance and use 1).
+Before each UNet call `scale_model_input` divides LMS/Euler latents by sqrt(sigma² + 1), bringing them back
+to unit variance: the last column."""
+
+
+def build(engine: Engine, concurrency: int) -> None:
+    defaults = engine.default_settings()
+
+    def schedule(steps, scheduler):
+        """The schedule as a table (index, timestep, sigma, scale_model_input factor) and a plot of sigma."""
+        with user_errors():
+            numbers = engine.schedule_table(whole(steps, "steps"), scheduler)
+        frame = pd.DataFrame({"step": range(len(numbers.timesteps)), "timestep": numbers.timesteps,
+                              "sigma": numbers.sigmas, "1/sqrt(sigma²+1)": numbers.input_scales})
+        return frame.round(4), frame[["step", "sigma"]], EXPLAIN.format(init=numbers.init_noise_sigma)
+
+    first_table, first_plot, first_explain = schedule(defaults.steps, defaults.scheduler)
+    with gr.Row():
+        steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
+        scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
+    with gr.Row():
+        with gr.Column():
+            plot = gr.LinePlot(first_plot, x="step", y="sigma", title="sigma at each step", height=280,
+                               elem_id="schedule-plot")
+            explain = gr.Markdown(first_explain, elem_id="schedule-explain")
+        table = gr.Dataframe(first_table, label="The schedule", elem_id="schedule-table", max_height=380)
+    gr.Markdown("### add_noise: an image noised to a step")
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"],
+                              height=PANEL // 2, elem_id="noise-input", value=str(EXAMPLE_IMAGES[-1]))
+            gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
+            with gr.Row():
+                step = gr.Slider(0, defaults.steps - 1, value=defaults.steps // 2, step=1,
+                                 label="Step (0 = the noisiest)")
+                seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise")
+            add = gr.Button("Add noise", variant="primary")
+        with gr.Column(scale=3):
+            noised = image_panel("Noised to the step, decoded", "noise-chosen")
+            about = gr.Markdown(elem_id="noise-about")
+            row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6,
+                             height=PANEL // 2 + 60,
+                             elem_classes="pixels", elem_id="noise-row", object_fit="contain")
+
+    def add_noise(image, steps, scheduler, step, seed):
+        """An image's latents noised with the scheduler's add_noise to a step, decoded; and a row of steps."""
+        with user_errors():
+            if image is None:
+                raise ValueError("There is no image: upload one or pick an example")
+            result = engine.noise_row(image, whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
+        index, timestep, sigma, picture = result.chosen
+        gallery = [(pic, f"{i}: σ {s:.2f}") for i, _, s, pic in result.row]
+        text = f"step {index} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
+        return picture, text, gallery
+
+    gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
+          api_name="schedule", queue=False)
+    steps.change(lambda n, k: gr.update(maximum=max(whole(n, "steps") - 1, 1), value=min(k, whole(n, "steps") - 1)),
+                 [steps, step], step, api_visibility="private", queue=False)
+    add.click(add_noise, [image, steps, scheduler, step, seed], [noised, about, row], api_name="add_noise",
+              concurrency_id=GENERATE, concurrency_limit=concurrency)

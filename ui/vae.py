@@ -1,0 +1,53 @@
+"""The "VAE" tab: an image to 4 latent channels and back, what is lost, and what each channel carries."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.engine import MAX_CHANNEL_SCALE, Engine
+from ui.common import GENERATE, ImageFile, number, user_errors
+from ui.img2img import EXAMPLE_IMAGES
+from ui.run_view import PANEL, image_panel
+
+NO_EDIT = "none"
+
+
+def build(engine: Engine, concurrency: int) -> None:
+    channels = [NO_EDIT, *map(str, range(engine.bundle.latent_channels))]
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"],
+                              height=PANEL // 2, elem_id="vae-input", value=str(EXAMPLE_IMAGES[0]))
+            gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
+            with gr.Row():
+                channel = gr.Dropdown(channels, value=NO_EDIT, label="Decode again with channel ...",
+                                      info="to see what one channel carries")
+                scale = gr.Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25,
+                                  label="... multiplied by", info="0 removes the channel")
+            run = gr.Button("Encode and decode", variant="primary")
+        with gr.Column(scale=3):
+            with gr.Row():
+                fitted = image_panel("Input, as the VAE takes it", "vae-fitted")
+                reconstruction = image_panel("Decoded again: the reconstruction", "vae-reconstruction")
+            about = gr.Markdown("Press Encode and decode.", elem_id="vae-about")
+            latent_channels = gr.Gallery(label="Latent channels, each stretched from its min to its max (below it)",
+                                         columns=engine.bundle.latent_channels, height=PANEL // 2 + 60,
+                                         elem_classes="pixels", elem_id="vae-channels", object_fit="contain")
+            with gr.Row():
+                difference = image_panel("Difference |input - reconstruction|, x4", "vae-difference")
+                edited = image_panel("Decoded with the channel changed", "vae-edited")
+
+    def vae(image, channel, scale):
+        """Encode an image to latents and decode it back: its channels, the reconstruction, the error."""
+        with user_errors():
+            if image is None:
+                raise ValueError("There is no image: upload one or pick an example")
+            view = engine.vae_view(image, None if channel == NO_EDIT else int(channel), number(scale, "scale"))
+        gallery = [(picture, f"ch {i}: {low:.2f} … {high:.2f}")
+                   for i, (picture, low, high) in enumerate(view.channels)]
+        text = f"**{view.compression}** · PSNR {view.psnr:.2f} dB  \nInput: {view.note}"
+        if view.edited is not None:
+            text += f"  \nRight: channel {channel} multiplied by {number(scale, 'scale'):g}"
+        return view.image, view.reconstruction, text, gallery, view.difference, view.edited
+
+    run.click(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
+              api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
