@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from core import guidance as loss_guidance
 from core import images, latents, schedule, text
+from core.guidance import Guidance
 from core.models import ModelBundle
 from core.sampler import (MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings, initial_noise,
                           sample, start_latents)
@@ -29,6 +31,10 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights
         ["A watercolor painting of an otter", "", 7.5],
         ["A picture of a puppy", "", 7.5],
         ["A colorful dancer, nat geo photo", "blue", 7.5],
+    ],
+    "guided": [  # (prompt, loss, loss scale)
+        ["A campfire (oil on canvas)", "blue", 200],
+        ["A watercolor painting of an otter", "color", 200],
     ],
     "img2img": [  # (prompt, strength), beside ui's example images in their order
         ["A colorful dancer, nat geo photo", 0.8],
@@ -128,6 +134,10 @@ class Engine:
         size = self.bundle.native_size
         return replace(Settings(height=size, width=size), **self.bundle.defaults.get("settings", {}))
 
+    def default_guidance(self) -> Guidance:
+        """Loss guidance settings for this model: the notebook's, with any its folder recommends."""
+        return replace(Guidance(), **self.bundle.defaults.get("guidance", {}))
+
     def examples(self, tab: str) -> list[list]:
         """Example inputs for a tab that fit this model: its folder's own, else the notebook's."""
         return self.bundle.defaults.get("examples", {}).get(tab, NOTEBOOK_EXAMPLES[tab])
@@ -151,6 +161,23 @@ class Engine:
         # 3. sample
         frames = sample(self.bundle, cond, settings, should_stop=should_stop)
         return Run(settings, notes, guarded(frames, settings, self.bundle.device))
+
+    def guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance,
+               should_stop: Callable[[], bool] = lambda: False) -> Run:
+        """Text to image steered by a loss on the decoded predicted x0, applied every `guidance.every` steps."""
+        # 1. check the inputs; draw a seed if asked to
+        settings = self.check_guided(prompt, negative_prompt, settings, guidance)
+        # 2. encode the prompts
+        cond, notes = self.conditioning(prompt, negative_prompt)
+        # 3. sample with the guidance hook
+        frames = sample(self.bundle, cond, settings, hooks=[loss_guidance.hook(self.bundle, guidance)],
+                        should_stop=should_stop)
+        return Run(settings, notes, guarded(frames, settings, self.bundle.device))
+
+    def check_guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance) -> Settings:
+        settings = self.check_txt2img(prompt, negative_prompt, settings)
+        loss_guidance.check_guidance(guidance, settings.scheduler)
+        return settings
 
     def conditioning(self, prompt: str, negative_prompt: str) -> tuple[Conditioning, tuple[str, ...]]:
         """Both prompts encoded, and a note for each one longer than CLIP reads."""

@@ -73,6 +73,7 @@ class StepState:
 class HookResult:
     latents: torch.Tensor          # replaces x_t before the scheduler step
     loss: float | None = None      # shown with the frame
+    note: str | None = None        # something the user should know (e.g. the hook gave up)
 
 
 Hook = Callable[[StepState], HookResult | None]
@@ -93,6 +94,7 @@ class Frame:
     x0_image: Image.Image | None   # decoded x0 on preview steps
     image: Image.Image | None      # the decoded result, on the last step of the schedule
     loss: float | None = None      # a hook's loss, on steps where one ran
+    note: str | None = None        # a hook's message on this step
 
 
 def check_settings(bundle: ModelBundle, s: Settings) -> None:
@@ -178,12 +180,12 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         index = first + taken
         x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees
         noise_pred = noise_of_input(x_t, t)
-        loss = None
+        loss = note = None
         for hook in hooks:
             state = StepState(index, t, sigmas[index], latents, noise_pred, lambda x, t=t: predict_noise(x, t))
             result = hook(state)
             if result is not None:
-                latents, loss = result.latents, result.loss
+                latents, loss, note = result.latents, result.loss, result.note
         next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
         if not torch.isfinite(next_latents).all():
             raise RunFailed(
@@ -196,5 +198,5 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
             x_t_image, x0_image, *final = to_pil(decoded)
             image = final[0] if final else None
         yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
-                    x_t_image, x0_image, image, loss)
+                    x_t_image, x0_image, image, loss, note)
         latents = next_latents

@@ -41,12 +41,18 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 # CFG 3: with LMS's 4th-order steps, guidance 7.5 makes this model's latents blow up (see the model card).
 LENS_DEFAULTS = {
     "settings": {"guidance_scale": 3.0},
+    "guidance": {"scale": 20.0},  # loss guidance: strong enough to see, gentle enough to keep most shapes
     "examples": {
         "txt2img": [
             ["a red circle on a white background", "", 3.0],
             ["a picture of a small blue star on yellow", "", 3.0],
             ["a large green heart on a black background", "", 3.0],
             ["a purple cross, orange background", "purple", 3.0],
+        ],
+        "guided": [
+            ["a red circle on a white background", "blue", 20.0],
+            ["a green heart on a pink background", "blue", 20.0],
+            ["a red circle on a white background", "color", 40.0],
         ],
         "img2img": [
             ["a yellow star on a black background", 0.5],

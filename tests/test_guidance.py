@@ -1,0 +1,128 @@
+"""Loss guidance: a hook on the one loop that does what the notebook's blue loss does, and no more."""
+import gc
+from dataclasses import replace
+
+import pytest
+import torch
+
+from core import guidance
+from core.engine import Engine
+from core.guidance import Guidance, Target
+from core.latents import from_pil
+from core.sampler import Settings
+from core.toyworld.evaluate import Reader
+
+SMALL = Settings(steps=12, guidance_scale=7.5, seed=3, height=64, width=64, preview_every=0)
+RED_CIRCLE = "a red circle on a white background"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    return Engine(tiny_bundle)
+
+
+def final(run):
+    return list(run.frames)[-1]
+
+
+def test_scale_zero_is_the_unguided_run(engine):
+    guided = final(engine.guided("a red circle", "", SMALL, Guidance("blue", 0.0, every=2)))
+    plain = final(engine.txt2img("a red circle", "", SMALL))
+    assert torch.equal(guided.latents, plain.latents)
+
+
+@pytest.mark.parametrize("every, steps", [(5, [0, 5, 10]), (3, [0, 3, 6, 9]), (1, list(range(12)))])
+def test_loss_on_every_nth_step(engine, every, steps):
+    frames = list(engine.guided("a red circle", "", SMALL, Guidance("blue", 50.0, every=every)).frames)
+    assert [f.index for f in frames if f.loss is not None] == steps
+
+
+@pytest.mark.parametrize("mode", list(guidance.MODES))
+def test_both_modes_guide_and_leave_no_graph_behind(engine, mode):
+    def graphs():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o) and (o.requires_grad or o.grad_fn))
+
+    before = graphs()
+    settings = replace(SMALL, steps=50, preview_every=10)
+    frames = list(engine.guided("a red circle", "", settings, Guidance("blue", 200.0, every=1, mode=mode)).frames)
+    assert len(frames) == 50 and all(f.loss is not None for f in frames)
+    assert not any(f.latents.requires_grad or f.x0.requires_grad for f in frames)
+    del frames
+    assert graphs() == before  # every guided step's graph was freed with it
+    plain = final(engine.txt2img("a red circle", "", settings))
+    guided = final(engine.guided("a red circle", "", settings, Guidance("blue", 200.0, every=1, mode=mode)))
+    assert (guided.latents - plain.latents).abs().max() > 1e-3
+
+
+def test_accurate_mode_differentiates_through_the_unet(engine):
+    cheap = final(engine.guided("a red circle", "", SMALL, Guidance("blue", 500.0, every=1, mode="cheap")))
+    accurate = final(engine.guided("a red circle", "", SMALL, Guidance("blue", 500.0, every=1, mode="accurate")))
+    assert (cheap.latents - accurate.latents).abs().max() > 1e-4
+
+
+def test_a_non_finite_loss_stops_the_guidance_and_the_run_goes_on(engine, monkeypatch):
+    monkeypatch.setitem(guidance.LOSSES, "broken", lambda images, target: images.mean() * float("nan"))
+    frames = list(engine.guided("a red circle", "", SMALL, Guidance("broken", 10.0, every=2)).frames)
+    assert len(frames) == SMALL.steps and frames[-1].image is not None
+    notes = [(f.index, f.note) for f in frames if f.note]
+    assert notes == [(0, "Guidance stopped at step 1: the loss or its gradient is not finite (lower the loss "
+                         "scale); the run goes on unguided")]
+    plain = final(engine.txt2img("a red circle", "", SMALL))
+    assert torch.equal(frames[-1].latents, plain.latents)  # nothing of the broken step was applied
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"loss": "red"}, "loss must be one of blue, color, brightness, saturation, contrast, got 'red'"),
+    ({"scale": float("nan")}, "loss scale must be from 0 to 5000, got nan"),
+    ({"every": 0}, "every must be a whole number of steps from 1 to 200, got 0"),
+    ({"mode": "exact"}, "mode must be one of cheap, accurate, got 'exact'"),
+    ({"target": Target(color=(2.0, 0.0, 0.0))}, "target color and level must be from 0 to 1"),
+])
+def test_bad_guidance_is_refused(engine, change, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        engine.guided("a red circle", "", SMALL, replace(Guidance(), **change))
+
+
+def test_samplers_without_sigma_are_refused(engine):
+    with pytest.raises(ValueError, match="loss guidance runs with the samplers lms and euler .* got 'ddim'"):
+        engine.guided("a red circle", "", replace(SMALL, scheduler="ddim"), Guidance())
+
+
+def test_losses_are_zero_at_their_target():
+    blue = torch.tensor([0.2, 0.4, 0.9])[None, :, None, None].expand(1, 3, 4, 4)
+    assert guidance.blue(blue, Target()) == 0
+    assert guidance.color(blue, Target(color=(0.2, 0.4, 0.9))) == pytest.approx(0, abs=1e-6)
+    assert guidance.saturation(blue, Target(level=0.7)) == pytest.approx(0, abs=1e-6)
+    assert guidance.brightness(blue, Target(level=float(guidance.luminance(blue).mean()))) == pytest.approx(0, abs=1e-6)
+    assert guidance.contrast(blue, Target(level=0.0)) == pytest.approx(0, abs=1e-6)
+
+
+# --- on the trained toy model ---
+
+def toy_run(toy_engine, g):
+    return list(toy_engine.guided(RED_CIRCLE, "", replace(toy_engine.default_settings(), seed=4, preview_every=0),
+                                  g).frames)
+
+
+def test_blue_loss_raises_the_blue_channel_and_a_medium_scale_keeps_the_shape(toy_engine):
+    blues, runs = [], {}
+    for scale in (0.0, 20.0, 80.0):
+        runs[scale] = toy_run(toy_engine, Guidance("blue", scale, every=5))
+        blues.append(from_pil(runs[scale][-1].image)[0, 2].mean().item())
+    assert blues[0] + 0.05 < blues[1] < blues[2] - 0.05  # 0.49, 0.59, 0.80 when measured
+    assert Reader().read(runs[20.0][-1].image).shape == "circle"
+    guided = [f.loss for f in runs[80.0] if f.loss is not None]
+    unguided = [f.loss for f in runs[0.0] if f.loss is not None]
+    assert guided[0] == unguided[0]  # the first guided step scores the same x0
+    assert all(g < u for g, u in zip(guided[1:], unguided[1:]))
+    assert guided[-1] < guided[0] - 0.1  # the loss falls over the guided steps
+
+
+def test_color_loss_moves_the_image_toward_the_picked_color(toy_engine):
+    yellow = Target(color=(1.0, 1.0, 0.0))
+    distances = []
+    for scale in (0.0, 20.0, 40.0):
+        image = from_pil(toy_run(toy_engine, Guidance("color", scale, every=5, target=yellow))[-1].image)[0]
+        distances.append((image - torch.tensor(yellow.color)[:, None, None]).abs().mean().item())
+    assert distances[0] > distances[1] > distances[2]  # 0.36, 0.25, 0.21 when measured
