@@ -198,3 +198,17 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     expect(page.locator("#noise-about")).to_contain_text("step 7 · timestep", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#noise-row img")).to_have_count(6)
     page.screenshot(path=SHOTS / "schedule.png", full_page=True)
+
+
+def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
+    tab = open_tab(page, "Guidance", "tab-guided")
+    set_number(tab, "Loss scale", 300)
+    set_number(tab, "Guide every N steps", 2)
+    set_number(tab, "Steps", 10)
+    tab.get_by_role("button", name="Generate").click()
+    expect(page.locator("#guided-beside img")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#guided-status")).to_contain_text("done")
+    expect(page.locator("#guided-result img")).to_have_count(1)
+    expect(page.locator("#guided-plot")).to_contain_text("loss on the guided steps")
+    expect(page.locator("#guided-plot canvas, #guided-plot svg").first).to_be_visible()
+    page.screenshot(path=SHOTS / "guided.png", full_page=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -72,14 +72,17 @@ class Controls:
 class RunView:
     """Lays out the panels of one tab (element ids start with `name`) and streams a run into them."""
 
-    def __init__(self, name: str, stops: StopFlags, idle: str):
+    def __init__(self, name: str, stops: StopFlags, idle: str, beside_result: str | None = None):
+        """`beside_result` labels an extra image panel in the result's row (`self.beside`)."""
         self.name, self.stops = name, stops
         with gr.Row():
             self.x_t = image_panel("x_t: the noisy latents the UNet sees, decoded", f"{name}-xt")
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
         self.status = gr.Markdown(idle, elem_id=f"{name}-status")
         self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False)
-        self.result = image_panel("Result", f"{name}-result")
+        with gr.Row():
+            self.result = image_panel("Result", f"{name}-result")
+            self.beside = image_panel(beside_result, f"{name}-beside") if beside_result else None
         self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm")
         with gr.Row():
             self.mp4 = gr.File(label="x0 video (MP4)")
@@ -100,8 +103,9 @@ class RunView:
         finally:
             self.stops.end(request.session_hash, flag)
 
-    def stream(self, run: Run, flag: threading.Event, about: str = "") -> Iterator[dict]:
-        """Page updates for each frame of `run`, then the summary line."""
+    def stream(self, run: Run, flag: threading.Event, about: str = "",
+               extra: Callable[[Frame], dict] = lambda frame: {}) -> Iterator[dict]:
+        """Page updates for each frame of `run` (with what `extra` adds for it), then the summary line."""
         notes = "".join(f"  \n⚠️ {note}" for note in run.notes)
         about = f"seed {run.settings.seed}{about}{notes}"
         frames, caption, image = [], "no step run", None
@@ -111,7 +115,10 @@ class RunView:
         with user_errors():
             for frame in run.frames:
                 caption = frame_caption(frame)
-                update = {self.status: f"{caption} · {about}"}
+                if frame.note:
+                    gr.Warning(frame.note)
+                    about += f"  \n⚠️ {frame.note}"
+                update = {self.status: f"{caption} · {about}"} | extra(frame)
                 if frame.x0_image is not None:
                     frames.append((caption, frame.x_t_image, frame.x0_image))
                     update |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}

@@ -1,0 +1,104 @@
+"""The "Guidance" tab: steer a run with a loss on the decoded predicted x0 and watch the loss as it acts."""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import gradio as gr
+import pandas as pd
+
+from core.engine import Engine
+from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
+from ui.common import GENERATE, number, user_errors, whole
+from ui.run_view import Controls, RunView
+from ui.stops import StopFlags
+
+SCALE_SLIDER_MAX = 1000  # the engine takes up to core.guidance.MAX_SCALE through the API
+LOSS_HELP = "  \n".join(f"**{name}**: {loss.__doc__}" for name, loss in LOSSES.items())
+MODE_HELP = "  \n".join(f"**{name}**: {about}" for name, about in MODES.items())
+
+
+def parse_color(value: str) -> tuple[float, float, float]:
+    """A color picker's value ("#rrggbb" or "rgb(a)(r, g, b[, a])") -> RGB in [0, 1]."""
+    if match := re.fullmatch(r"#?([0-9a-fA-F]{6})", value.strip()):
+        digits = match.group(1)
+        return tuple(int(digits[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    if match := re.fullmatch(r"rgba?\(([^)]*)\)", value.strip()):
+        parts = [float(p) for p in match.group(1).split(",")[:3]]
+        return tuple(min(max(p / 255, 0.0), 1.0) for p in parts)
+    raise ValueError(f"target color must be like #3366ff, got {value!r}")
+
+
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+    first = engine.default_guidance()
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
+            negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+            with gr.Row():
+                loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
+                loss_scale = gr.Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale",
+                                       info="0: unguided")
+            with gr.Row():
+                color = gr.ColorPicker(value="#0000ff", label="Target color", info="for the color loss")
+                level = gr.Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
+                                  info="for brightness, saturation, contrast")
+            with gr.Row():
+                every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
+                                  info="the notebook: every 5")
+                mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
+            with gr.Accordion("What the losses and gradients do", open=False):
+                gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
+                            "latents -= gradient x sigma², as in the notebook.")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            controls = Controls(engine)
+            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale])
+        with gr.Column(scale=3):
+            plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
+                               elem_id="guided-plot")
+            view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
+                           beside_result="Unguided: the same seed and settings")
+            unguided = view.beside
+
+    def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
+        return Guidance(loss=loss, scale=number(loss_scale, "loss scale"), every=whole(every, "every"), mode=mode,
+                        target=Target(parse_color(color), number(level, "target level")))
+
+    def check(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *numbers):
+        """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
+        with user_errors():
+            engine.check_guided(prompt, negative_prompt, controls.settings(*numbers),
+                                guidance_of(loss, color, level, loss_scale, every, mode))
+
+    def guided(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
+               width, height, preview_every, scheduler, request: gr.Request):
+        """Generate with loss guidance, streaming x0 and the loss of each guided step; then the same run
+        unguided, for comparison."""
+        with view.stop_flag(request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                run = engine.guided(prompt, negative_prompt, settings,
+                                    guidance_of(loss, color, level, loss_scale, every, mode), should_stop=flag.is_set)
+            losses = []
+
+            def plot_loss(frame):
+                if frame.loss is None:
+                    return {}
+                losses.append((frame.index + 1, frame.loss))
+                return {plot: pd.DataFrame(losses, columns=["step", "loss"])}
+
+            yield {plot: None, unguided: None}
+            yield from view.stream(run, flag, extra=plot_loss)
+            if flag.is_set():
+                return
+            with user_errors():
+                plain = engine.txt2img(prompt, negative_prompt, replace(run.settings, preview_every=0))
+                yield {unguided: list(plain.frames)[-1].image}
+
+    inputs = [prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *controls.inputs]
+    generate.click(check, inputs, None, api_visibility="private").success(
+        guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
+        concurrency_limit=concurrency)
+    view.wire(stop, stop_api=None)
