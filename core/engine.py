@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -25,6 +26,7 @@ RANDOM_SEED = -1  # asks the engine to pick a seed; the run reports the one it u
 MAX_CHANNEL_SCALE = 5.0  # the VAE tab may multiply a latent channel by -5 .. 5
 DIFFERENCE_GAIN = 4  # the VAE's error map is |input - reconstruction| times this
 NOISE_ROW = 6  # noised images in the schedule tab's row
+MAX_SWEEP = 12  # images in a prompt-mix sweep
 
 NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights
     "txt2img": [  # (prompt, negative prompt, guidance)
@@ -35,6 +37,19 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights
     "guided": [  # (prompt, loss, loss scale)
         ["A campfire (oil on canvas)", "blue", 200],
         ["A watercolor painting of an otter", "color", 200],
+    ],
+    "swap_token": [  # (prompt, the token to replace, the word to put there)
+        ["A picture of a puppy", "puppy", "cat"],
+        ["A watercolor painting of an otter", "otter", "panda"],
+    ],
+    "mix_tokens": [  # (prompt, the token to replace, word A, word B, weight of A)
+        ["A picture of a puppy", "puppy", "cat", "panda", 0.4],
+    ],
+    "mix_prompts": [  # (prompt A, prompt B, factor)
+        ["A mouse", "A leopard", 0.5],
+    ],
+    "textual_inversion": [  # (prompt, the token to replace with the learned one, or "")
+        ["A picture of a puppy", "puppy"],
     ],
     "img2img": [  # (prompt, strength), beside ui's example images in their order
         ["A colorful dancer, nat geo photo", 0.8],
@@ -116,6 +131,31 @@ class VaeView:
 
 
 @dataclass(frozen=True)
+class TokenView:
+    """A prompt's tokens as the text encoder reads them."""
+
+    rows: list[tuple[int, int | None, str, float, float]]  # position, id (None: learned), token, |token emb|, |pos emb|
+    padding: int                   # end-of-text tokens that pad the rest of the 77
+    truncated: str                 # what CLIP cuts off
+    token_heat: Image.Image        # the token embeddings, a row per token (blue negative, red positive)
+    position_heat: Image.Image     # the position embeddings of the same positions
+    max_diff: float                # |our encoder path - text_encoder(ids)|, max: 0 when they agree
+    max_diff_without_mask: float   # the same without the causal mask: what the mask changes
+
+
+def heat_image(matrix: torch.Tensor, cell: int = 4) -> Image.Image:
+    """A (rows, columns) matrix as a picture: blue below zero, white at zero, red above; `cell` px a value."""
+    values = matrix.detach().float().cpu()
+    values = (values / values.abs().max().clamp_min(1e-8)).numpy()       # in [-1, 1]
+    red = np.where(values > 0, 1.0, 1 + values)
+    blue = np.where(values < 0, 1.0, 1 - values)
+    green = 1 - np.abs(values)
+    rgb = (np.stack([red, green, blue], -1) * 255).round().astype(np.uint8)  # (rows, columns, 3)
+    image = Image.fromarray(rgb)
+    return image.resize((image.width * cell, image.height * cell), Image.Resampling.NEAREST)
+
+
+@dataclass(frozen=True)
 class NoiseRow:
     """An image noised to chosen steps of a schedule: (index, timestep, sigma, noised latents decoded)."""
 
@@ -152,12 +192,13 @@ class Engine:
         return settings
 
     def txt2img(self, prompt: str, negative_prompt: str, settings: Settings,
-                should_stop: Callable[[], bool] = lambda: False) -> Run:
-        """Text to image: encode the prompt and the negative prompt, then denoise from pure noise."""
+                should_stop: Callable[[], bool] = lambda: False, learned: text.Learned | None = None) -> Run:
+        """Text to image: encode the prompt and the negative prompt (with any `learned` tokens they use), then
+        denoise from pure noise."""
         # 1. check the inputs; draw a seed if asked to
         settings = self.check_txt2img(prompt, negative_prompt, settings)
         # 2. encode the prompts, noting what CLIP cuts off
-        cond, notes = self.conditioning(prompt, negative_prompt)
+        cond, notes = self.conditioning(prompt, negative_prompt, learned)
         # 3. sample
         frames = sample(self.bundle, cond, settings, should_stop=should_stop)
         return Run(settings, notes, guarded(frames, settings, self.bundle.device))
@@ -179,15 +220,111 @@ class Engine:
         loss_guidance.check_guidance(guidance, settings.scheduler)
         return settings
 
-    def conditioning(self, prompt: str, negative_prompt: str) -> tuple[Conditioning, tuple[str, ...]]:
-        """Both prompts encoded, and a note for each one longer than CLIP reads."""
-        tokens = text.tokenize(self.bundle, prompt)
-        negative = text.tokenize(self.bundle, negative_prompt)
+    def conditioning(self, prompt: str, negative_prompt: str,
+                     learned: text.Learned | None = None) -> tuple[Conditioning, tuple[str, ...]]:
+        """Both prompts encoded (with any learned tokens they use), and a note for each one longer than CLIP
+        reads."""
+        tokens = text.tokenize(self.bundle, prompt, learned)
+        negative = text.tokenize(self.bundle, negative_prompt, learned)
         notes = tuple(
             f"{what} is longer than CLIP's {self.bundle.max_length} tokens; ignored: “{t.truncated}”"
             for what, t in (("The prompt", tokens), ("The negative prompt", negative)) if t.truncated
         )
-        return Conditioning(cond=text.encode(self.bundle, tokens), uncond=text.encode(self.bundle, negative)), notes
+        return Conditioning(text.encode(self.bundle, tokens, learned), text.encode(self.bundle, negative, learned)), notes
+
+    # --- the text lab: tokens, embeddings and their edits ---
+
+    @torch.no_grad()
+    def token_view(self, prompt: str, learned: text.Learned | None = None) -> TokenView:
+        """A prompt's tokens with their embeddings, and the proof that token + position embeddings through the
+        encoder (with its causal mask) and the final layer norm give the text encoder's output."""
+        bundle = self.bundle
+        tokens = text.tokenize(bundle, prompt, learned)
+        ids = tokens.input_ids[0].tolist()
+        embeds = text.with_learned(bundle, tokens, learned or {})          # (1, 77, hidden)
+        positions = text.position_embeddings(bundle)                      # (1, 77, hidden)
+        learned_at = {position for position, _, _ in tokens.learned}
+        rows = [(i, None if i in learned_at else ids[i], tokens.names[i], embeds[0, i].norm().item(),
+                 positions[0, i].norm().item()) for i in range(tokens.length)]
+        plain = text.tokenize(bundle, prompt) if learned_at else tokens  # the encoder's own path takes ids only
+        reference = bundle.text_encoder(plain.input_ids.to(bundle.device))[0]
+        ours = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids))
+        open_ = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids), causal=False)
+        shown = slice(0, tokens.length)
+        return TokenView(rows, bundle.max_length - tokens.length, tokens.truncated,
+                         heat_image(embeds[0, shown]), heat_image(positions[0, shown]),
+                         (ours - reference).abs().max().item(), (open_ - reference).abs().max().item())
+
+    def word(self, word: str) -> int:
+        return text.token_id(self.bundle, word)
+
+    def position_of(self, prompt: str, token: str, learned: text.Learned | None = None) -> int:
+        """Which of the prompt's tokens `token` means: its position written as a number, or the token itself."""
+        tokens = text.tokenize(self.bundle, prompt, learned)
+        names = [name.removesuffix("</w>") for name in tokens.names[1 : tokens.length - 1]]
+        token = str(token).strip()
+        if token.isdigit():
+            return int(token)
+        if token.removesuffix("</w>") in names:
+            return names.index(token.removesuffix("</w>")) + 1
+        raise ValueError(f"{token!r} is not one of the prompt's tokens ({', '.join(names) or 'none'})")
+
+    def edit_token(self, prompt: str, negative_prompt: str, settings: Settings, position: int,
+                   parts: list[tuple[str | torch.Tensor, float]], learned: text.Learned | None = None,
+                   should_stop: Callable[[], bool] = lambda: False) -> tuple[Run, Run]:
+        """The prompt as it is, and with the token embedding at `position` replaced by a weighted blend of
+        words' token embeddings (or vectors): two runs of the same seed, to be shown side by side."""
+        # 1. check the inputs; draw a seed if asked to; each word must be one token
+        settings = self.check_txt2img(prompt, negative_prompt, settings)
+        ingredients = [(self.word(part) if isinstance(part, str) else part, weight) for part, weight in parts]
+        # 2. encode: the prompt as it is, and with the blend at the position
+        cond, notes = self.conditioning(prompt, negative_prompt, learned)
+        tokens = text.tokenize(self.bundle, prompt, learned)
+        with torch.no_grad():
+            edited = text.encode_embeddings(self.bundle, text.blend_at(self.bundle, tokens, learned or {}, position,
+                                                                       ingredients))
+        # 3. two runs from the same noise
+        return (Run(settings, notes, guarded(sample(self.bundle, cond, settings, should_stop=should_stop),
+                                             settings, self.bundle.device)),
+                Run(settings, notes, guarded(sample(self.bundle, replace(cond, cond=edited), settings,
+                                                    should_stop=should_stop), settings, self.bundle.device)))
+
+    def mix_prompts(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str, settings: Settings,
+                    learned: text.Learned | None = None, should_stop: Callable[[], bool] = lambda: False) -> Run:
+        """Generate from (1 - factor) x encoding(A) + factor x encoding(B)."""
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
+        settings = self.check_txt2img(prompt_a, negative_prompt, settings)
+        text.check_prompt(prompt_b, "second prompt")
+        a, notes = self.conditioning(prompt_a, negative_prompt, learned)
+        b, more = self.conditioning(prompt_b, negative_prompt, learned)
+        mixed = replace(a, cond=(1 - factor) * a.cond + factor * b.cond)
+        frames = sample(self.bundle, mixed, settings, should_stop=should_stop)
+        return Run(settings, notes + more, guarded(frames, settings, self.bundle.device))
+
+    def prompt_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings, count: int,
+                     learned: text.Learned | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[float, Image.Image]]:
+        """The mix at `count` factors from 0 to 1, same seed: (factor, image) as each finishes."""
+        if not 2 <= count <= MAX_SWEEP:
+            raise ValueError(f"the sweep takes from 2 to {MAX_SWEEP} images, got {count!r}")
+        settings = replace(self.check_txt2img(prompt_a, negative_prompt, settings), preview_every=0)
+        for i in range(count):
+            if should_stop():
+                return
+            factor = i / (count - 1)
+            run = self.mix_prompts(prompt_a, prompt_b, factor, negative_prompt, settings, learned, should_stop)
+            frames = list(run.frames)
+            if len(frames) == settings.steps:
+                yield factor, frames[-1].image
+
+    def load_learned(self, path: str | Path) -> text.Learned:
+        """Textual-inversion embeddings from a file, checked against this model's text encoder."""
+        return text.load_learned(path, self.bundle.text_encoder.config.hidden_size)
+
+    def example_embeddings(self) -> list[Path]:
+        """Learned embeddings shipped with the model (its folder's `embeddings/`)."""
+        return [Path(p) for p in self.bundle.defaults.get("embeddings", [])]
 
     # --- images in: image to image, the VAE, the noise schedule ---
 

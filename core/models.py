@@ -116,9 +116,13 @@ def _check_local_folder(folder: Path) -> None:
 
 
 def _read_defaults(folder: Path) -> dict:
-    """Optional `lens_defaults.json` beside model_index.json: settings the model prefers."""
+    """Optional `lens_defaults.json` beside model_index.json: settings the model prefers, example inputs, and
+    learned embeddings made for it (paths relative to the folder)."""
     path = folder / "lens_defaults.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    defaults = json.loads(path.read_text()) if path.is_file() else {}
+    if "embeddings" in defaults:
+        defaults["embeddings"] = [str(folder / name) for name in defaults["embeddings"]]
+    return defaults
 
 
 def hub_reachable() -> bool:

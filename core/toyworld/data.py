@@ -86,15 +86,15 @@ def _outline(shape: str) -> list[tuple[float, float]]:
     raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
 
 
-def draw(scene: Scene) -> Image.Image:
-    """The scene as a 64x64 RGB image."""
+def draw(scene: Scene, colors: dict[str, tuple[int, int, int]] = COLORS) -> Image.Image:
+    """The scene as a 64x64 RGB image; `colors` names the RGB of every colour the scene uses."""
     big = SIZE * SUPERSAMPLE
-    image = Image.new("RGB", (big, big), COLORS[scene.background])
+    image = Image.new("RGB", (big, big), colors[scene.background])
     radius = SIZES[scene.size] * big
     turn = math.radians(scene.angle)
     points = [(scene.cx * big + radius * (x * math.cos(turn) - y * math.sin(turn)),
                scene.cy * big + radius * (x * math.sin(turn) + y * math.cos(turn))) for x, y in _outline(scene.shape)]
-    ImageDraw.Draw(image).polygon(points, fill=COLORS[scene.color])
+    ImageDraw.Draw(image).polygon(points, fill=colors[scene.color])
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 

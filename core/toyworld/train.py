@@ -42,6 +42,7 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 LENS_DEFAULTS = {
     "settings": {"guidance_scale": 3.0},
     "guidance": {"scale": 20.0},  # loss guidance: strong enough to see, gentle enough to keep most shapes
+    "embeddings": ["embeddings/teal.safetensors"],  # made by core.toyworld.textual_inversion
     "examples": {
         "txt2img": [
             ["a red circle on a white background", "", 3.0],
@@ -53,6 +54,21 @@ LENS_DEFAULTS = {
             ["a red circle on a white background", "blue", 20.0],
             ["a green heart on a pink background", "blue", 20.0],
             ["a red circle on a white background", "color", 40.0],
+        ],
+        "swap_token": [  # (prompt, the token to replace, the word to put there)
+            ["a red circle on a white background", "red", "blue"],
+            ["a yellow star on a black background", "star", "heart"],
+        ],
+        "mix_tokens": [  # (prompt, the token to replace, word A, word B, weight of A)
+            ["a red circle on a white background", "red", "red", "blue", 0.5],
+            ["a green square on a white background", "square", "square", "circle", 0.5],
+        ],
+        "mix_prompts": [  # (prompt A, prompt B, factor)
+            ["a red circle on a white background", "a blue star on a yellow background", 0.5],
+        ],
+        "textual_inversion": [  # (prompt, the token to replace with the learned one, or "")
+            ["a <teal> circle on a white background", ""],
+            ["a green star on a black background", "green"],
         ],
         "img2img": [
             ["a yellow star on a black background", 0.5],

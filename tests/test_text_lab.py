@@ -1,0 +1,223 @@
+"""The text lab: the encoder run by hand against the real one, token edits, textual inversion, prompt mixing."""
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core import text
+from core.engine import Engine
+from core.sampler import Settings
+from core.toyworld.data import COLORS
+from core.toyworld.evaluate import Reader
+from core.toyworld.textual_inversion import TEAL, TOKEN
+
+SMALL = Settings(steps=6, guidance_scale=7.5, seed=3, height=64, width=64, preview_every=0)
+HIDDEN = 32  # the tiny test model's text encoder width
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    return Engine(tiny_bundle)
+
+
+def ids_of(bundle, prompt):
+    return text.tokenize(bundle, prompt).input_ids
+
+
+@torch.no_grad()
+def test_encoder_by_hand_equals_the_text_encoder_and_needs_its_causal_mask(tiny_bundle):
+    ids = ids_of(tiny_bundle, "a picture of a puppy")
+    reference = tiny_bundle.text_encoder(ids)[0]
+    embeds = text.token_embeddings(tiny_bundle, ids)
+    assert torch.equal(text.encode_embeddings(tiny_bundle, embeds), reference)
+    assert (text.encode_embeddings(tiny_bundle, embeds, causal=False) - reference).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_swapping_a_word_for_itself_changes_nothing(tiny_bundle):
+    tokens = text.tokenize(tiny_bundle, "a picture of a puppy")
+    same = text.blend_at(tiny_bundle, tokens, {}, 5, [(text.token_id(tiny_bundle, "puppy"), 1.0)])
+    assert torch.equal(text.encode_embeddings(tiny_bundle, same), text.encode(tiny_bundle, tokens))
+
+
+@torch.no_grad()
+def test_a_swap_changes_the_encoding_only_from_its_position_on(tiny_bundle):
+    tokens = text.tokenize(tiny_bundle, "a picture of a puppy in the snow")
+    plain = text.encode(tiny_bundle, tokens)[0]                                       # (77, hidden)
+    swapped = text.encode_embeddings(tiny_bundle, text.blend_at(
+        tiny_bundle, tokens, {}, 5, [(text.token_id(tiny_bundle, "cat"), 1.0)]))[0]
+    changed = (swapped - plain).abs().amax(-1)                                        # (77,)
+    assert torch.equal(swapped[:5], plain[:5])  # causal attention: earlier tokens never see the swap
+    assert (changed[5:] > 1e-4).all()
+
+
+@torch.no_grad()
+def test_mix_weight_one_is_the_pure_word(tiny_bundle):
+    tokens = text.tokenize(tiny_bundle, "a picture of a puppy")
+    cat, panda = text.token_id(tiny_bundle, "cat"), text.token_id(tiny_bundle, "panda")
+    mixed = text.blend_at(tiny_bundle, tokens, {}, 5, [(cat, 1.0), (panda, 0.0)])
+    pure = text.blend_at(tiny_bundle, tokens, {}, 5, [(cat, 1.0)])
+    assert torch.equal(mixed, pure)
+    half = text.blend_at(tiny_bundle, tokens, {}, 5, [(cat, 0.4), (panda, 0.6)])[0, 5]
+    table = tiny_bundle.text_encoder.embeddings.token_embedding.weight
+    assert torch.allclose(half, 0.4 * table[cat] + 0.6 * table[panda])
+
+
+def test_prompt_mix_ends_are_the_pure_prompts(engine):
+    for factor, prompt in ((0.0, "a red circle"), (1.0, "a blue star")):
+        mixed = list(engine.mix_prompts("a red circle", "a blue star", factor, "", SMALL).frames)[-1].latents
+        pure = list(engine.txt2img(prompt, "", SMALL).frames)[-1].latents
+        assert torch.equal(mixed, pure)
+    middle = list(engine.mix_prompts("a red circle", "a blue star", 0.5, "", SMALL).frames)[-1].latents
+    assert not torch.equal(middle, pure)
+
+
+def test_sweep_runs_from_a_to_b(engine):
+    sweep = list(engine.prompt_sweep("a red circle", "a blue star", "", SMALL, count=3))
+    assert [factor for factor, _ in sweep] == [0.0, 0.5, 1.0]
+    alone = list(engine.txt2img("a blue star", "", SMALL).frames)[-1].image
+    assert sweep[-1][1].tobytes() == alone.tobytes()
+
+
+def test_edit_token_gives_the_prompt_and_its_edit_from_the_same_noise(engine):
+    plain, swapped = engine.edit_token("a red circle", "", SMALL, 2, [("red", 1.0)])
+    a, b = list(plain.frames), list(swapped.frames)
+    assert len(a) == len(b) == SMALL.steps and torch.equal(a[-1].latents, b[-1].latents)  # red -> red
+    plain, swapped = engine.edit_token("a red circle", "", SMALL, 2, [("blue", 1.0)])
+    assert not torch.equal(list(plain.frames)[-1].latents, list(swapped.frames)[-1].latents)
+
+
+# --- words, positions, and what is refused ---
+
+@pytest.mark.parametrize("word, message", [
+    ("stegosaurus", r"'stegosaurus' is 3 tokens \(ste, go, saurus\): give a word that is one token, or a token id"),
+    ("", "the word is empty: give a word or a token id"),
+    ("99999", r"token id 99999 is outside the vocabulary \(0 to 49407\)"),
+])
+def test_words_that_are_not_one_token_are_refused(engine, word, message):
+    with pytest.raises(ValueError, match=message):
+        engine.word(word)
+
+
+def test_token_ids_and_positions(engine):
+    assert engine.word("cat") == 2368 and engine.word("6829") == 6829
+    assert engine.position_of("a picture of a puppy", "puppy") == 5 == engine.position_of("a picture of a puppy", "5")
+    with pytest.raises(ValueError, match=r"'cat' is not one of the prompt's tokens \(a, picture, of, a, puppy\)"):
+        engine.position_of("a picture of a puppy", "cat")
+    with pytest.raises(ValueError, match="position must be one of the prompt's tokens, from 1 to 5, got 0"):
+        engine.edit_token("a picture of a puppy", "", SMALL, 0, [("cat", 1.0)])
+    with pytest.raises(ValueError, match=r"position must be one of the prompt's tokens, from 1 to 0, got 1"):
+        engine.edit_token("", "", SMALL, 1, [("cat", 1.0)])
+
+
+def test_token_view_lists_tokens_and_proves_the_encoder(engine):
+    view = engine.token_view("A picture of a puppy.")
+    assert [token for _, token, *_ in view.rows] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
+    assert view.padding == 69 and view.max_diff == 0.0 and view.max_diff_without_mask > 1e-3
+    assert view.token_heat.size == (HIDDEN * 4, 8 * 4)
+
+
+# --- textual inversion ---
+
+def test_each_accepted_format_loads(engine, tmp_path):
+    vector = torch.randn(HIDDEN)
+    save_file({"<cat-toy>": vector}, tmp_path / "learned_embeds.safetensors")
+    torch.save({"<cat-toy>": vector}, tmp_path / "learned_embeds.bin")
+    torch.save({"string_to_param": {"*": torch.randn(2, HIDDEN)}, "name": "style", "step": 500},
+               tmp_path / "style.pt")
+    for name in ("learned_embeds.safetensors", "learned_embeds.bin"):
+        learned = engine.load_learned(tmp_path / name)
+        assert list(learned) == ["<cat-toy>"] and torch.equal(learned["<cat-toy>"][0], vector)
+    assert engine.load_learned(tmp_path / "style.pt")["<style>"].shape == (2, HIDDEN)
+
+
+def test_a_pickle_carrying_code_is_refused_without_running_it(engine, tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "learned_embeds.bin"
+    path.write_bytes(pickle.dumps({"<evil>": Payload()}, protocol=2))
+    with pytest.raises(ValueError, match="learned_embeds.bin cannot be read as embeddings: UnpicklingError"):
+        engine.load_learned(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"<wide>": torch.randn(768)}, "'<wide>' is 768 wide, but this model's text encoder is 32 wide"),
+    ({"step": 5}, "holds no embeddings"),
+])
+def test_wrong_widths_and_other_contents_are_refused(engine, tmp_path, content, message):
+    path = tmp_path / "learned_embeds.bin"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=message):
+        engine.load_learned(path)
+
+
+def test_other_files_are_refused(engine, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: textual-inversion embeddings come as .safetensors, .bin, .pt"):
+        engine.load_learned(tmp_path / "notes.txt")
+
+
+@torch.no_grad()
+def test_learned_tokens_in_a_prompt_take_their_vectors_and_change_nothing_shared(engine, tiny_bundle):
+    learned = {"<style>": torch.randn(2, HIDDEN)}
+    table = tiny_bundle.text_encoder.embeddings.token_embedding.weight.clone()
+    vocabulary = len(tiny_bundle.tokenizer)
+    tokens = text.tokenize(tiny_bundle, "a cat in <style> style", learned)
+    assert tokens.learned == ((4, "<style>", 0), (5, "<style>", 1)) and tokens.length == 8
+    assert tokens.names[3:7] == ("in</w>", "<style>[0]", "<style>[1]", "style</w>")
+    embeds = text.with_learned(tiny_bundle, tokens, learned)
+    assert torch.equal(embeds[0, 4:6], learned["<style>"])
+    assert torch.equal(text.encode(tiny_bundle, tokens, learned), text.encode_embeddings(tiny_bundle, embeds))
+    assert len(tiny_bundle.tokenizer) == vocabulary
+    assert torch.equal(tiny_bundle.text_encoder.embeddings.token_embedding.weight, table)
+    assert text.tokenize(tiny_bundle, "a cat in <style> style").learned == ()  # another user's prompt
+
+
+# --- on the trained toy model ---
+
+def shape_color(image) -> np.ndarray:
+    pixels = np.asarray(image, dtype=float)
+    return pixels[np.abs(pixels - COLORS["white"]).sum(-1) > 120].mean(0)  # the pixels off the white ground
+
+
+def nearest(rgb) -> str:
+    palette = {**COLORS, "teal": TEAL}
+    return min(palette, key=lambda name: np.abs(np.array(palette[name]) - rgb).sum())
+
+
+def test_the_example_embedding_paints_teal(toy_engine):
+    learned = toy_engine.load_learned(toy_engine.example_embeddings()[0])
+    settings = replace(toy_engine.default_settings(), preview_every=0)
+    for seed in (0, 1):
+        with_it = list(toy_engine.txt2img(f"a {TOKEN} circle on a white background", "", replace(settings, seed=seed),
+                                          learned=learned).frames)[-1].image
+        word = list(toy_engine.txt2img("a teal circle on a white background", "", replace(settings, seed=seed))
+                    .frames)[-1].image
+        assert nearest(shape_color(with_it)) == "teal" and nearest(shape_color(word)) != "teal"
+
+
+def test_swapping_a_colour_word_recolours_the_shape(toy_engine):
+    settings = replace(toy_engine.default_settings(), preview_every=0, seed=2)
+    plain, swapped = toy_engine.edit_token("a red circle on a white background", "", settings, 2, [("blue", 1.0)])
+    reader = Reader()
+    before, after = reader.read(list(plain.frames)[-1].image), reader.read(list(swapped.frames)[-1].image)
+    assert (before.color, after.color) == ("red", "blue") and before.shape == after.shape == "circle"
+
+
+def test_mixing_two_colour_tokens_lands_in_between(toy_engine):
+    settings = replace(toy_engine.default_settings(), preview_every=0, seed=2)
+    prompt = "a red circle on a white background"
+    colors = []
+    for weight in (1.0, 0.5, 0.0):
+        _, mixed = toy_engine.edit_token(prompt, "", settings, 2, [("red", weight), ("yellow", 1 - weight)])
+        colors.append(shape_color(list(mixed.frames)[-1].image))
+    red, middle, yellow = colors
+    assert red[1] < middle[1] < yellow[1]  # green rises from red (220, 30, 30) toward yellow (250, 220, 40)
