@@ -193,3 +193,9 @@ def test_bad_images_say_what_is_wrong(tmp_path):
     Image.new("RGB", (1, 1)).save(one)
     with pytest.raises(ValueError, match="the image is 1x1 pixels; each side must be at least 16"):
         images.open_image(one)
+
+
+@pytest.mark.parametrize("strength", [1.5, -0.1, float("nan")])
+def test_strength_out_of_range(engine, strength):
+    with pytest.raises(ValueError, match=f"strength must be from 0 to 1, got {strength}"):
+        engine.img2img_plan(strength, 30, "lms")
