@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -157,3 +158,50 @@ def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):
         client.predict(prompt="a red circle", negative_prompt="", loss="blue", color="#0000ff", level=0.5,
                        loss_scale=50, every=3, mode="cheap", steps=4, guidance_scale=7.5, seed=7, width=64,
                        height=64, preview_every=1, scheduler="ddim", api_name="/guided")
+
+
+# --- the text lab ---
+
+def test_tokenize_endpoint(app_url):
+    table, proof, token_heat, position_heat = Client(app_url, verbose=False).predict(
+        "A picture of a puppy.", api_name="/tokenize")
+    assert [row[1] for row in table["data"][:8]] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
+    assert table["data"][8][2] == "69 x <|endoftext|> (padding to 77)"
+    assert "max abs difference **0**" in proof
+
+
+def test_swap_token_streams_both_runs(app_url):
+    outputs = list(Client(app_url, verbose=False).submit(
+        prompt="a picture of a puppy", token="puppy", replacement="cat", steps=5, guidance_scale=7.5, seed=3,
+        width=64, height=64, preview_every=1, scheduler="lms", api_name="/swap_token"))
+    assert len(image_paths(outputs, 0)) == len(image_paths(outputs, 1)) == 5
+    assert "**done**" in outputs[-1][2] and "token 5 → 'cat'" in outputs[-1][2]
+    with pytest.raises(Exception, match="'stegosaurus' is 3 tokens"):
+        Client(app_url, verbose=False).predict(
+            prompt="a picture of a puppy", token="puppy", replacement="stegosaurus", steps=5, guidance_scale=7.5,
+            seed=3, width=64, height=64, preview_every=1, scheduler="lms", api_name="/swap_token")
+
+
+def test_learned_embeddings_stay_with_the_user_who_loaded_them(app_url, tmp_path):
+    torch.save({"<thing>": torch.randn(32)}, tmp_path / "learned_embeds.bin")
+    owner, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    loaded, choices = owner.predict(handle_file(str(tmp_path / "learned_embeds.bin")), api_name="/load_embedding")
+    assert "<thing>" in loaded
+    run = dict(prompt="a <thing> on a table", token="", learned_token="<thing>", steps=3, guidance_scale=7.5,
+               seed=3, width=64, height=64, preview_every=1, scheduler="lms", api_name="/textual_inversion")
+    outputs = list(owner.submit(**run))
+    assert "**done**" in outputs[-1][2] and len(image_paths(outputs, 1)) == 3
+    with pytest.raises(Exception, match="No embeddings are loaded"):
+        other.predict(**run)
+
+
+def test_prompt_mix_and_sweep_endpoints(app_url):
+    client = Client(app_url, verbose=False)
+    settings = dict(steps=4, guidance_scale=7.5, seed=3, width=64, height=64, preview_every=1, scheduler="lms")
+    outputs = list(client.submit(prompt_a="a red circle", prompt_b="a blue star", factor=0.5, **settings,
+                                 api_name="/mix_prompts"))
+    assert len(image_paths(outputs, X0)) == 4 and "0.5 x A + 0.5 x B" in outputs[-1][STATUS]
+    strip, gif = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
+                                api_name="/prompt_sweep")
+    assert [item["caption"] for item in strip] == ["0.00", "0.50", "1.00"]
+    assert Image.open(gif).n_frames == 3

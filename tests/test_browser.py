@@ -212,3 +212,69 @@ def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     expect(page.locator("#guided-plot")).to_contain_text("loss on the guided steps")
     expect(page.locator("#guided-plot canvas, #guided-plot svg").first).to_be_visible()
     page.screenshot(path=SHOTS / "guided.png", full_page=True)
+
+
+def open_text_tab(page, name, elem_id):
+    page.get_by_role("tab", name="Text", exact=True).click()
+    return open_tab(page, name, elem_id)
+
+
+def test_tokens_table_and_the_encoder_proof(page):
+    tab = open_text_tab(page, "Tokens and embeddings", "text-tokens")
+    tab.get_by_label("Prompt").fill("A picture of a puppy.")
+    tab.get_by_role("button", name="Show the tokens").click()
+    expect(page.locator("#tokens-proof")).to_contain_text("max abs difference 0", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#tokens-table")).to_contain_text("6829")
+    expect(page.locator("#tokens-table")).to_contain_text("69 x <|endoftext|>")
+    expect(page.locator("#tokens-heat img")).to_have_count(1)
+    page.screenshot(path=SHOTS / "text-tokens.png", full_page=True)
+
+
+def test_swap_streams_both_runs_side_by_side(page):
+    tab = open_text_tab(page, "Swap a token", "text-swap")
+    tab.get_by_label("Prompt").fill("a picture of a puppy")
+    tab.get_by_label("Put this word there").fill("cat")
+    tab.get_by_label("The token to replace").fill("puppy")
+    tab.get_by_label("The token to replace").press("Enter")
+    tab.get_by_role("button", name="Generate both").click()
+    status = page.locator("#swap-status")
+    expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("token 5 → 'cat'")
+    expect(page.locator("#swap-left img")).to_have_count(1)
+    expect(page.locator("#swap-right img")).to_have_count(1)
+    page.screenshot(path=SHOTS / "text-swap.png", full_page=True)
+
+
+def test_mix_tokens(page):
+    tab = open_text_tab(page, "Mix two tokens", "text-mix")
+    set_number(tab, "Weight of A", 0.4)
+    tab.get_by_role("button", name="Generate both").click()
+    expect(page.locator("#mix-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#mix-status")).to_contain_text("0.4 x")
+    page.screenshot(path=SHOTS / "text-mix.png", full_page=True)
+
+
+def test_textual_inversion_upload_and_use(page, tmp_path):
+    import torch
+    torch.save({"<thing>": torch.randn(32)}, tmp_path / "learned_embeds.bin")
+    tab = open_text_tab(page, "Textual inversion", "text-ti")
+    tab.locator("#ti-upload input[type=file]").set_input_files(tmp_path / "learned_embeds.bin")
+    expect(page.locator("#ti-loaded")).to_contain_text("<thing>", timeout=RUN_TIMEOUT_MS)
+    tab.get_by_role("button", name="Generate both").click()  # the notebook's way: in place of "puppy"
+    expect(page.locator("#ti-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#ti-status")).to_contain_text("token 5 → <thing>")
+    page.screenshot(path=SHOTS / "text-ti.png", full_page=True)
+    torch.save({"<wide>": torch.randn(768)}, tmp_path / "wide.bin")
+    tab.locator("#ti-upload").get_by_role("button", name="Clear").click()
+    tab.locator("#ti-upload input[type=file]").set_input_files(tmp_path / "wide.bin")
+    expect(page.get_by_text("'<wide>' is 768 wide, but this model's text encoder is 32 wide")).to_be_visible(
+        timeout=RUN_TIMEOUT_MS)
+
+
+def test_prompt_mix_sweep(page):
+    tab = open_text_tab(page, "Mix two prompts", "text-prompts")
+    set_number(tab, "Images in the sweep", 4)
+    tab.get_by_role("button", name="Sweep from A to B").click()
+    expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"sdlens-prompt-sweep.*\.gif"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    page.screenshot(path=SHOTS / "text-prompts.png", full_page=True)

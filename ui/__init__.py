@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import Engine
-from ui import guided, img2img, schedule, txt2img, vae
+from ui import guided, img2img, schedule, text_lab, txt2img, vae
 from ui.stops import StopFlags
 
 TITLE = "SD Lens: look inside Stable Diffusion"
@@ -35,6 +35,8 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -
             vae.build(engine, concurrency)
         with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
             schedule.build(engine, concurrency)
+        with gr.Tab("Text", id="text", elem_id="tab-text"):
+            text_lab.build(engine, stops, concurrency)
         with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
             guided.build(engine, stops, concurrency)
     return demo

@@ -1,6 +1,7 @@
 """What every tab shares: turning engine errors into messages on the page, and reading number widgets."""
 from __future__ import annotations
 
+import html
 import logging
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ def user_errors():
     try:
         yield
     except (ValueError, RunFailed) as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(html.escape(str(err), quote=False)) from err  # the page shows it as HTML: <teal> stays
     except gr.Error:
         raise
     except Exception as err:

@@ -30,6 +30,27 @@ def image_panel(label: str, elem_id: str, **options) -> gr.Image:
     return gr.Image(label=label, format="png", height=PANEL, elem_classes="pixels", elem_id=elem_id, **options)
 
 
+@contextmanager
+def stop_flag(stops: StopFlags, request: gr.Request) -> Iterator[threading.Event]:
+    """The flag this session's Stop button sets, for the run about to start."""
+    flag = stops.begin(request.session_hash)
+    try:
+        yield flag
+    finally:
+        stops.end(request.session_hash, flag)
+
+
+def wire_stop(button: gr.Button, stops: StopFlags, api_name: str | None = None) -> None:
+    """Stop ends this session's run before its next step; only one button publishes the `/stop` endpoint."""
+
+    def stop_run(request: gr.Request):
+        """Stop this session's run before its next step."""
+        stops.stop(request.session_hash)
+
+    visibility = {"api_name": api_name} if api_name else {"api_visibility": "private"}
+    button.click(stop_run, None, None, queue=False, **visibility)
+
+
 class Controls:
     """The settings every generating tab offers; `sized` adds width and height (image to image takes the
     image's size instead)."""
@@ -94,14 +115,8 @@ class RunView:
         """What a run writes (mp4 and gif: cleared by a new run)."""
         return [self.x_t, self.x0, self.status, self.result, self.scrub, self.mp4, self.gif, self.history]
 
-    @contextmanager
-    def stop_flag(self, request: gr.Request) -> Iterator[threading.Event]:
-        """The flag this session's Stop button sets, for the run about to start."""
-        flag = self.stops.begin(request.session_hash)
-        try:
-            yield flag
-        finally:
-            self.stops.end(request.session_hash, flag)
+    def stop_flag(self, request: gr.Request):
+        return stop_flag(self.stops, request)
 
     def stream(self, run: Run, flag: threading.Event, about: str = "",
                extra: Callable[[Frame], dict] = lambda frame: {}) -> Iterator[dict]:
@@ -132,7 +147,6 @@ class RunView:
 
     def wire(self, stop: gr.Button, stop_api: str | None) -> None:
         """Stop, the scrubber and the video; `stop_api` names the Stop endpoint (one tab publishes it)."""
-        stops = self.stops
 
         def export_video(last_run):
             """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video"."""
@@ -147,10 +161,6 @@ class RunView:
                 yield (str(export.write_mp4(pairs, stem.with_suffix(".mp4"))),
                        str(export.write_gif(pairs, stem.with_suffix(".gif"))))
 
-        def stop_run(request: gr.Request):
-            """Stop this session's run before its next step."""
-            stops.stop(request.session_hash)
-
         def show_frame(position, last_run):
             if not last_run:
                 return gr.skip(), gr.skip(), gr.skip()
@@ -159,9 +169,36 @@ class RunView:
             return x_t, x0, f"{caption} · scrubbing the last run"
 
         self.make_video.click(export_video, self.history, [self.mp4, self.gif], api_name=f"{self.name}_video")
-        if stop_api:
-            stop.click(stop_run, None, None, api_name=stop_api, queue=False)
-        else:
-            stop.click(stop_run, None, None, api_visibility="private", queue=False)
+        wire_stop(stop, self.stops, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
                          api_visibility="private", queue=False)
+
+
+class PairView:
+    """Two runs of the same seed side by side (the prompt as written, and edited), streamed step by step."""
+
+    def __init__(self, name: str, stops: StopFlags, left: str, right: str):
+        self.stops = stops
+        with gr.Row():
+            self.left = image_panel(f"{left}: predicted x0", f"{name}-left")
+            self.right = image_panel(f"{right}: predicted x0", f"{name}-right")
+        self.status = gr.Markdown("Press Generate: both run from the same noise.", elem_id=f"{name}-status")
+
+    @property
+    def outputs(self) -> list:
+        return [self.left, self.right, self.status]
+
+    def stream(self, runs: tuple[Run, Run], flag: threading.Event, about: str) -> Iterator[dict]:
+        """Both runs a step at a time; the final images replace the previews on the last step."""
+        first, second = runs
+        about = f"seed {first.settings.seed} · {about}"
+        caption, done = "no step run", False
+        with user_errors():
+            for a, b in zip(first.frames, second.frames):
+                caption = frame_caption(a)
+                update = {self.status: f"{caption} · {about}"}
+                if a.x0_image is not None:
+                    update |= {self.left: a.image or a.x0_image, self.right: b.image or b.x0_image}
+                done = a.image is not None
+                yield update
+        yield {self.status: f"{caption} · **{'done' if done or not flag.is_set() else 'stopped'}** · {about}"}

@@ -1,0 +1,278 @@
+"""The "Text" tab: how a prompt becomes what the UNet reads, and what edits on the way do.
+
+Sub-tabs: the tokens and their embeddings; swapping a token's embedding; mixing two tokens; textual
+inversion; mixing two prompts. Every generation runs through the engine's one loop; only the
+conditioning differs. Learned embeddings live in this session's state, never in the shared model.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import export
+from core.engine import MAX_SWEEP, Engine
+from ui.common import GENERATE, number, user_errors, whole
+from ui.run_view import PANEL, Controls, PairView, RunView, stop_flag, wire_stop
+from ui.stops import StopFlags
+
+
+def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str, str]]:
+    """The prompt's own tokens as dropdown choices: label "2: red", value "2" (its position)."""
+    try:
+        rows = engine.token_view(prompt, learned).rows[1:-1]
+    except ValueError:
+        return []
+    return [(f"{position}: {name.removesuffix('</w>')}", str(position)) for position, _, name, _, _ in rows]
+
+
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+    learned = gr.State({})  # this session's textual-inversion embeddings: {token: vectors}
+    with gr.Accordion("Generation settings for every experiment on this tab", open=False):
+        controls = Controls(engine)
+    run_options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
+
+    # --- tokens and embeddings ---
+    with gr.Tab("Tokens and embeddings", elem_id="text-tokens"):
+        with gr.Row():
+            token_prompt = gr.Textbox(label="Prompt", value=engine.examples("swap_token")[0][0], scale=4)
+            show = gr.Button("Show the tokens", variant="primary", scale=1)
+        with gr.Row():
+            table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table",
+                                 max_height=420, scale=3)
+            with gr.Column(scale=2):
+                proof = gr.Markdown(elem_id="tokens-proof")
+                token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
+                                      elem_classes="pixels", height=PANEL // 2, elem_id="tokens-heat")
+                position_heat = gr.Image(label="Position embeddings of the same positions", format="png",
+                                         elem_classes="pixels", height=PANEL // 2, elem_id="tokens-positions")
+
+    def tokenize(prompt, learned):
+        """A prompt's tokens (position, id, token, embedding norms), the embeddings as heat maps, and the
+        proof that the encoder run by hand on them equals the text encoder."""
+        with user_errors():
+            view = engine.token_view(prompt, learned)
+        rows = [[position, "learned" if token is None else token, name, round(norm, 3), round(pos, 3)]
+                for position, token, name, norm, pos in view.rows]
+        if view.padding:
+            rows.append(["...", "", f"{view.padding} x <|endoftext|> (padding to {len(view.rows) + view.padding})",
+                         "", ""])
+        columns = ["position", "token id", "token", "|token embedding|", "|position embedding|"]
+        text = (f"token + position embeddings → encoder with its causal mask → final layer norm, against "
+                f"`text_encoder(input_ids)`: max abs difference **{view.max_diff:.2g}**. Without the causal mask "
+                f"(every token seeing the later ones too): **{view.max_diff_without_mask:.3g}**.")
+        if view.truncated:
+            text += f"  \n⚠️ Past CLIP's 77 tokens, ignored: “{view.truncated}”"
+        return pd.DataFrame(rows, columns=columns), text, view.token_heat, view.position_heat
+
+    token_outputs = [table, proof, token_heat, position_heat]
+    gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, learned], token_outputs, api_name="tokenize")
+
+    # --- swap a token ---
+    with gr.Tab("Swap a token", elem_id="text-swap"):
+        first = engine.examples("swap_token")[0]
+        with gr.Row():
+            with gr.Column(scale=2):
+                swap_prompt = gr.Textbox(label="Prompt", value=first[0])
+                swap_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1],
+                                             allow_custom_value=True, label="The token to replace",
+                                             info="a word of the prompt, or its position")
+                replacement = gr.Textbox(label="Put this word there", value=first[2],
+                                         info="one token, or a token id such as 2368")
+                with gr.Row():
+                    swap_go = gr.Button("Generate both", variant="primary")
+                    swap_stop = gr.Button("Stop", variant="stop")
+                gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
+                            example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
+            with gr.Column(scale=3):
+                swap_view = PairView("swap", stops, "As written", "Swapped")
+
+    def swap_token(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
+                   scheduler, learned, request: gr.Request):
+        """The prompt as written and with one token's embedding swapped for another word's, same seed."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                position = engine.position_of(prompt, token, learned)
+                runs = engine.edit_token(prompt, "", settings, position, [(replacement, 1.0)], learned,
+                                         should_stop=flag.is_set)
+            yield from swap_view.stream(runs, flag, f"token {position} → {replacement!r}")
+
+    swap_go.click(swap_token, [swap_prompt, swap_token_box, replacement, *controls.inputs, learned],
+                  swap_view.outputs, api_name="swap_token", **run_options)
+    wire_stop(swap_stop, stops)
+
+    # --- mix two tokens ---
+    with gr.Tab("Mix two tokens", elem_id="text-mix"):
+        first = engine.examples("mix_tokens")[0]
+        with gr.Row():
+            with gr.Column(scale=2):
+                mix_prompt = gr.Textbox(label="Prompt", value=first[0])
+                mix_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1],
+                                            allow_custom_value=True, label="The token to replace with the mix")
+                with gr.Row():
+                    word_a = gr.Textbox(label="Word A", value=first[2])
+                    word_b = gr.Textbox(label="Word B", value=first[3])
+                weight = gr.Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
+                                   info="the mix is weight x A + (1 - weight) x B")
+                with gr.Row():
+                    mix_go = gr.Button("Generate both", variant="primary")
+                    mix_stop = gr.Button("Stop", variant="stop")
+                gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
+                            example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
+                                            for p, t, a, b, w in engine.examples("mix_tokens")])
+            with gr.Column(scale=3):
+                mix_view = PairView("mix", stops, "As written", "Mixed")
+
+    def mix_tokens(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
+                   preview_every, scheduler, learned, request: gr.Request):
+        """The prompt as written and with one token's embedding replaced by weight x A + (1 - weight) x B."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                w = number(weight, "weight")
+                if not 0 <= w <= 1:
+                    raise ValueError(f"weight must be from 0 to 1, got {w}")
+                position = engine.position_of(prompt, token, learned)
+                runs = engine.edit_token(prompt, "", settings, position, [(word_a, w), (word_b, 1 - w)], learned,
+                                         should_stop=flag.is_set)
+            yield from mix_view.stream(runs, flag, f"token {position} → {w:g} x {word_a!r} + {1 - w:g} x {word_b!r}")
+
+    mix_go.click(mix_tokens, [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, learned],
+                 mix_view.outputs, api_name="mix_tokens", **run_options)
+    wire_stop(mix_stop, stops)
+
+    # --- textual inversion ---
+    with gr.Tab("Textual inversion", elem_id="text-ti"):
+        first = engine.examples("textual_inversion")[0]
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(label="Load embeddings (learned_embeds.safetensors / .bin, or a .pt)",
+                                 file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
+                examples_button = gr.Button("Load the embeddings made for this model", size="sm",
+                                            visible=bool(engine.example_embeddings()))
+                loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded")
+                ti_prompt = gr.Textbox(label="Prompt", value=first[0],
+                                       info="write a loaded token (e.g. <teal>) in it ...")
+                ti_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1] or None,
+                                           allow_custom_value=True, label="... or put a loaded token in place of",
+                                           info="a word of the prompt (the notebook's way); empty: as written")
+                ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
+                with gr.Row():
+                    ti_go = gr.Button("Generate both", variant="primary")
+                    ti_stop = gr.Button("Stop", variant="stop")
+                gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
+                            example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
+                                            for p, t in engine.examples("textual_inversion")])
+            with gr.Column(scale=3):
+                ti_view = PairView("ti", stops, "Without the learned embeddings", "With them")
+
+    def describe(session_learned: dict) -> tuple[str, dict]:
+        names = sorted(session_learned)
+        text = ("Loaded (for you only): " + ", ".join(f"`{n}` ({len(session_learned[n])} vector"
+                                                     f"{'s' if len(session_learned[n]) > 1 else ''})" for n in names)
+                if names else "No embeddings loaded yet.")
+        return text, gr.update(choices=names, value=names[0] if names else None)
+
+    def load_embedding(file, session_learned):
+        """Add the textual-inversion embeddings of a file to this session's."""
+        with user_errors():
+            if file is None:
+                raise ValueError("There is no file: upload learned_embeds.safetensors, .bin or .pt")
+            session_learned = {**session_learned, **engine.load_learned(file)}
+        return session_learned, *describe(session_learned)
+
+    def load_examples(session_learned):
+        for path in engine.example_embeddings():
+            session_learned = {**session_learned, **engine.load_learned(path)}
+        return session_learned, *describe(session_learned)
+
+    def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
+                          preview_every, scheduler, learned, request: gr.Request):
+        """With a token in place of a word: the prompt as written beside the learned vector at that word.
+        Without: the prompt with its learned tokens beside the same prompt with them as plain text."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                if not learned:
+                    raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
+                if token:
+                    if learned_token not in learned:
+                        raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
+                    position = engine.position_of(prompt, token, learned)
+                    runs = engine.edit_token(prompt, "", settings, position, [(learned[learned_token][0], 1.0)],
+                                             learned, should_stop=flag.is_set)
+                    about = f"token {position} → `{learned_token}`"
+                else:
+                    runs = (engine.txt2img(prompt, "", settings, should_stop=flag.is_set),
+                            engine.txt2img(prompt, "", settings, should_stop=flag.is_set, learned=learned))
+                    about = "the learned tokens as plain text (left) and as learned (right)"
+            yield from ti_view.stream(runs, flag, about)
+
+    upload.upload(load_embedding, [upload, learned], [learned, loaded, ti_learned_token], api_name="load_embedding")
+    examples_button.click(load_examples, learned, [learned, loaded, ti_learned_token], api_visibility="private")
+    ti_go.click(textual_inversion, [ti_prompt, ti_token_box, ti_learned_token, *controls.inputs, learned],
+                ti_view.outputs, api_name="textual_inversion", **run_options)
+    wire_stop(ti_stop, stops)
+
+    # --- mix two prompts ---
+    with gr.Tab("Mix two prompts", elem_id="text-prompts"):
+        first = engine.examples("mix_prompts")[0]
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt_a = gr.Textbox(label="Prompt A", value=first[0])
+                prompt_b = gr.Textbox(label="Prompt B", value=first[1])
+                factor = gr.Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
+                                   info="(1 - factor) x encoding(A) + factor x encoding(B)")
+                with gr.Row():
+                    prompts_go = gr.Button("Generate", variant="primary")
+                    prompts_stop = gr.Button("Stop", variant="stop")
+                count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
+                sweep_go = gr.Button("Sweep from A to B (same seed)")
+                gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
+            with gr.Column(scale=3):
+                prompts_view = RunView("prompts", stops, "Press Generate to watch the mixed prompt denoise.")
+                strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
+                                   elem_id="prompts-strip", object_fit="contain")
+                sweep_gif = gr.File(label="The sweep as a GIF")
+
+    def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
+                    scheduler, learned, request: gr.Request):
+        """Generate from a mix of two prompts' encodings, streaming x_t and x0."""
+        with prompts_view.stop_flag(request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                f = number(factor, "mix factor")
+                run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
+            yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
+
+    def prompt_sweep(prompt_a, prompt_b, count, steps, guidance_scale, seed, width, height, preview_every,
+                     scheduler, learned, request: gr.Request):
+        """The mix at evenly spaced factors from A to B with the same seed, as a strip and a GIF."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                shown = []
+                yield [], None
+                for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),
+                                                      learned, should_stop=flag.is_set):
+                    shown.append((image, f"{mix:.2f}"))
+                    yield shown, None
+            if not shown:
+                return
+            with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
+                path = Path(folder) / "sdlens-prompt-sweep.gif"
+                yield shown, str(export.write_gif([image for image, _ in shown], path))
+
+    prompts_go.click(mix_prompts, [prompt_a, prompt_b, factor, *controls.inputs, learned], prompts_view.outputs,
+                     api_name="mix_prompts", **run_options)
+    sweep_go.click(prompt_sweep, [prompt_a, prompt_b, count, *controls.inputs, learned], [strip, sweep_gif],
+                   api_name="prompt_sweep", **run_options)
+    prompts_view.wire(prompts_stop, stop_api=None)
+
+    # the token pickers follow their prompts
+    for prompt_box, picker in ((swap_prompt, swap_token_box), (mix_prompt, mix_token_box), (ti_prompt, ti_token_box)):
+        prompt_box.change(lambda p, s: gr.update(choices=token_choices(engine, p, s)), [prompt_box, learned], picker,
+                          api_visibility="private", queue=False)
