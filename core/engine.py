@@ -230,7 +230,8 @@ class Engine:
             f"{what} is longer than CLIP's {self.bundle.max_length} tokens; ignored: “{t.truncated}”"
             for what, t in (("The prompt", tokens), ("The negative prompt", negative)) if t.truncated
         )
-        return Conditioning(text.encode(self.bundle, tokens, learned), text.encode(self.bundle, negative, learned)), notes
+        cond = Conditioning(text.encode(self.bundle, tokens, learned), text.encode(self.bundle, negative, learned))
+        return cond, notes
 
     # --- the text lab: tokens, embeddings and their edits ---
 

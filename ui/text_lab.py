@@ -28,6 +28,19 @@ def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str,
     return [(f"{position}: {name.removesuffix('</w>')}", str(position)) for position, _, name, _, _ in rows]
 
 
+def go_and_stop(stops: StopFlags, label: str) -> gr.Button:
+    """A run button beside a Stop button for this session's run; returns the run button."""
+    with gr.Row():
+        go = gr.Button(label, variant="primary")
+        wire_stop(gr.Button("Stop", variant="stop"), stops)
+    return go
+
+
+def token_picker(engine: Engine, prompt: str, value: str | None, label: str, info: str | None = None):
+    """A dropdown of the prompt's tokens that also takes a word of the prompt or a position typed in."""
+    return gr.Dropdown(token_choices(engine, prompt, {}), value=value, allow_custom_value=True, label=label, info=info)
+
+
 def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     learned = gr.State({})  # this session's textual-inversion embeddings: {token: vectors}
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
@@ -76,14 +89,11 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
         with gr.Row():
             with gr.Column(scale=2):
                 swap_prompt = gr.Textbox(label="Prompt", value=first[0])
-                swap_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1],
-                                             allow_custom_value=True, label="The token to replace",
-                                             info="a word of the prompt, or its position")
+                swap_token_box = token_picker(engine, first[0], first[1], "The token to replace",
+                                              "a word of the prompt, or its position")
                 replacement = gr.Textbox(label="Put this word there", value=first[2],
                                          info="one token, or a token id such as 2368")
-                with gr.Row():
-                    swap_go = gr.Button("Generate both", variant="primary")
-                    swap_stop = gr.Button("Stop", variant="stop")
+                swap_go = go_and_stop(stops, "Generate both")
                 gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
                             example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
             with gr.Column(scale=3):
@@ -102,7 +112,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
 
     swap_go.click(swap_token, [swap_prompt, swap_token_box, replacement, *controls.inputs, learned],
                   swap_view.outputs, api_name="swap_token", **run_options)
-    wire_stop(swap_stop, stops)
 
     # --- mix two tokens ---
     with gr.Tab("Mix two tokens", elem_id="text-mix"):
@@ -110,16 +119,13 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
         with gr.Row():
             with gr.Column(scale=2):
                 mix_prompt = gr.Textbox(label="Prompt", value=first[0])
-                mix_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1],
-                                            allow_custom_value=True, label="The token to replace with the mix")
+                mix_token_box = token_picker(engine, first[0], first[1], "The token to replace with the mix")
                 with gr.Row():
                     word_a = gr.Textbox(label="Word A", value=first[2])
                     word_b = gr.Textbox(label="Word B", value=first[3])
                 weight = gr.Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
                                    info="the mix is weight x A + (1 - weight) x B")
-                with gr.Row():
-                    mix_go = gr.Button("Generate both", variant="primary")
-                    mix_stop = gr.Button("Stop", variant="stop")
+                mix_go = go_and_stop(stops, "Generate both")
                 gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
                             example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
                                             for p, t, a, b, w in engine.examples("mix_tokens")])
@@ -142,7 +148,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
 
     mix_go.click(mix_tokens, [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, learned],
                  mix_view.outputs, api_name="mix_tokens", **run_options)
-    wire_stop(mix_stop, stops)
 
     # --- textual inversion ---
     with gr.Tab("Textual inversion", elem_id="text-ti"):
@@ -156,13 +161,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded")
                 ti_prompt = gr.Textbox(label="Prompt", value=first[0],
                                        info="write a loaded token (e.g. <teal>) in it ...")
-                ti_token_box = gr.Dropdown(token_choices(engine, first[0], {}), value=first[1] or None,
-                                           allow_custom_value=True, label="... or put a loaded token in place of",
-                                           info="a word of the prompt (the notebook's way); empty: as written")
+                ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
+                                            "a word of the prompt (the notebook's way); empty: as written")
                 ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
-                with gr.Row():
-                    ti_go = gr.Button("Generate both", variant="primary")
-                    ti_stop = gr.Button("Stop", variant="stop")
+                ti_go = go_and_stop(stops, "Generate both")
                 gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
                             example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
                                             for p, t in engine.examples("textual_inversion")])
@@ -215,7 +217,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     examples_button.click(load_examples, learned, [learned, loaded, ti_learned_token], api_visibility="private")
     ti_go.click(textual_inversion, [ti_prompt, ti_token_box, ti_learned_token, *controls.inputs, learned],
                 ti_view.outputs, api_name="textual_inversion", **run_options)
-    wire_stop(ti_stop, stops)
 
     # --- mix two prompts ---
     with gr.Tab("Mix two prompts", elem_id="text-prompts"):
