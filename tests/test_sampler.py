@@ -1,5 +1,6 @@
 """The one sampling loop against diffusers' StableDiffusionPipeline, and its contract."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from diffusers import DDIMScheduler, LMSDiscreteScheduler
 from core import schedule, text
 from core.engine import RANDOM_SEED, Engine
 from core.latents import decode, to_pil
-from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, sample
+from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
 
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
 
@@ -203,3 +204,26 @@ def test_x_t_is_what_the_unet_saw_even_when_a_hook_moves_the_latents(tiny_bundle
         del tiny_bundle.unet.forward
     assert len(seen) == SMALL.steps
     assert all(torch.equal(frame.x_t, input_) for frame, input_ in zip(frames, seen))
+
+
+def test_cached_lms_equals_stock_lms_and_integrates_each_coefficient_once(tiny_bundle, monkeypatch):
+    """Two runs of the same schedule: identical to diffusers' LMS, and the second run integrates nothing."""
+    settings = replace(SMALL, steps=12, seed=9)
+    stock = LMSDiscreteScheduler.from_config(tiny_bundle.scheduler_config)
+    stock.set_timesteps(settings.steps)
+    cond = conditioning(tiny_bundle)
+    frames = list(sample(tiny_bundle, cond, settings))
+    latents = initial_noise(tiny_bundle, settings) * stock.init_noise_sigma
+    for taken, t in enumerate(stock.timesteps):
+        x_t = stock.scale_model_input(latents, t)
+        eps_u, eps_c = tiny_bundle.unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=torch.cat(
+            [cond.uncond, cond.cond])).sample.chunk(2)
+        latents = stock.step(eps_u + settings.guidance_scale * (eps_c - eps_u), t, latents,
+                             order=min(taken + 1, 4)).prev_sample
+    assert torch.equal(frames[-1].latents, latents)
+    integrals = []
+    original = LMSDiscreteScheduler.get_lms_coefficient
+    monkeypatch.setattr(LMSDiscreteScheduler, "get_lms_coefficient",
+                        lambda self, *args: integrals.append(args) or original(self, *args))
+    again = list(sample(tiny_bundle, cond, settings))
+    assert integrals == [] and torch.equal(again[-1].latents, frames[-1].latents)
