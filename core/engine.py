@@ -168,6 +168,8 @@ class NoiseRow:
 class Engine:
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
+        latents.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
+        self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
 
     def default_settings(self) -> Settings:
         """Settings for this model: its native size, and any defaults its folder recommends."""
@@ -226,12 +228,12 @@ class Engine:
         reads."""
         tokens = text.tokenize(self.bundle, prompt, learned)
         negative = text.tokenize(self.bundle, negative_prompt, learned)
+        uncond = self.empty_encoding if negative_prompt == "" else text.encode(self.bundle, negative, learned)
         notes = tuple(
             f"{what} is longer than CLIP's {self.bundle.max_length} tokens; ignored: “{t.truncated}”"
             for what, t in (("The prompt", tokens), ("The negative prompt", negative)) if t.truncated
         )
-        cond = Conditioning(text.encode(self.bundle, tokens, learned), text.encode(self.bundle, negative, learned))
-        return cond, notes
+        return Conditioning(text.encode(self.bundle, tokens, learned), uncond), notes
 
     # --- the text lab: tokens, embeddings and their edits ---
 

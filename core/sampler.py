@@ -15,13 +15,18 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from core import schedule
-from core.latents import decode, to_pil
+from core.latents import decode, fast_decode, to_pil
 from core.models import ModelBundle
 
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
 MIN_SIDE = 64
+PREVIEWS = {  # how previews are decoded; the final image always goes through the VAE
+    "auto": "fast when previewing every step, else the full VAE",
+    "fast": "a linear map of the latents fitted to the VAE: one pixel per latent cell, almost free",
+    "full": "the VAE decoder: every pixel, at the cost of a decode per preview",
+}
 
 
 class RunFailed(RuntimeError):
@@ -39,6 +44,7 @@ class Settings:
     width: int = 512
     preview_every: int = 1         # decode x_t and x0 every N steps (0: only at the end)
     scheduler: str = "lms"         # a key of core.schedule.SCHEDULERS
+    previews: str = "auto"         # a key of PREVIEWS: how x_t and x0 are decoded for the page
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,8 @@ def check_settings(bundle: ModelBundle, s: Settings) -> None:
         raise ValueError(f"preview_every must be from 0 (only the end) to steps ({s.steps}), got {s.preview_every!r}")
     if s.scheduler not in schedule.SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(schedule.SCHEDULERS)}, got {s.scheduler!r}")
+    if s.previews not in PREVIEWS:
+        raise ValueError(f"previews must be one of {', '.join(PREVIEWS)}, got {s.previews!r}")
 
 
 def initial_noise(bundle: ModelBundle, s: Settings) -> torch.Tensor:
@@ -134,6 +142,19 @@ def start_latents(bundle: ModelBundle, s: Settings, scheduler: SchedulerMixin, s
     return schedule.add_noise(scheduler, start.latents.to(bundle.device, bundle.dtype), noise, start.step)
 
 
+def _decode_frame(bundle: ModelBundle, x_t: torch.Tensor, x0: torch.Tensor, final: torch.Tensor | None,
+                  preview: bool, fast: bool) -> tuple[Image.Image | None, Image.Image | None, Image.Image | None]:
+    """x_t and x0 decoded for the page on preview steps (fast or full), and the finished image on the last
+    step (always the full VAE); one VAE call for whatever needs it."""
+    shown = [x_t, x0] if preview else []
+    full = ([] if fast else shown) + ([final] if final is not None else [])
+    decoded = to_pil(decode(bundle, torch.cat(full))) if full else []
+    if fast and shown:
+        decoded = to_pil(fast_decode(bundle, torch.cat(shown))) + decoded
+    x_t_image, x0_image = decoded[:2] if shown else (None, None)
+    return x_t_image, x0_image, decoded[-1] if final is not None else None
+
+
 def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
            hooks: Sequence[Hook] = (), should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
     """Check the inputs now, then return the generator that denoises one step per `next()`.
@@ -143,10 +164,11 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
     check_settings(bundle, settings)
     if start is not None and not 0 <= start.step < settings.steps:
         raise ValueError(f"start step must be from 0 to {settings.steps - 1}, got {start.step}")
-    return _denoise(bundle, cond, settings, start, tuple(hooks), should_stop)
+    # Without hooks nothing needs autograd at all; a hook (loss guidance) builds its own graph inside its step.
+    mode = torch.no_grad() if hooks else torch.inference_mode()
+    return mode(_denoise)(bundle, cond, settings, start, tuple(hooks), should_stop)
 
 
-@torch.no_grad()
 def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None,
              hooks: tuple[Hook, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
     # 1. this run's own scheduler
@@ -174,6 +196,7 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         return noise_of_input(scheduler.scale_model_input(x, t), t)
 
     # 4. denoise, one frame per step
+    fast = s.previews == "fast" or (s.previews == "auto" and s.preview_every == 1)
     for taken, t in enumerate(timesteps):
         if should_stop():
             return
@@ -192,11 +215,8 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
                 f"The latents became NaN or infinite at step {index + 1}: lower the guidance scale "
                 f"(now {s.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
         last = index == s.steps - 1
-        x_t_image = x0_image = image = None
-        if last or (s.preview_every and (taken + 1) % s.preview_every == 0):
-            decoded = decode(bundle, torch.cat([x_t, x0, next_latents] if last else [x_t, x0]))
-            x_t_image, x0_image, *final = to_pil(decoded)
-            image = final[0] if final else None
+        preview = bool(s.preview_every) and (last or (taken + 1) % s.preview_every == 0)
+        x_t_image, x0_image, image = _decode_frame(bundle, x_t, x0, next_latents if last else None, preview, fast)
         yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
                     x_t_image, x0_image, image, loss, note)
         latents = next_latents

@@ -27,8 +27,8 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
                     num_train_timesteps=1000, steps_offset=1)
 
 
-def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random SD v1-shaped model to `folder` and return it."""
+def build_tiny_sd(folder: Path, seed: int = 0, latent_size: int = 8) -> Path:
+    """Write a tiny random SD v1-shaped model to `folder` and return it; its native size is 8 x `latent_size`."""
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -38,9 +38,9 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+        layers_per_block=1, norm_num_groups=8, sample_size=8 * latent_size, scaling_factor=0.18215)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)

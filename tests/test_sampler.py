@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
-from core import schedule, text
+from core import latents, schedule, text
 from core.engine import RANDOM_SEED, Engine
 from core.latents import decode, to_pil
 from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
@@ -68,7 +68,36 @@ def test_previews_and_final_image(tiny_bundle):
     expected = to_pil(decode(tiny_bundle, last.latents))[0]
     assert list(last.image.getdata()) == list(expected.getdata())
     only_end = list(sample(tiny_bundle, conditioning(tiny_bundle), Settings(**{**SMALL.__dict__, "preview_every": 0})))
-    assert [f.index for f in only_end if f.x0_image is not None] == [7]
+    assert [f.index for f in only_end if f.x0_image is not None] == []  # no previews: only the result
+    assert list(only_end[-1].image.getdata()) == list(expected.getdata())
+
+
+@pytest.mark.parametrize("previews, preview_every, side", [("auto", 1, 8), ("fast", 2, 8), ("auto", 2, 64),
+                                                           ("full", 1, 64)])
+def test_fast_previews_are_one_pixel_per_latent_cell(tiny_bundle, previews, preview_every, side):
+    settings = replace(SMALL, previews=previews, preview_every=preview_every)
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
+    shown = [f for f in frames if f.x0_image is not None]
+    assert shown and all(f.x0_image.size == f.x_t_image.size == (side, side) for f in shown)
+    assert frames[-1].image.size == (64, 64)  # the result always goes through the VAE
+    with pytest.raises(ValueError, match="previews must be one of auto, fast, full, got 'quick'"):
+        sample(tiny_bundle, conditioning(tiny_bundle), replace(SMALL, previews="quick"))
+
+
+def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine):
+    """On images it was not fitted on, the map is nearly as close to the VAE's colour of each latent cell as
+    the best linear map fitted to those very images; and far closer than no map (mid grey)."""
+    from core.toyworld.data import make_dataset
+    bundle = toy_engine.bundle
+    pictures = torch.cat([latents.from_pil(image) for image, _, _ in make_dataset(32, seed=5)])
+    with torch.no_grad():
+        codes = latents.encode(bundle, pictures)                                      # (32, 4, 8, 8)
+        cells = torch.nn.functional.avg_pool2d(latents.decode(bundle, codes), 8)     # (32, 3, 8, 8)
+    x = torch.cat([codes.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(32 * 64, 1)], 1)
+    oracle = x @ torch.linalg.lstsq(x, cells.permute(0, 2, 3, 1).reshape(-1, 3)).solution
+    best = (oracle.clamp(0, 1) - cells.permute(0, 2, 3, 1).reshape(-1, 3)).abs().mean()
+    ours = (latents.fast_decode(bundle, codes) - cells).abs().mean()
+    assert ours < best + 0.06 and ours < (cells - 0.5).abs().mean() - 0.05  # 0.19, 0.14 best, 0.28 grey
 
 
 @pytest.mark.parametrize("name", ["lms", "euler", "ddim", "dpm++"])

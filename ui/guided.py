@@ -73,12 +73,13 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                                 guidance_of(loss, color, level, loss_scale, every, mode))
 
     def guided(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
-               width, height, preview_every, scheduler, request: gr.Request):
+               width, height, preview_every, previews, scheduler, request: gr.Request):
         """Generate with loss guidance, streaming x0 and the loss of each guided step; then the same run
         unguided, for comparison."""
         with view.stop_flag(request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 run = engine.guided(prompt, negative_prompt, settings,
                                     guidance_of(loss, color, level, loss_scale, every, mode), should_stop=flag.is_set)
             losses = []

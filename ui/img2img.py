@@ -54,15 +54,16 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             settings = engine.check_txt2img(prompt, negative_prompt, controls.settings(*numbers))
             engine.img2img_plan(number(strength, "strength"), settings.steps, settings.scheduler)
 
-    def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, scheduler,
-                request: gr.Request):
+    def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, previews,
+                scheduler, request: gr.Request):
         """Noise the image's latents to the step the strength gives, then denoise them toward the prompt,
         streaming x_t and the predicted x0 of every preview step."""
         with view.stop_flag(request) as flag:
             with user_errors():
                 if image is None:
                     raise ValueError("There is no input image: upload one or pick an example")
-                settings = controls.settings(steps, guidance_scale, seed, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, preview_every,
+                                             previews, scheduler)
                 run = engine.img2img(prompt, negative_prompt, image, number(strength, "strength"), settings,
                                      should_stop=flag.is_set)
             source = run.source

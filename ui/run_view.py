@@ -13,7 +13,7 @@ import gradio as gr
 
 from core import export
 from core.engine import RANDOM_SEED, Engine, Run
-from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, Frame, Settings
+from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, Settings
 from core.schedule import SCHEDULERS
 from ui.common import number, user_errors, whole
 from ui.stops import StopFlags
@@ -72,22 +72,25 @@ class Controls:
         with gr.Row():
             self.preview_every = gr.Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
                                            label="Preview every N steps", info="0: only the final image")
-            self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
+            self.previews = gr.Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
+                                     info=" · ".join(f"{name}: {about}" for name, about in PREVIEWS.items()))
+        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
         dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
 
     @property
     def inputs(self) -> list:
         """In the order `settings` takes them."""
-        return [self.steps, self.guidance_scale, self.seed, *self.size, self.preview_every, self.scheduler]
+        return [self.steps, self.guidance_scale, self.seed, *self.size, self.preview_every, self.previews,
+                self.scheduler]
 
     def settings(self, steps, guidance_scale, seed, *rest) -> Settings:
         """Widget values (in the order of `inputs`) -> Settings; size from the defaults when not offered."""
-        *size, preview_every, scheduler = rest
+        *size, preview_every, previews, scheduler = rest
         width, height = size or (self.defaults.width, self.defaults.height)
         return replace(self.defaults, steps=whole(steps, "steps"),
                        guidance_scale=number(guidance_scale, "guidance_scale"), seed=whole(seed, "seed"),
                        width=whole(width, "width"), height=whole(height, "height"),
-                       preview_every=whole(preview_every, "preview_every"), scheduler=scheduler)
+                       preview_every=whole(preview_every, "preview_every"), previews=previews, scheduler=scheduler)
 
 
 class RunView:

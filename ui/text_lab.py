@@ -100,11 +100,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 swap_view = PairView("swap", stops, "As written", "Swapped")
 
     def swap_token(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
-                   scheduler, learned, request: gr.Request):
+                   previews, scheduler, learned, request: gr.Request):
         """The prompt as written and with one token's embedding swapped for another word's, same seed."""
         with stop_flag(stops, request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 position = engine.position_of(prompt, token, learned)
                 runs = engine.edit_token(prompt, "", settings, position, [(replacement, 1.0)], learned,
                                          should_stop=flag.is_set)
@@ -133,11 +134,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 mix_view = PairView("mix", stops, "As written", "Mixed")
 
     def mix_tokens(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
-                   preview_every, scheduler, learned, request: gr.Request):
+                   preview_every, previews, scheduler, learned, request: gr.Request):
         """The prompt as written and with one token's embedding replaced by weight x A + (1 - weight) x B."""
         with stop_flag(stops, request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 w = number(weight, "weight")
                 if not 0 <= w <= 1:
                     raise ValueError(f"weight must be from 0 to 1, got {w}")
@@ -192,12 +194,13 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
         return session_learned, *describe(session_learned)
 
     def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
-                          preview_every, scheduler, learned, request: gr.Request):
+                          preview_every, previews, scheduler, learned, request: gr.Request):
         """With a token in place of a word: the prompt as written beside the learned vector at that word.
         Without: the prompt with its learned tokens beside the same prompt with them as plain text."""
         with stop_flag(stops, request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 if not learned:
                     raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
                 if token:
@@ -240,21 +243,23 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 sweep_gif = gr.File(label="The sweep as a GIF")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
-                    scheduler, learned, request: gr.Request):
+                    previews, scheduler, learned, request: gr.Request):
         """Generate from a mix of two prompts' encodings, streaming x_t and x0."""
         with prompts_view.stop_flag(request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 f = number(factor, "mix factor")
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
     def prompt_sweep(prompt_a, prompt_b, count, steps, guidance_scale, seed, width, height, preview_every,
-                     scheduler, learned, request: gr.Request):
+                     previews, scheduler, learned, request: gr.Request):
         """The mix at evenly spaced factors from A to B with the same seed, as a strip and a GIF."""
         with stop_flag(stops, request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 shown = []
                 yield [], None
                 for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),

@@ -28,11 +28,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             engine.check_txt2img(prompt, negative_prompt, controls.settings(*numbers))
 
     def txt2img(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every,
-                scheduler, request: gr.Request):
+                previews, scheduler, request: gr.Request):
         """Generate an image from a prompt, streaming x_t and the predicted x0 of every preview step."""
         with view.stop_flag(request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, scheduler)
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
                 run = engine.txt2img(prompt, negative_prompt, settings, should_stop=flag.is_set)
             yield from view.stream(run, flag)
 

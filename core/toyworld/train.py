@@ -40,7 +40,9 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 # What the app starts from with this model (core.models reads lens_defaults.json beside model_index.json).
 # CFG 3: with LMS's 4th-order steps, guidance 7.5 makes this model's latents blow up (see the model card).
 LENS_DEFAULTS = {
-    "settings": {"guidance_scale": 3.0},
+    # previews: the toy's VAE decodes a preview in about 20 ms (a 30-step run with them stays under a second),
+    # and its latents are too nonlinear for the fast linear preview map to show more than rough colours
+    "settings": {"guidance_scale": 3.0, "previews": "full"},
     "guidance": {"scale": 20.0},  # loss guidance: strong enough to see, gentle enough to keep most shapes
     "embeddings": ["embeddings/teal.safetensors"],  # made by core.toyworld.textual_inversion
     "examples": {
