@@ -129,14 +129,16 @@ class RunView:
         frames, caption, image = [], "no step run", None
         for note in run.notes:
             gr.Warning(note)
-        yield {self.result: None, self.scrub: gr.update(visible=False), self.mp4: None, self.gif: None}
+        # the first update also clears what the last run left (one message less before the first frame)
+        reset = {self.result: None, self.scrub: gr.update(visible=False), self.mp4: None, self.gif: None}
         with user_errors():
             for frame in run.frames:
                 caption = frame_caption(frame)
                 if frame.note:
                     gr.Warning(frame.note)
                     about += f"  \n⚠️ {frame.note}"
-                update = {self.status: f"{caption} · {about}"} | extra(frame)
+                update = reset | {self.status: f"{caption} · {about}"} | extra(frame)
+                reset = {}
                 if frame.x0_image is not None:
                     frames.append((caption, frame.x_t_image, frame.x0_image))
                     update |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}
@@ -145,8 +147,8 @@ class RunView:
                 yield update
         ended = "done" if image is not None or not flag.is_set() else "stopped"
         scrubber = gr.update(maximum=max(len(frames) - 1, 1), value=len(frames) - 1, visible=len(frames) > 1)
-        yield {self.status: f"{caption} · **{ended}** · {about}", self.scrub: scrubber,
-               self.history: (run.settings.seed, frames) if frames else None}
+        yield reset | {self.status: f"{caption} · **{ended}** · {about}", self.scrub: scrubber,
+                       self.history: (run.settings.seed, frames) if frames else None}
 
     def wire(self, stop: gr.Button, stop_api: str | None) -> None:
         """Stop, the scrubber and the video; `stop_api` names the Stop endpoint (one tab publishes it)."""
