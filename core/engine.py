@@ -273,18 +273,20 @@ class Engine:
         raise ValueError(f"{token!r} is not one of the prompt's tokens ({', '.join(names) or 'none'})")
 
     def edit_token(self, prompt: str, negative_prompt: str, settings: Settings, position: int,
-                   parts: list[tuple[str | torch.Tensor, float]], learned: text.Learned | None = None,
+                   parts: list[tuple[str, float]], learned: text.Learned | None = None,
                    should_stop: Callable[[], bool] = lambda: False) -> tuple[Run, Run]:
         """The prompt as it is, and with the token embedding at `position` replaced by a weighted blend of
-        words' token embeddings (or vectors): two runs of the same seed, to be shown side by side."""
+        words' token embeddings (or of learned tokens' first vectors): two runs of the same seed, to be shown
+        side by side."""
         # 1. check the inputs; draw a seed if asked to; each word must be one token
         settings = self.check_txt2img(prompt, negative_prompt, settings)
-        ingredients = [(self.word(part) if isinstance(part, str) else part, weight) for part, weight in parts]
+        learned = learned or {}
+        ingredients = [(learned[part][0] if part in learned else self.word(part), weight) for part, weight in parts]
         # 2. encode: the prompt as it is, and with the blend at the position
         cond, notes = self.conditioning(prompt, negative_prompt, learned)
         tokens = text.tokenize(self.bundle, prompt, learned)
         with torch.no_grad():
-            edited = text.encode_embeddings(self.bundle, text.blend_at(self.bundle, tokens, learned or {}, position,
+            edited = text.encode_embeddings(self.bundle, text.blend_at(self.bundle, tokens, learned, position,
                                                                        ingredients))
         # 3. two runs from the same noise
         return (Run(settings, notes, guarded(sample(self.bundle, cond, settings, should_stop=should_stop),
@@ -324,6 +326,11 @@ class Engine:
     def load_learned(self, path: str | Path) -> text.Learned:
         """Textual-inversion embeddings from a file, checked against this model's text encoder."""
         return text.load_learned(path, self.bundle.text_encoder.config.hidden_size)
+
+    @staticmethod
+    def learned_sizes(learned: text.Learned) -> dict[str, int]:
+        """How many vectors each learned token has (the positions it takes in a prompt)."""
+        return {name: len(vectors) for name, vectors in learned.items()}
 
     def example_embeddings(self) -> list[Path]:
         """Learned embeddings shipped with the model (its folder's `embeddings/`)."""

@@ -174,10 +174,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 ti_view = PairView("ti", stops, "Without the learned embeddings", "With them")
 
     def describe(session_learned: dict) -> tuple[str, dict]:
-        names = sorted(session_learned)
-        text = ("Loaded (for you only): " + ", ".join(f"`{n}` ({len(session_learned[n])} vector"
-                                                     f"{'s' if len(session_learned[n]) > 1 else ''})" for n in names)
-                if names else "No embeddings loaded yet.")
+        counts = engine.learned_sizes(session_learned)
+        names = sorted(counts)
+        text = ("Loaded (for you only): " + ", ".join(f"`{n}` ({counts[n]} vector{'s' if counts[n] > 1 else ''})"
+                                                     for n in names) if names else "No embeddings loaded yet.")
         return text, gr.update(choices=names, value=names[0] if names else None)
 
     def load_embedding(file, session_learned):
@@ -207,8 +207,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                     if learned_token not in learned:
                         raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
                     position = engine.position_of(prompt, token, learned)
-                    runs = engine.edit_token(prompt, "", settings, position, [(learned[learned_token][0], 1.0)],
-                                             learned, should_stop=flag.is_set)
+                    runs = engine.edit_token(prompt, "", settings, position, [(learned_token, 1.0)], learned,
+                                             should_stop=flag.is_set)
                     about = f"token {position} → `{learned_token}`"
                 else:
                     runs = (engine.txt2img(prompt, "", settings, should_stop=flag.is_set),
