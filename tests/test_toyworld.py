@@ -9,7 +9,7 @@ import pytest
 from core.engine import Engine
 from core.models import load_bundle
 from core.sampler import Settings
-from core.toyworld.data import COLORS, SHAPES, SIZE, Scene, caption, draw, make_dataset
+from core.toyworld.data import COLORS, SHAPES, SIZE, Scene, caption, draw, make_dataset, off_palette_images
 from core.toyworld.evaluate import Reader, evaluate, prompt_grid, prompt_of
 from core.toyworld.train import PRESETS, train
 
@@ -56,6 +56,19 @@ def test_every_colour_and_shape_appears_in_a_modest_dataset():
     scenes = [s for _, _, s in make_dataset(1000, seed=2)]
     assert {s.shape for s in scenes} == set(SHAPES)
     assert {s.color for s in scenes} == set(COLORS) == {s.background for s in scenes}
+
+
+def test_off_palette_images_leave_the_named_colours_with_the_shape_visible():
+    images = off_palette_images(40, seed=3)
+    assert [np.asarray(a).tolist() for a in images[:3]] == [np.asarray(b).tolist() for b in off_palette_images(3, seed=3)]
+    palette = np.array(list(COLORS.values()))
+    named = 0
+    for image in images:
+        pixels = np.asarray(image).astype(int).reshape(-1, 3)
+        corner, centre_spread = pixels[0], np.abs(pixels - pixels[0]).sum(-1)
+        assert centre_spread.max() >= 110  # a shape that differs from the background by >= 120 in RGB, less anti-aliasing
+        named += int(np.abs(palette - corner).sum(-1).min() <= 30)
+    assert named <= 2  # backgrounds spread over the RGB cube, almost never on a named colour
 
 
 def test_training_recipe_runs_and_the_engine_loads_its_model(tmp_path):

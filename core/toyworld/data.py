@@ -106,3 +106,19 @@ def make_dataset(count: int, seed: int = 0) -> list[tuple[Image.Image, str, Scen
         scene = sample_scene(rng)
         out.append((draw(scene), caption(scene, rng), scene))
     return out
+
+
+def off_palette_images(count: int, seed: int = 0) -> list[Image.Image]:
+    """`count` scenes whose shape and background take random RGB colours instead of named ones.
+
+    The named colours are 11 points of the RGB cube; a decoder that sees only them learns to snap every
+    colour to the nearest one. These images teach it the colours in between (a learned "<teal>", an upload).
+    """
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        scene = sample_scene(rng)
+        shape, background = (tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+        if sum(abs(a - b) for a, b in zip(shape, background)) >= 120:  # the shape stays visible
+            out.append(draw(scene, {scene.color: shape, scene.background: background}))
+    return out

@@ -3,13 +3,16 @@
     python -m core.toyworld.train                      # the shipped model: ~1 hour on 2 cores
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
 
-Two stages, each given a time budget (the step count follows from the measured speed, so the
+Three stages, each given a time budget (the step count follows from the measured speed, so the
 learning-rate schedule always completes):
 1. an AutoencoderKL (8x down, 4 latent channels, as SD v1) trained on crops of the procedural images
    with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
-   with an exponential moving average of both.
+   with an exponential moving average of both;
+3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed: the
+   crops of stage 1 are cheap but leave the decoder short of the whole-image context (+2 dB here), and
+   a share of images in unnamed colours keeps it from snapping every colour to one of the 11 named ones.
 Everything is generated here; nothing is downloaded.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, Stable
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from core.models import TOKENIZER_DIR
-from core.toyworld.data import SIZE, caption, make_dataset
+from core.toyworld.data import SIZE, caption, make_dataset, off_palette_images
 
 HERE = Path(__file__).resolve().parent
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -53,9 +56,9 @@ LENS_DEFAULTS = {
             ["a purple cross, orange background", "purple", 3.0],
         ],
         "guided": [
-            ["a red circle on a white background", "blue", 20.0],
-            ["a green heart on a pink background", "blue", 20.0],
-            ["a red circle on a white background", "color", 40.0],
+            ["a red circle on a white background", "blue", 20.0, "#0000ff"],
+            ["a green heart on a pink background", "blue", 20.0, "#0000ff"],
+            ["a red circle on a white background", "color", 20.0, "#ffff00"],
         ],
         "swap_token": [  # (prompt, the token to replace, the word to put there)
             ["a red circle on a white background", "red", "blue"],
@@ -102,6 +105,10 @@ class TrainConfig:
     uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
     ema_decay: float = 0.999
     warmup_steps: int = 100
+    decoder_minutes: float = 8.0      # stage 3: the VAE decoder alone, on whole images
+    decoder_batch: int = 16
+    decoder_lr: float = 2e-4
+    decoder_off_palette: float = 0.3  # the share of its images in random, unnamed colours (data.off_palette_images)
     max_steps: int | None = None      # a cap on each stage's steps (the tiny preset uses it)
 
 
@@ -109,7 +116,8 @@ PRESETS = {
     "full": TrainConfig(),
     "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_minutes=0.2, vae_batch=8,
                         text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_minutes=0.2, unet_batch=8,
-                        warmup_steps=2, max_steps=6),
+                        warmup_steps=2, decoder_minutes=0.1, decoder_batch=2,
+                        max_steps=6),
 }
 
 
@@ -154,8 +162,8 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) -> tuple[AutoencoderKL, float]:
-    """The trained VAE and its mean PSNR (dB) on held-out images."""
+def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) -> AutoencoderKL:
+    """Stage 1: the VAE, its scaling_factor set from its latents' spread."""
     n = len(cfg.vae_channels)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
@@ -180,17 +188,41 @@ def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) ->
         budget.report(step, loss.item())
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        recon = torch.cat([vae.decode(vae.encode(x).latent_dist.mode()).sample for x in held_out.split(64)])
-        mse = ((recon.clamp(-1, 1) - held_out) / 2).pow(2).mean(dim=(1, 2, 3))  # in [0, 1] units
-        psnr = (10 * torch.log10(1 / mse)).mean().item()
         latents = torch.cat([vae.encode(x).latent_dist.sample() for x in images[:2000].split(64)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    log(f"vae: held-out PSNR {psnr:.2f} dB, latent std {latents.std():.3f}, scaling_factor {vae.config.scaling_factor:.4f}")
-    return vae, psnr
+    log(f"vae: held-out PSNR {held_out_psnr(vae, held_out):.2f} dB, latent std {latents.std():.3f}, "
+        f"scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae
+
+
+def held_out_psnr(vae: AutoencoderKL, held_out: torch.Tensor) -> float:
+    """Mean PSNR (dB) of the VAE's round trip (posterior mean) over images it never trained on."""
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(x).latent_dist.mode()).sample for x in held_out.split(64)])
+    mse = ((recon.clamp(-1, 1) - held_out) / 2).pow(2).mean(dim=(1, 2, 3))  # in [0, 1] units
+    return (10 * torch.log10(1 / mse)).mean().item()
+
+
+def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -> None:
+    """Stage 3: the decoder alone on whole images; the encoder, so the latents the UNet learned, stay fixed."""
+    parts = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder]).requires_grad_(True)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def reconstruction_loss() -> torch.Tensor:
+        x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=gen)]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        return F.l1_loss(vae.decode(z).sample, x)
+
+    ema = fit(parts, reconstruction_loss, Budget("vae decoder", cfg.decoder_minutes, cfg.max_steps),
+              cfg.decoder_lr, 0.0, 0)
+    parts.load_state_dict(ema.state_dict())
+    vae.requires_grad_(False)
 
 
 def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list,
                tokenizer: CLIPTokenizer) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Stage 2: the text encoder and the UNet together; the EMA weights of both."""
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
         num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
@@ -206,40 +238,52 @@ def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scene
         means = torch.cat([d.mean for d in dists])          # (N, 4, 8, 8)
         stds = torch.cat([d.std for d in dists])
     scale = vae.config.scaling_factor
-    noise_schedule = DDPMScheduler(**SD_SCHEDULE)
-    alphas = noise_schedule.alphas_cumprod
-    models = torch.nn.ModuleList([unet, text_encoder])
-    ema = copy.deepcopy(models).requires_grad_(False)
-    opt = torch.optim.AdamW(models.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
-    budget = Budget("unet", cfg.unet_minutes, cfg.max_steps)
+    alphas = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step = 0
-    while step < budget.steps_so_far(step):
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids                      # (B, 77)
+        return text_encoder(ids)[0]
+
+    def denoising_loss() -> torch.Tensor:
         idx = torch.randint(len(means), (cfg.unet_batch,), generator=gen)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, 4, 8, 8)
         texts = ["" if rng.random() < cfg.uncond_fraction else caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids                      # (B, 77)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, len(alphas), (cfg.unet_batch,), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        return F.mse_loss(unet(noisy, t, encoder_hidden_states=encode(texts)).sample, noise)
+
+    models = torch.nn.ModuleList([unet, text_encoder])
+    ema = fit(models, denoising_loss, Budget("unet", cfg.unet_minutes, cfg.max_steps), cfg.unet_lr,
+              cfg.ema_decay, cfg.warmup_steps)
+    return ema[0].eval(), ema[1].eval()
+
+
+def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_decay: float,
+        warmup: int) -> torch.nn.ModuleList:
+    """AdamW on `loss_fn()` for the budget, warmup + cosine, grad clip 1; returns the EMA of `models`."""
+    ema = copy.deepcopy(models).requires_grad_(False)
+    opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0)
+    step = 0
+    while step < budget.steps_so_far(step):
+        loss = loss_fn()
         for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg.unet_lr, step, budget.steps_so_far(step), cfg.warmup_steps)
+            group["lr"] = learning_rate(lr, step, budget.steps_so_far(step), warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            decay = min(ema_decay, (1 + step) / (10 + step))
             for e, p in zip(ema.parameters(), models.parameters()):
                 e.lerp_(p, 1 - decay)
         step += 1
         budget.report(step, loss.item())
-    return ema[0].eval(), ema[1].eval()
+    return ema
 
 
 def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: float, psnr: float) -> None:
@@ -259,7 +303,7 @@ def write_lens_defaults(out: Path) -> None:
 
 
 def train(cfg: TrainConfig, out: Path) -> dict:
-    """Generate the data, train both stages, save the diffusers folder `out`; return what was measured."""
+    """Generate the data, train every stage, save the diffusers folder `out`; return what was measured."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed)
@@ -268,8 +312,12 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     log(f"data: {len(data)} images in {time.time() - start:.0f} s")
     train_images, held_out = images[: cfg.images], images[cfg.images:]
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    vae, psnr = train_vae(cfg, train_images, held_out)
+    vae = train_vae(cfg, train_images, held_out)
     unet, text_encoder = train_unet(cfg, vae, train_images, scenes[: cfg.images], tokenizer)
+    off_palette = round(cfg.images * cfg.decoder_off_palette / (1 - cfg.decoder_off_palette))
+    refine_decoder(cfg, vae, torch.cat([train_images, to_tensor(off_palette_images(off_palette, seed=cfg.seed + 1))]))
+    psnr = held_out_psnr(vae, held_out)
+    log(f"vae decoder: held-out PSNR {psnr:.2f} dB")
     minutes = (time.time() - start) / 60
     save(out, vae, text_encoder, unet, tokenizer, cfg, minutes, psnr)
     log(f"saved to {out} after {minutes:.1f} min")
