@@ -34,9 +34,9 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights
         ["A picture of a puppy", "", 7.5],
         ["A colorful dancer, nat geo photo", "blue", 7.5],
     ],
-    "guided": [  # (prompt, loss, loss scale)
-        ["A campfire (oil on canvas)", "blue", 200],
-        ["A watercolor painting of an otter", "color", 200],
+    "guided": [  # (prompt, loss, loss scale, target color for the color loss)
+        ["A campfire (oil on canvas)", "blue", 200, "#0000ff"],
+        ["A watercolor painting of an otter", "color", 200, "#0000ff"],
     ],
     "swap_token": [  # (prompt, the token to replace, the word to put there)
         ["A picture of a puppy", "puppy", "cat"],

@@ -122,7 +122,7 @@ def test_blue_loss_raises_the_blue_channel_and_a_medium_scale_keeps_the_shape(to
 def test_color_loss_moves_the_image_toward_the_picked_color(toy_engine):
     yellow = Target(color=(1.0, 1.0, 0.0))
     distances = []
-    for scale in (0.0, 20.0, 40.0):
+    for scale in (0.0, 10.0, 20.0):  # 20: the guidance tab's example on the toy model
         image = from_pil(toy_run(toy_engine, Guidance("color", scale, every=5, target=yellow))[-1].image)[0]
         distances.append((image - torch.tensor(yellow.color)[:, None, None]).abs().mean().item())
-    assert distances[0] > distances[1] > distances[2]  # 0.36, 0.25, 0.21 when measured
+    assert distances[0] > distances[1] > distances[2]  # 0.36, 0.34, 0.28 when measured

@@ -54,7 +54,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             controls = Controls(engine)
-            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale])
+            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale, color])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
