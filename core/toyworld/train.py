@@ -168,24 +168,18 @@ def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) ->
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                         layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    budget = Budget("vae", cfg.vae_minutes, cfg.max_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step = 0
-    while step < budget.steps_so_far(step):
+
+    def crop_loss() -> torch.Tensor:
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen)
         top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen).tolist()
         x = images[idx, :, top:top + cfg.vae_crop, left:left + cfg.vae_crop]  # (B, 3, crop, crop)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg.vae_lr, step, budget.steps_so_far(step), cfg.warmup_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        budget.report(step, loss.item())
+        return F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+
+    fit(torch.nn.ModuleList([vae]), crop_loss, Budget("vae", cfg.vae_minutes, cfg.max_steps), cfg.vae_lr, 0.0,
+        cfg.warmup_steps, clip=None)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(x).latent_dist.sample() for x in images[:2000].split(64)])
@@ -214,9 +208,7 @@ def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -
             z = vae.encode(x).latent_dist.sample(generator=gen)
         return F.l1_loss(vae.decode(z).sample, x)
 
-    ema = fit(parts, reconstruction_loss, Budget("vae decoder", cfg.decoder_minutes, cfg.max_steps),
-              cfg.decoder_lr, 0.0, 0)
-    parts.load_state_dict(ema.state_dict())
+    fit(parts, reconstruction_loss, Budget("vae decoder", cfg.decoder_minutes, cfg.max_steps), cfg.decoder_lr, 0.0, 0)
     vae.requires_grad_(False)
 
 
@@ -263,9 +255,10 @@ def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scene
     return ema[0].eval(), ema[1].eval()
 
 
-def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_decay: float,
-        warmup: int) -> torch.nn.ModuleList:
-    """AdamW on `loss_fn()` for the budget, warmup + cosine, grad clip 1; returns the EMA of `models`."""
+def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_decay: float, warmup: int,
+        clip: float | None = 1.0) -> torch.nn.ModuleList:
+    """AdamW on `loss_fn()` for the budget, warmup + cosine, gradient norm clipped to `clip` (None: not
+    clipped); returns the EMA of `models` (with ema_decay 0, a copy of their final weights)."""
     ema = copy.deepcopy(models).requires_grad_(False)
     opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0)
     step = 0
@@ -275,7 +268,8 @@ def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_dec
             group["lr"] = learning_rate(lr, step, budget.steps_so_far(step), warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(models.parameters(), clip)
         opt.step()
         with torch.no_grad():
             decay = min(ema_decay, (1 + step) / (10 + step))
