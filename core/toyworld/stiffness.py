@@ -28,16 +28,18 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
-def jvp(denoise: Denoiser, x: torch.Tensor, v: torch.Tensor, h: float = 1e-2) -> torch.Tensor:
-    """D'(x) v by a forward difference."""
-    return (denoise(x + h * v) - denoise(x)) / h
+def jvp(denoise: Denoiser, x: torch.Tensor, v: torch.Tensor, at_x: torch.Tensor, h: float = 1e-2) -> torch.Tensor:
+    """D'(x) v by a forward difference from `at_x` = D(x)."""
+    return (denoise(x + h * v) - at_x) / h
 
 
 def dominant_eigen(cond: Denoiser, uncond: Denoiser, x: torch.Tensor, scale: float, iterations: int = 15,
                    seed: int = 0) -> tuple[float, torch.Tensor]:
     """The eigenvalue of largest magnitude of D'_g = scale D'_c - (scale - 1) D'_u at x, and its unit vector."""
+    cond_x, uncond_x = cond(x), uncond(x)
+
     def guided(v: torch.Tensor) -> torch.Tensor:
-        return scale * jvp(cond, x, v) - (scale - 1) * jvp(uncond, x, v)
+        return scale * jvp(cond, x, v, cond_x) - (scale - 1) * jvp(uncond, x, v, uncond_x)
 
     v = _unit(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype))
     for _ in range(iterations):
@@ -75,8 +77,8 @@ def along_run(engine, prompt: str, settings) -> list[StepStiffness]:
         cond, uncond = denoiser(conditioning.cond), denoiser(conditioning.uncond)
         with torch.inference_mode():
             eigenvalue, v = dominant_eigen(cond, uncond, x, settings.guidance_scale)
-            rows.append(StepStiffness(sigma, following.sigma if following else 0.0, eigenvalue,
-                                      float((v * jvp(uncond, x, v)).sum()), float((v * jvp(cond, x, v)).sum())))
+            along = [float((v * jvp(d, x, v, d(x))).sum()) for d in (uncond, cond)]
+            rows.append(StepStiffness(sigma, following.sigma if following else 0.0, eigenvalue, *along))
     return rows
 
 
