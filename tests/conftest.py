@@ -80,19 +80,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(*args: str, env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """Run `python app.py ARGS` as a user would; return the process once it prints its local URL."""
+def start_app(*args: str, env: dict | None = None, timeout: float = 120,
+              until: str | None = None) -> tuple[subprocess.Popen, str, list[str]]:
+    """Run `python app.py ARGS` as a user would; return the process once it prints its local URL (and then a
+    line matching `until`, when given), with its URL and the lines printed after the URL line.
+
+    The rest of its output is drained in the background; only this function reads it before that, so no
+    line can be lost to the draining."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
     killer = threading.Timer(timeout, proc.kill)  # a hung start fails the test instead of hanging it
     killer.start()
-    lines = []
+    lines, url, after = [], None, []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if match := re.search(r"Running on local URL:\s+(\S+)", line):
+            if url is not None:
+                after.append(line)
+            elif match := re.search(r"Running on local URL:\s+(\S+)", line):
+                url = match.group(1)
+            if url is not None and (until is None or (after and re.search(until, after[-1]))):
                 threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
-                return proc, match.group(1)
+                return proc, url, after
     finally:
         killer.cancel()
     raise AssertionError("the app did not start:\n" + "".join(lines))
@@ -106,7 +115,7 @@ def app_tmp(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def app_url(tiny_sd_dir, app_tmp):
-    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), env={"TMPDIR": str(app_tmp)})
+    proc, url, _ = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), env={"TMPDIR": str(app_tmp)})
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -33,15 +33,10 @@ def test_port_taken_is_one_line_before_loading_anything():
 @pytest.fixture(scope="module")
 def locked_app(tiny_sd_dir):
     """Password from the environment, --share with no reachable share server, a 1 kB upload limit."""
-    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--share",
-                          "--max-upload", "1kb",
-                          env={"SDLENS_AUTH": "teacher:s3cret",
-                               "GRADIO_SHARE_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"})
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "public" in line.lower():
-            break
+    proc, url, lines = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--share",
+                                 "--max-upload", "1kb", until="(?i)public",
+                                 env={"SDLENS_AUTH": "teacher:s3cret",
+                                      "GRADIO_SHARE_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"})
     yield url, lines
     proc.terminate()
     proc.wait(timeout=30)
@@ -83,7 +78,7 @@ def test_only_the_apps_own_files_are_served(app_url, tmp_path):
 
 
 def test_a_full_queue_turns_requests_away_with_a_message(tiny_sd_dir):
-    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--queue-size", "1")
+    proc, url, _ = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--queue-size", "1")
     try:
         first = Client(url, verbose=False)
         running = txt2img(first, steps=200)
@@ -152,7 +147,7 @@ def test_a_run_failing_midway_shows_an_error_and_the_next_run_works(faulty_app, 
 
 
 def test_eight_users_at_once_each_get_their_own_images(tiny_sd_dir, tiny_bundle):
-    proc, url = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--concurrency", "4")
+    proc, url, _ = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--concurrency", "4")
     users = [(f"a shape number {i}", 100 + i) for i in range(8)]
 
     def use(prompt_seed):
