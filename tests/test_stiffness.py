@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.toyworld.stiffness import StepStiffness, along_run, dominant_eigen
+from core.toyworld.stiffness import StepStiffness, along_run, dominant_eigen, linearise
 
 
 def symmetric(eigenvalues: list[float], seed: int) -> torch.Tensor:
@@ -18,7 +18,8 @@ def test_dominant_eigenvalue_of_linear_denoisers_matches_the_eigensolver(scale):
     cond = symmetric([0.05, 0.1, 0.2, 0.3, 0.5, 0.9], seed=1)     # ignores most of its input
     uncond = symmetric([0.95, 0.9, 0.8, 0.6, 0.4, 0.1], seed=2)   # follows most of it
     x = torch.randn(6, dtype=torch.float64)
-    eigenvalue, v = dominant_eigen(lambda z: cond @ z, lambda z: uncond @ z, x, scale, iterations=200)
+    eigenvalue, v = dominant_eigen(linearise(lambda z: cond @ z, x), linearise(lambda z: uncond @ z, x), x, scale,
+                                   iterations=200)
     guided = scale * cond - (scale - 1) * uncond
     exact = torch.linalg.eigvalsh(guided)
     expected = exact[exact.abs().argmax()].item()

@@ -21,27 +21,31 @@ from dataclasses import dataclass, replace
 
 import torch
 
-Denoiser = Callable[[torch.Tensor], torch.Tensor]
+from core import schedule
+
+Denoiser = Callable[[torch.Tensor], torch.Tensor]   # noisy latents -> predicted clean latents
+Jacobian = Callable[[torch.Tensor], torch.Tensor]   # v -> D'(x) v at a fixed x
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
-def jvp(denoise: Denoiser, x: torch.Tensor, v: torch.Tensor, at_x: torch.Tensor, h: float = 1e-2) -> torch.Tensor:
-    """D'(x) v by a forward difference from `at_x` = D(x)."""
-    return (denoise(x + h * v) - at_x) / h
+def linearise(denoise: Denoiser, x: torch.Tensor, h: float = 1e-2) -> Jacobian:
+    """v -> D'(x) v by forward differences; D(x) is evaluated once, here."""
+    at_x = denoise(x)
+    return lambda v: (denoise(x + h * v) - at_x) / h
 
 
-def dominant_eigen(cond: Denoiser, uncond: Denoiser, x: torch.Tensor, scale: float, iterations: int = 15,
+def dominant_eigen(cond: Jacobian, uncond: Jacobian, like: torch.Tensor, scale: float, iterations: int = 15,
                    seed: int = 0) -> tuple[float, torch.Tensor]:
-    """The eigenvalue of largest magnitude of D'_g = scale D'_c - (scale - 1) D'_u at x, and its unit vector."""
-    cond_x, uncond_x = cond(x), uncond(x)
+    """The eigenvalue of largest magnitude of D'_g = scale D'_c - (scale - 1) D'_u, given D'_c and D'_u as
+    Jacobian-vector products on tensors shaped `like`, and its unit eigenvector."""
 
     def guided(v: torch.Tensor) -> torch.Tensor:
-        return scale * jvp(cond, x, v, cond_x) - (scale - 1) * jvp(uncond, x, v, uncond_x)
+        return scale * cond(v) - (scale - 1) * uncond(v)
 
-    v = _unit(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype))
+    v = _unit(torch.randn(like.shape, generator=torch.Generator().manual_seed(seed), dtype=like.dtype))
     for _ in range(iterations):
         v = _unit(guided(v))
     return float((v * guided(v)).sum()), v
@@ -63,21 +67,23 @@ class StepStiffness:
 def along_run(engine, prompt: str, settings) -> list[StepStiffness]:
     """Stiffness at every step of an Euler run of `prompt` (the run's own sigmas, guidance and seed)."""
     bundle = engine.bundle
+    settings = replace(settings, scheduler="euler", preview_every=0)
+    scheduler = schedule.make_scheduler(bundle.scheduler_config, settings.scheduler, settings.steps, bundle.device)
     conditioning, _ = engine.conditioning(prompt, "")
-    frames = list(engine.txt2img(prompt, "", replace(settings, scheduler="euler", preview_every=0)).frames)
+    frames = list(engine.txt2img(prompt, "", settings).frames)
     rows = []
     for frame, following in zip(frames, frames[1:] + [None]):
         sigma, t = frame.sigma, torch.tensor(frame.timestep)
-        c = (1 + sigma**2) ** 0.5
-        x = frame.x_t * c  # back from the UNet's input scale
+        scale = schedule.model_input_scale(scheduler, sigma)
+        x = frame.x_t / scale  # back from the UNet's input scale
 
         def denoiser(context: torch.Tensor) -> Denoiser:
-            return lambda z: z - sigma * bundle.unet(z / c, t, encoder_hidden_states=context).sample
+            return lambda z: z - sigma * bundle.unet(z * scale, t, encoder_hidden_states=context).sample
 
-        cond, uncond = denoiser(conditioning.cond), denoiser(conditioning.uncond)
         with torch.inference_mode():
+            cond, uncond = (linearise(denoiser(context), x) for context in (conditioning.cond, conditioning.uncond))
             eigenvalue, v = dominant_eigen(cond, uncond, x, settings.guidance_scale)
-            along = [float((v * jvp(d, x, v, d(x))).sum()) for d in (uncond, cond)]
+            along = [float((v * jacobian(v)).sum()) for jacobian in (uncond, cond)]
             rows.append(StepStiffness(sigma, following.sigma if following else 0.0, eigenvalue, *along))
     return rows
 
