@@ -11,7 +11,7 @@ from core.models import load_bundle
 from core.sampler import Settings
 from core.toyworld.data import COLORS, SHAPES, SIZE, Scene, caption, draw, make_dataset, off_palette_images
 from core.toyworld.evaluate import Reader, evaluate, prompt_grid, prompt_of
-from core.toyworld.train import PRESETS, train
+from core.toyworld.train import PRESETS, Budget, train
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -85,6 +85,20 @@ def test_training_recipe_runs_and_the_engine_loads_its_model(tmp_path):
     assert engine.examples("txt2img")[0][0] == "a red circle on a white background"
     run = engine.txt2img("a red circle", "", Settings(steps=3, height=64, width=64, preview_every=0))
     assert list(run.frames)[-1].image.size == (64, 64)
+
+
+def test_a_budget_spends_its_time_when_the_first_steps_are_slow():
+    """10 warm-up steps of 2 s, then 1 s a step, in a 100 s budget: about 90 steps, not the 50 that the
+    warm-up speed alone promises, and the last step ends within a step of the budget."""
+    now = [0.0]
+    budget = Budget("test", 100 / 60, None, probe=10, clock=lambda: now[0])
+    step = 0
+    while step < budget.steps_so_far(step):
+        now[0] += 2.0 if step < 10 else 1.0
+        step += 1
+        budget.report(step, 0.0)
+    assert 88 <= step <= 91, step
+    assert abs(now[0] - 100) <= 2, now[0]
 
 
 def test_the_reader_reads_clean_images_back():

@@ -132,27 +132,44 @@ def to_tensor(images) -> torch.Tensor:
 
 
 class Budget:
-    """Turns a time budget into a step count after timing the first steps, and reports progress."""
+    """Turns a time budget into a step count and reports progress.
 
-    def __init__(self, name: str, minutes: float, max_steps: int | None, probe: int = 10):
-        self.name, self.seconds, self.max_steps, self.probe = name, minutes * 60, max_steps, probe
-        self.start, self.total, self.last_report = time.time(), None, 0.0
+    The count is first estimated after `probe` steps, then again at every report from the speed measured
+    since the probe: the first steps are slower (memory being allocated), and an estimate from them alone
+    left a quarter of a stage's budget unused.
+    """
+
+    def __init__(self, name: str, minutes: float, max_steps: int | None, probe: int = 10, clock=time.monotonic):
+        self.name, self.seconds, self.max_steps, self.probe, self.clock = name, minutes * 60, max_steps, probe, clock
+        self.start, self.total, self.probed_at, self.last_report = clock(), None, None, clock()
+
+    def _estimate(self, step: int, now: float) -> float:
+        """Re-estimate the step count at `step`; returns the seconds a step takes."""
+        if self.probed_at is None or step <= self.probe:
+            per_step = (now - self.start) / max(step, 1)
+        else:
+            per_step = (now - self.probed_at) / (step - self.probe)
+        left = self.seconds - (now - self.start)
+        self.total = max(step, step + int(left / max(per_step, 1e-9)))
+        if self.max_steps:
+            self.total = min(self.total, self.max_steps)
+        return per_step
 
     def steps_so_far(self, step: int) -> int:
         if self.total is None and (step == self.probe or (self.max_steps and step >= self.max_steps)):
-            per_step = (time.time() - self.start) / max(step, 1)
-            self.total = max(step, int(self.seconds / per_step))
-            if self.max_steps:
-                self.total = min(self.total, self.max_steps)
+            self.probed_at = self.clock()
+            per_step = self._estimate(step, self.probed_at)
             log(f"{self.name}: {per_step * 1000:.0f} ms a step, {self.total} steps in {self.seconds / 60:.1f} min")
         return self.total or self.probe
 
     def report(self, step: int, loss: float) -> None:
-        now, total = time.time(), self.steps_so_far(step)
+        now, total = self.clock(), self.steps_so_far(step)
         if self.total is not None and (now - self.last_report > 30 or step == total):
             self.last_report = now
+            if step < total:
+                self._estimate(step, now)
             elapsed = now - self.start
-            eta = elapsed / step * (total - step)
+            eta = elapsed / step * (self.total - step)
             log(f"{self.name}: step {step}/{self.total} loss {loss:.4f} · {elapsed / 60:.1f} min, {eta / 60:.1f} min left")
 
 
