@@ -1,5 +1,6 @@
-"""The toy world's procedural data: reproducible, captioned truthfully, drawn in the named colours."""
+"""The toy world's procedural data: reproducible, captioned truthfully, drawn in the named colours or their shades."""
 import json
+from dataclasses import replace
 import random
 from types import SimpleNamespace
 
@@ -9,9 +10,10 @@ import pytest
 from core.engine import Engine
 from core.models import load_bundle
 from core.sampler import Settings
-from core.toyworld.data import COLORS, SHAPES, SIZE, Scene, caption, draw, make_dataset, off_palette_images
+from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SHAPES, SIZE, Scene, caption, draw, make_dataset,
+                                off_palette_images, scene_shades, shade)
 from core.toyworld.evaluate import Reader, evaluate, prompt_grid, prompt_of
-from core.toyworld.train import PRESETS, Budget, train
+from core.toyworld.train import PRESETS, Budget, budget, train
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -45,6 +47,25 @@ def test_shape_centre_and_corner_have_the_named_colours(shape):
     edge = np.abs(pixels - COLORS["red"]).sum(-1) > 6
     edge &= np.abs(pixels - COLORS["blue"]).sum(-1) > 6
     assert edge.any()  # anti-aliased: some pixels lie between the two colours
+
+
+@pytest.mark.parametrize("name", COLORS)
+def test_every_shade_reads_as_its_name_and_they_vary(name):
+    rng = random.Random(name)
+    shades = np.array([shade(name, rng) for _ in range(200)])
+    distances = np.sqrt(((shades[:, None, :] - np.array(list(COLORS.values()))[None]) ** 2).sum(-1))  # (200, 11)
+    own = list(COLORS).index(name)
+    others = np.delete(distances, own, axis=1).min(1)
+    assert (distances[:, own] + SHADE_MARGIN <= others).all()
+    assert len({tuple(s) for s in shades}) >= 150 and distances[:, own].mean() > 25  # a range, not the name's RGB
+
+
+def test_a_scene_keeps_its_shape_visible_against_its_background():
+    rng = random.Random(4)
+    for scene in (Scene("star", "gray", "white", "small", 0.5, 0.5, 0), Scene("heart", "orange", "yellow", "large", 0.5, 0.5, 0)):
+        for _ in range(100):
+            shades = scene_shades(scene, rng)
+            assert np.linalg.norm(np.subtract(shades[scene.color], shades[scene.background])) >= CONTRAST
 
 
 def test_unknown_shape_is_refused():
@@ -101,9 +122,25 @@ def test_a_budget_spends_its_time_when_the_first_steps_are_slow():
     assert abs(now[0] - 100) <= 2, now[0]
 
 
+def test_stage_step_counts_replace_the_time_budgets():
+    """With stage_steps each stage runs exactly its count, however little time its budget would allow."""
+    cfg = replace(PRESETS["tiny"], vae_minutes=1e-9, unet_minutes=1e-9, decoder_minutes=1e-9, max_steps=None,
+                  stage_steps=(3, 14, 2))
+    counts = []
+    for stage, minutes in enumerate((cfg.vae_minutes, cfg.unet_minutes, cfg.decoder_minutes)):
+        stage_budget, step = budget(cfg, stage, "test", minutes), 0
+        while step < stage_budget.steps_so_far(step):
+            step += 1
+            stage_budget.report(step, 0.0)
+        counts.append(step)
+    assert counts == [3, 14, 2]
+    assert PRESETS["shaded"].shade_spread > 0 and PRESETS["shaded"].text_from_timestep == 150
+    assert PRESETS["full"].shade_spread == 0 and PRESETS["full"].text_from_timestep == 0  # the shipped weights' recipe
+
+
 def test_the_reader_reads_clean_images_back():
     reader = Reader()
-    data = make_dataset(300, seed=99)
+    data = make_dataset(150, seed=99) + make_dataset(150, seed=98, shade_spread=SHADE_SPREAD)
     readings = [reader.read(image) for image, _, _ in data]
     for field, floor in (("color", 1.0), ("background", 1.0), ("shape", 0.98)):
         hits = np.mean([getattr(r, field) == getattr(s, field) for r, (_, _, s) in zip(readings, data)])

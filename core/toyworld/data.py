@@ -2,7 +2,8 @@
 
 Every image is drawn at 4x and downsampled, so edges are anti-aliased. A scene is plain data (`Scene`),
 drawn by `draw` and described by `caption`; `sample_scene` picks one at random from a seeded generator,
-so a dataset is reproducible from its seed and never downloaded.
+so a dataset is reproducible from its seed and never downloaded. A dataset can paint each named colour in
+a random shade of itself (`shade`), so that "red" covers a range of reds, as words do.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15), "white": (245, 245, 245), "gray": (130, 130, 130),
 }
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross")
+# A shade is the named colour with each RGB channel moved by a Gaussian (SHADE_SPREAD: the spread of the
+# "shaded" training recipe), kept only when it lies nearer its own name than any other by SHADE_MARGIN; shape
+# and background shades differ by CONTRAST at least.
+SHADE_SPREAD = 40.0
+SHADE_MARGIN = 12.0
+CONTRAST = 60.0
 SIZES: dict[str, float] = {"small": 0.22, "medium": 0.32, "large": 0.42}  # radius as a fraction of the side
 TEMPLATES = (
     "a {size} {color} {shape} on a {background} background",
@@ -57,6 +64,24 @@ def caption(scene: Scene, rng: random.Random) -> str:
     template = rng.choice(TEMPLATES)
     text = template.format(size=scene.size, color=scene.color, shape=scene.shape, background=scene.background)
     return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange circle"
+
+
+def shade(name: str, rng: random.Random, spread: float = SHADE_SPREAD) -> tuple[int, int, int]:
+    """A random shade of the named colour that still reads as that name (nearest by SHADE_MARGIN)."""
+    base = COLORS[name]
+    while True:
+        rgb = tuple(min(255, max(0, round(rng.gauss(c, spread)))) for c in base)
+        own = math.dist(rgb, base)
+        if all(own + SHADE_MARGIN <= math.dist(rgb, other) for key, other in COLORS.items() if key != name):
+            return rgb
+
+
+def scene_shades(scene: Scene, rng: random.Random, spread: float = SHADE_SPREAD) -> dict[str, tuple[int, int, int]]:
+    """Shades for the scene's shape and background colours, at least CONTRAST apart: a `colors` for `draw`."""
+    while True:
+        color, background = shade(scene.color, rng, spread), shade(scene.background, rng, spread)
+        if math.dist(color, background) >= CONTRAST:
+            return {scene.color: color, scene.background: background}
 
 
 def _outline(shape: str) -> list[tuple[float, float]]:
@@ -98,13 +123,15 @@ def draw(scene: Scene, colors: dict[str, tuple[int, int, int]] = COLORS) -> Imag
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 
-def make_dataset(count: int, seed: int = 0) -> list[tuple[Image.Image, str, Scene]]:
-    """`count` (image, caption, scene) triples, the same for the same seed."""
+def make_dataset(count: int, seed: int = 0, shade_spread: float = 0.0) -> list[tuple[Image.Image, str, Scene]]:
+    """`count` (image, caption, scene) triples, the same for the same seed; with a `shade_spread`, each in
+    shades of its named colours (0: the exact named colours)."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         scene = sample_scene(rng)
-        out.append((draw(scene), caption(scene, rng), scene))
+        image = draw(scene, scene_shades(scene, rng, shade_spread)) if shade_spread else draw(scene)
+        out.append((image, caption(scene, rng), scene))
     return out
 
 

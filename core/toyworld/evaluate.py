@@ -4,7 +4,8 @@
     python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
 
 Each image is read back without any learned model: the background is the median of the border, the
-shape's colour the median of the pixels that differ from it, both matched to the nearest named colour;
+shape's colour the median of the pixels that differ from it (by less where the image's contrast is low), both
+matched to the nearest named colour (the training data paints each name in a range of shades);
 the shape is told by two geometric features of its mask (solidity, and how much of its enclosing circle it
 fills), voted on by its nearest neighbours among procedurally drawn references.
 """
@@ -21,11 +22,13 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from core.toyworld.data import COLORS, SHAPES, SIZES, Scene, draw, sample_scene
+from core.toyworld.data import COLORS, SHAPES, SIZES, Scene, draw, sample_scene, scene_shades
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (11, 3)
 NAMES = list(COLORS)
-FOREGROUND = 40.0  # RGB distance from the background that marks a pixel as the shape's (palette gaps >= 83)
+# RGB distance from the background that marks a pixel as the shape's: FOREGROUND, or half the image's contrast
+# where that is less (shades of two names can lie 60 apart), but never under FAINTEST
+FOREGROUND, FAINTEST = 40.0, 15.0
 NEIGHBOURS = 5
 
 
@@ -63,7 +66,9 @@ class Reader:
         feats, labels = [], []
         while len(feats) < references:
             scene = sample_scene(rng)
-            features = shape_features(self._mask(np.asarray(draw(scene), dtype=np.float32), COLORS[scene.background]))
+            shades = scene_shades(scene, rng)
+            features = shape_features(self._mask(np.asarray(draw(scene, shades), dtype=np.float32),
+                                                 shades[scene.background]))
             if features is not None:
                 feats.append(features)
                 labels.append(scene.shape)
@@ -71,8 +76,10 @@ class Reader:
 
     @staticmethod
     def _mask(pixels: np.ndarray, background) -> np.ndarray:
-        """The largest connected region that differs from the background (stray specks would skew the shape)."""
-        mask = np.sqrt(((pixels - np.asarray(background, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND
+        """The largest connected region that differs from the background (stray specks would skew the shape);
+        the image's contrast is that of the 2% of pixels that differ most."""
+        distance = np.sqrt(((pixels - np.asarray(background, dtype=np.float32)) ** 2).sum(-1))
+        mask = distance > np.clip(np.percentile(distance, 98) / 2, FAINTEST, FOREGROUND)
         regions, count = ndimage.label(mask)
         if count <= 1:
             return mask

@@ -2,6 +2,8 @@
 
     python -m core.toyworld.train                      # the shipped model: ~1 hour on 2 cores
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
+    python -m core.toyworld.train --preset shaded --device cuda --steps 2600 3000 740 --out /tmp/shaded
+        # on a GPU, with the step counts that 2 CPU cores reach in the budgets: minutes instead of an hour
 
 Three stages, each given a time budget (the step count follows from the measured speed, so the
 learning-rate schedule always completes):
@@ -9,7 +11,11 @@ learning-rate schedule always completes):
    with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
-   with an exponential moving average of both;
+   with an exponential moving average of both. The "shaded" preset paints every named colour in random
+   shades of itself and drops every caption below timestep 150 (by then the scene is decided and only
+   its edges are left to sharpen), so that the conditional branch agrees with the unconditional one at low
+   noise, where their disagreement multiplied by 7.5 makes LMS's 4th-order steps blow up (see the model
+   card);
 3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed: the
    crops of stage 1 are cheap but leave the decoder short of the whole-image context (+2 dB here), and
    a share of images in unnamed colours keeps it from snapping every colour to one of the 11 named ones.
@@ -33,7 +39,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, Stable
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from core.models import TOKENIZER_DIR
-from core.toyworld.data import SIZE, caption, make_dataset, off_palette_images
+from core.toyworld.data import SHADE_SPREAD, SIZE, caption, make_dataset, off_palette_images
 
 HERE = Path(__file__).resolve().parent
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -89,6 +95,7 @@ class TrainConfig:
     images: int = 50_000              # procedural training images
     held_out: int = 500               # images the VAE never trains on, for its PSNR
     seed: int = 0
+    shade_spread: float = 0.0         # RGB spread of each named colour's shades (0: the exact named colours)
     vae_channels: tuple = (32, 64, 64, 64)
     vae_minutes: float = 15.0
     vae_batch: int = 32
@@ -103,6 +110,7 @@ class TrainConfig:
     unet_batch: int = 128
     unet_lr: float = 1e-3
     uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
+    text_from_timestep: int = 0       # below it every caption is dropped: the model reads it only above
     ema_decay: float = 0.999
     warmup_steps: int = 100
     decoder_minutes: float = 8.0      # stage 3: the VAE decoder alone, on whole images
@@ -110,6 +118,8 @@ class TrainConfig:
     decoder_lr: float = 2e-4
     decoder_off_palette: float = 0.3  # the share of its images in random, unnamed colours (data.off_palette_images)
     max_steps: int | None = None      # a cap on each stage's steps (the tiny preset uses it)
+    stage_steps: tuple | None = None  # (VAE, UNet, decoder) step counts, in place of the time budgets
+    device: str = "cpu"
 
 
 PRESETS = {
@@ -119,6 +129,7 @@ PRESETS = {
                         warmup_steps=2, decoder_minutes=0.1, decoder_batch=2,
                         max_steps=6),
 }
+PRESETS["shaded"] = replace(PRESETS["full"], shade_spread=SHADE_SPREAD, text_from_timestep=150)
 
 
 def log(message: str) -> None:
@@ -173,6 +184,13 @@ class Budget:
             log(f"{self.name}: step {step}/{self.total} loss {loss:.4f} · {elapsed / 60:.1f} min, {eta / 60:.1f} min left")
 
 
+def budget(cfg: TrainConfig, stage: int, name: str, minutes: float) -> Budget:
+    """Stage `stage`'s budget: its minutes, or its count in `cfg.stage_steps` whatever the time it takes."""
+    if cfg.stage_steps:
+        return Budget(name, 24 * 60, cfg.stage_steps[stage])
+    return Budget(name, minutes, cfg.max_steps)
+
+
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -184,18 +202,18 @@ def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) ->
     n = len(cfg.vae_channels)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
-    gen = torch.Generator().manual_seed(cfg.seed)
+                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE).to(cfg.device)
+    gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
 
     def crop_loss() -> torch.Tensor:
-        idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen)
-        top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen).tolist()
+        idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen, device=cfg.device)
+        top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen, device=cfg.device).tolist()
         x = images[idx, :, top:top + cfg.vae_crop, left:left + cfg.vae_crop]  # (B, 3, crop, crop)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         return F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
 
-    fit(torch.nn.ModuleList([vae]), crop_loss, Budget("vae", cfg.vae_minutes, cfg.max_steps), cfg.vae_lr, 0.0,
+    fit(torch.nn.ModuleList([vae]), crop_loss, budget(cfg, 0, "vae", cfg.vae_minutes), cfg.vae_lr, 0.0,
         cfg.warmup_steps, clip=None)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -217,15 +235,15 @@ def held_out_psnr(vae: AutoencoderKL, held_out: torch.Tensor) -> float:
 def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -> None:
     """Stage 3: the decoder alone on whole images; the encoder, so the latents the UNet learned, stay fixed."""
     parts = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder]).requires_grad_(True)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator(cfg.device).manual_seed(cfg.seed + 1)
 
     def reconstruction_loss() -> torch.Tensor:
-        x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=gen)]
+        x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=gen, device=cfg.device)]
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
         return F.l1_loss(vae.decode(z).sample, x)
 
-    fit(parts, reconstruction_loss, Budget("vae decoder", cfg.decoder_minutes, cfg.max_steps), cfg.decoder_lr, 0.0, 0)
+    fit(parts, reconstruction_loss, budget(cfg, 2, "vae decoder", cfg.decoder_minutes), cfg.decoder_lr, 0.0, 0)
     vae.requires_grad_(False)
 
 
@@ -242,32 +260,34 @@ def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scene
         down_block_types=("CrossAttnDownBlock2D",) * len(cfg.unet_channels),
         up_block_types=("CrossAttnUpBlock2D",) * len(cfg.unet_channels),
         cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=min(32, cfg.unet_channels[0]))
+    text_encoder.to(cfg.device), unet.to(cfg.device)
     with torch.no_grad():  # the VAE is frozen: encode every image once; sample the posterior per step
         dists = [vae.encode(x).latent_dist for x in images.split(256)]
         means = torch.cat([d.mean for d in dists])          # (N, 4, 8, 8)
         stds = torch.cat([d.std for d in dists])
     scale = vae.config.scaling_factor
-    alphas = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod
+    alphas = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod.to(cfg.device)
     rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
 
     def encode(texts: list[str]) -> torch.Tensor:
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids                      # (B, 77)
-        return text_encoder(ids)[0]
+        return text_encoder(ids.to(cfg.device))[0]
 
     def denoising_loss() -> torch.Tensor:
-        idx = torch.randint(len(means), (cfg.unet_batch,), generator=gen)
-        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale  # (B, 4, 8, 8)
-        texts = ["" if rng.random() < cfg.uncond_fraction else caption(scenes[i], rng) for i in idx.tolist()]
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, len(alphas), (cfg.unet_batch,), generator=gen)
+        idx = torch.randint(len(means), (cfg.unet_batch,), generator=gen, device=cfg.device)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=cfg.device)) * scale
+        t = torch.randint(0, len(alphas), (cfg.unet_batch,), generator=gen, device=cfg.device)
+        texts = ["" if rng.random() < cfg.uncond_fraction or step_t < cfg.text_from_timestep
+                 else caption(scenes[i], rng) for i, step_t in zip(idx.tolist(), t.tolist())]
+        noise = torch.randn(latents.shape, generator=gen, device=cfg.device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         return F.mse_loss(unet(noisy, t, encoder_hidden_states=encode(texts)).sample, noise)
 
     models = torch.nn.ModuleList([unet, text_encoder])
-    ema = fit(models, denoising_loss, Budget("unet", cfg.unet_minutes, cfg.max_steps), cfg.unet_lr,
+    ema = fit(models, denoising_loss, budget(cfg, 1, "unet", cfg.unet_minutes), cfg.unet_lr,
               cfg.ema_decay, cfg.warmup_steps)
     return ema[0].eval(), ema[1].eval()
 
@@ -299,7 +319,7 @@ def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_dec
 
 def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: float, psnr: float) -> None:
     pipe = StableDiffusionPipeline(
-        vae=vae.half(), text_encoder=text_encoder.half(), tokenizer=tokenizer, unet=unet.half(),
+        vae=vae.cpu().half(), text_encoder=text_encoder.cpu().half(), tokenizer=tokenizer, unet=unet.cpu().half(),
         scheduler=LMSDiscreteScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -317,8 +337,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     """Generate the data, train every stage, save the diffusers folder `out`; return what was measured."""
     start = time.time()
     torch.manual_seed(cfg.seed)
-    data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed)
-    images = to_tensor([im for im, _, _ in data])
+    data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed, shade_spread=cfg.shade_spread)
+    images = to_tensor([im for im, _, _ in data]).to(cfg.device)
     scenes = [scene for _, _, scene in data]
     log(f"data: {len(data)} images in {time.time() - start:.0f} s")
     train_images, held_out = images[: cfg.images], images[cfg.images:]
@@ -326,7 +346,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     vae = train_vae(cfg, train_images, held_out)
     unet, text_encoder = train_unet(cfg, vae, train_images, scenes[: cfg.images], tokenizer)
     off_palette = round(cfg.images * cfg.decoder_off_palette / (1 - cfg.decoder_off_palette))
-    refine_decoder(cfg, vae, torch.cat([train_images, to_tensor(off_palette_images(off_palette, seed=cfg.seed + 1))]))
+    extra = to_tensor(off_palette_images(off_palette, seed=cfg.seed + 1)).to(cfg.device)
+    refine_decoder(cfg, vae, torch.cat([train_images, extra]))
     psnr = held_out_psnr(vae, held_out)
     log(f"vae decoder: held-out PSNR {psnr:.2f} dB")
     minutes = (time.time() - start) / 60
@@ -341,8 +362,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "model")
     parser.add_argument("--vae-minutes", type=float)
     parser.add_argument("--unet-minutes", type=float)
+    parser.add_argument("--steps", type=int, nargs=3, metavar=("VAE", "UNET", "DECODER"),
+                        help="step counts of the three stages, in place of their time budgets")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
     args = parser.parse_args()
-    budgets = {"vae_minutes": args.vae_minutes, "unet_minutes": args.unet_minutes}
+    budgets = {"vae_minutes": args.vae_minutes, "unet_minutes": args.unet_minutes,
+               "stage_steps": tuple(args.steps) if args.steps else None, "device": args.device}
     train(replace(PRESETS[args.preset], **{k: v for k, v in budgets.items() if v is not None}), args.out)
 
 
