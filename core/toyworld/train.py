@@ -2,7 +2,7 @@
 
     python -m core.toyworld.train                      # the shipped model: ~1 hour on 2 cores
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
-    python -m core.toyworld.train --preset shaded --device cuda --steps 2600 3000 740 --out /tmp/shaded
+    python -m core.toyworld.train --preset shaded --device cuda --steps 2600 3088 740 --out /tmp/shaded
         # on a GPU, with the step counts that 2 CPU cores reach in the budgets: minutes instead of an hour
 
 Three stages, each given a time budget (the step count follows from the measured speed, so the
@@ -117,7 +117,6 @@ class TrainConfig:
     decoder_batch: int = 16
     decoder_lr: float = 2e-4
     decoder_off_palette: float = 0.3  # the share of its images in random, unnamed colours (data.off_palette_images)
-    max_steps: int | None = None      # a cap on each stage's steps (the tiny preset uses it)
     stage_steps: tuple | None = None  # (VAE, UNet, decoder) step counts, in place of the time budgets
     device: str = "cpu"
 
@@ -126,8 +125,7 @@ PRESETS = {
     "full": TrainConfig(),
     "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_minutes=0.2, vae_batch=8,
                         text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_minutes=0.2, unet_batch=8,
-                        warmup_steps=2, decoder_minutes=0.1, decoder_batch=2,
-                        max_steps=6),
+                        warmup_steps=2, decoder_batch=2, stage_steps=(6, 6, 6)),
 }
 PRESETS["shaded"] = replace(PRESETS["full"], shade_spread=SHADE_SPREAD, text_from_timestep=150)
 
@@ -143,16 +141,20 @@ def to_tensor(images) -> torch.Tensor:
 
 
 class Budget:
-    """Turns a time budget into a step count and reports progress.
+    """Turns a time budget into a step count, or takes a fixed count (`steps`), and reports progress.
 
-    The count is first estimated after `probe` steps, then again at every report from the speed measured
-    since the probe: the first steps are slower (memory being allocated), and an estimate from them alone
-    left a quarter of a stage's budget unused.
+    A time budget's count is first estimated after `probe` steps, then again at every report from the speed
+    measured since the probe: the first steps are slower (memory being allocated), and an estimate from them
+    alone left a quarter of a stage's budget unused.
     """
 
-    def __init__(self, name: str, minutes: float, max_steps: int | None, probe: int = 10, clock=time.monotonic):
-        self.name, self.seconds, self.max_steps, self.probe, self.clock = name, minutes * 60, max_steps, probe, clock
-        self.start, self.total, self.probed_at, self.last_report = clock(), None, None, clock()
+    def __init__(self, name: str, minutes: float | None, steps: int | None = None, probe: int = 10,
+                 clock=time.monotonic):
+        self.name, self.probe, self.clock = name, probe, clock
+        self.seconds = None if steps else minutes * 60
+        self.start, self.total, self.probed_at, self.last_report = clock(), steps, None, clock()
+        if steps:
+            log(f"{name}: {steps} steps")
 
     def _estimate(self, step: int, now: float) -> float:
         """Re-estimate the step count at `step`; returns the seconds a step takes."""
@@ -162,12 +164,10 @@ class Budget:
             per_step = (now - self.probed_at) / (step - self.probe)
         left = self.seconds - (now - self.start)
         self.total = max(step, step + int(left / max(per_step, 1e-9)))
-        if self.max_steps:
-            self.total = min(self.total, self.max_steps)
         return per_step
 
     def steps_so_far(self, step: int) -> int:
-        if self.total is None and (step == self.probe or (self.max_steps and step >= self.max_steps)):
+        if self.total is None and step == self.probe:
             self.probed_at = self.clock()
             per_step = self._estimate(step, self.probed_at)
             log(f"{self.name}: {per_step * 1000:.0f} ms a step, {self.total} steps in {self.seconds / 60:.1f} min")
@@ -177,18 +177,20 @@ class Budget:
         now, total = self.clock(), self.steps_so_far(step)
         if self.total is not None and (now - self.last_report > 30 or step == total):
             self.last_report = now
-            if step < total:
+            if step < total and self.seconds is not None:
                 self._estimate(step, now)
             elapsed = now - self.start
             eta = elapsed / step * (self.total - step)
             log(f"{self.name}: step {step}/{self.total} loss {loss:.4f} · {elapsed / 60:.1f} min, {eta / 60:.1f} min left")
 
 
-def budget(cfg: TrainConfig, stage: int, name: str, minutes: float) -> Budget:
-    """Stage `stage`'s budget: its minutes, or its count in `cfg.stage_steps` whatever the time it takes."""
-    if cfg.stage_steps:
-        return Budget(name, 24 * 60, cfg.stage_steps[stage])
-    return Budget(name, minutes, cfg.max_steps)
+STAGES = ("vae", "unet", "vae decoder")  # in training order, as `stage_steps` lists them
+
+
+def budget(cfg: TrainConfig, stage: str) -> Budget:
+    """The stage's budget: its minutes, or its count in `cfg.stage_steps` whatever the time it takes."""
+    minutes = {"vae": cfg.vae_minutes, "unet": cfg.unet_minutes, "vae decoder": cfg.decoder_minutes}[stage]
+    return Budget(stage, minutes, cfg.stage_steps[STAGES.index(stage)] if cfg.stage_steps else None)
 
 
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
@@ -213,7 +215,7 @@ def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) ->
         recon = vae.decode(posterior.sample(generator=gen)).sample
         return F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
 
-    fit(torch.nn.ModuleList([vae]), crop_loss, budget(cfg, 0, "vae", cfg.vae_minutes), cfg.vae_lr, 0.0,
+    fit(torch.nn.ModuleList([vae]), crop_loss, budget(cfg, "vae"), cfg.vae_lr, 0.0,
         cfg.warmup_steps, clip=None)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -243,7 +245,7 @@ def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -
             z = vae.encode(x).latent_dist.sample(generator=gen)
         return F.l1_loss(vae.decode(z).sample, x)
 
-    fit(parts, reconstruction_loss, budget(cfg, 2, "vae decoder", cfg.decoder_minutes), cfg.decoder_lr, 0.0, 0)
+    fit(parts, reconstruction_loss, budget(cfg, "vae decoder"), cfg.decoder_lr, 0.0, 0)
     vae.requires_grad_(False)
 
 
@@ -287,7 +289,7 @@ def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scene
         return F.mse_loss(unet(noisy, t, encoder_hidden_states=encode(texts)).sample, noise)
 
     models = torch.nn.ModuleList([unet, text_encoder])
-    ema = fit(models, denoising_loss, budget(cfg, 1, "unet", cfg.unet_minutes), cfg.unet_lr,
+    ema = fit(models, denoising_loss, budget(cfg, "unet"), cfg.unet_lr,
               cfg.ema_decay, cfg.warmup_steps)
     return ema[0].eval(), ema[1].eval()
 
@@ -298,7 +300,7 @@ def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_dec
     clipped); returns the EMA of `models` (with ema_decay 0, a copy of their final weights)."""
     ema = copy.deepcopy(models).requires_grad_(False)
     on_gpu = next(models.parameters()).is_cuda  # these small models are launch-bound there: one fused kernel
-    opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0, fused=on_gpu or None)
+    opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0, fused=on_gpu)
     step = 0
     while step < budget.steps_so_far(step):
         loss = loss_fn()
@@ -338,7 +340,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     """Generate the data, train every stage, save the diffusers folder `out`; return what was measured."""
     start = time.time()
     torch.manual_seed(cfg.seed)
-    torch.backends.cudnn.benchmark = cfg.device.startswith("cuda")  # fixed shapes: pick the fastest convolutions once
+    if cfg.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions once
     data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed, shade_spread=cfg.shade_spread)
     images = to_tensor([im for im, _, _ in data]).to(cfg.device)
     scenes = [scene for _, _, scene in data]
