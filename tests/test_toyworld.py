@@ -13,7 +13,7 @@ from core.sampler import Settings
 from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SHAPES, SIZE, Scene, caption, draw, make_dataset,
                                 off_palette_images, scene_shades, shade)
 from core.toyworld.evaluate import Reader, evaluate, prompt_grid, prompt_of
-from core.toyworld.train import PRESETS, Budget, budget, train
+from core.toyworld.train import PRESETS, STAGES, Budget, budget, train
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -126,7 +126,7 @@ def test_stage_step_counts_replace_the_time_budgets():
     """With stage_steps each stage runs exactly its count, however little time its budget would allow."""
     cfg = replace(PRESETS["tiny"], vae_minutes=1e-9, unet_minutes=1e-9, decoder_minutes=1e-9, stage_steps=(3, 14, 2))
     counts = []
-    for stage in ("vae", "unet", "vae decoder"):
+    for stage in STAGES:
         stage_budget, step = budget(cfg, stage), 0
         while step < stage_budget.steps_so_far(step):
             step += 1
