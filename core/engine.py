@@ -176,6 +176,10 @@ class Engine:
         size = self.bundle.native_size
         return replace(Settings(height=size, width=size), **self.bundle.defaults.get("settings", {}))
 
+    def setting_note(self, name: str) -> str | None:
+        """What this model's folder says about one of its settings (e.g. where its guidance scale breaks)."""
+        return self.bundle.defaults.get("notes", {}).get(name)
+
     def default_guidance(self) -> Guidance:
         """Loss guidance settings for this model: the notebook's, with any its folder recommends."""
         return replace(Guidance(), **self.bundle.defaults.get("guidance", {}))

@@ -116,8 +116,8 @@ def _check_local_folder(folder: Path) -> None:
 
 
 def _read_defaults(folder: Path) -> dict:
-    """Optional `lens_defaults.json` beside model_index.json: settings the model prefers, example inputs, and
-    learned embeddings made for it (paths relative to the folder)."""
+    """Optional `lens_defaults.json` beside model_index.json: settings the model prefers, notes on them shown
+    beside their controls, example inputs, and learned embeddings made for it (paths relative to the folder)."""
     path = folder / "lens_defaults.json"
     defaults = json.loads(path.read_text()) if path.is_file() else {}
     if "embeddings" in defaults:

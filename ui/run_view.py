@@ -59,8 +59,9 @@ class Controls:
         self.defaults = defaults = engine.default_settings()
         factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
         self.steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
+        about_guidance = ["1 turns classifier-free guidance off", engine.setting_note("guidance_scale")]
         self.guidance_scale = gr.Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
-                                        label="Guidance scale (CFG)", info="1 turns classifier-free guidance off")
+                                        label="Guidance scale (CFG)", info=" · ".join(filter(None, about_guidance)))
         with gr.Row():
             self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed", info="-1: a random seed")
             dice = gr.Button("Random seed", size="sm")
