@@ -98,7 +98,7 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     shutil.copytree(tiny_sd_dir, folder)
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
-        "notes": {"guidance_scale": "this model: 3; LMS breaks above it"},
+        "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5"},
         "examples": {"txt2img": [["a red circle", "", 3.0]]},
     }))
     engine = Engine(load_bundle(str(folder), device="cpu"))
@@ -109,12 +109,14 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     assert plain.default_settings().guidance_scale == 7.5
     assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
 
-    def guidance_infos(engine: Engine) -> set[str]:
+    def infos(engine: Engine, label: str) -> set[str]:
         page = build_app(engine).get_config_file()
-        return {c["props"]["info"] for c in page["components"] if c["props"].get("label") == "Guidance scale (CFG)"}
+        return {c["props"].get("info") for c in page["components"] if c["props"].get("label") == label}
 
-    assert guidance_infos(engine) == {"1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
-    assert guidance_infos(plain) == {"1 turns classifier-free guidance off"}
+    assert infos(engine, "Guidance scale (CFG)") == {
+        "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
+    assert infos(plain, "Guidance scale (CFG)") == {"1 turns classifier-free guidance off"}
+    assert "euler holds at 7.5" in infos(engine, "Sampler") and "euler holds at 7.5" not in infos(plain, "Sampler")
 
 
 def test_auto_prefers_real_sd_on_a_gpu_and_the_toy_elsewhere():

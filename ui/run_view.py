@@ -58,24 +58,33 @@ class Controls:
     def __init__(self, engine: Engine, sized: bool = True):
         self.defaults = defaults = engine.default_settings()
         factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
-        self.steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
-        about_guidance = ["1 turns classifier-free guidance off", engine.setting_note("guidance_scale")]
+
+        def about(setting: str, general: str | None = None) -> str | None:
+            """A control's info line: what the setting does, then what this model's folder notes on it."""
+            return " · ".join(filter(None, [general, engine.setting_note(setting)])) or None
+
+        self.steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info=about("steps"))
         self.guidance_scale = gr.Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
-                                        label="Guidance scale (CFG)", info=" · ".join(filter(None, about_guidance)))
+                                        label="Guidance scale (CFG)",
+                                        info=about("guidance_scale", "1 turns classifier-free guidance off"))
         with gr.Row():
-            self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed", info="-1: a random seed")
+            self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed",
+                                  info=about("seed", "-1: a random seed"))
             dice = gr.Button("Random seed", size="sm")
         self.size = []
         if sized:
             with gr.Row():
                 self.size = [gr.Slider(MIN_SIDE, max_side, value=getattr(defaults, side), step=factor,
-                                       label=side.capitalize()) for side in ("width", "height")]
+                                       label=side.capitalize(), info=about(side)) for side in ("width", "height")]
         with gr.Row():
             self.preview_every = gr.Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
-                                           label="Preview every N steps", info="0: only the final image")
+                                           label="Preview every N steps",
+                                           info=about("preview_every", "0: only the final image"))
             self.previews = gr.Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
-                                     info=" · ".join(f"{name}: {about}" for name, about in PREVIEWS.items()))
-        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
+                                     info=about("previews", " · ".join(f"{name}: {text}"
+                                                                       for name, text in PREVIEWS.items())))
+        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler",
+                                     info=about("scheduler"))
         dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
 
     @property
