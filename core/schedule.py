@@ -45,6 +45,10 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}
 VARIANCE_EXPLODING = (LMSDiscreteScheduler, EulerDiscreteScheduler)  # x_t = x0 + sigma * noise
 LMS_MAX_ORDER = 4  # LMSDiscreteScheduler's default order
+# SD v1's noise schedule, the one its models were trained with. steps_offset is given because without it
+# diffusers' pipelines rewrite the config, with a warning.
+SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      steps_offset=1)
 
 
 def make_scheduler(config: dict, name: str, steps: int, device: torch.device, first: int = 0) -> SchedulerMixin:

@@ -1,8 +1,5 @@
-"""Shared fixtures: a tiny random Stable Diffusion in diffusers format, built once per test session.
-
-Same structure as SD v1 (CLIP text encoder with the real 49,408-token vocabulary, an 8x AutoencoderKL
-with 4 latent channels, a cross-attention UNet, LMS with SD's betas), but small enough that a 64 px
-image takes milliseconds a step on a CPU.
+"""Shared fixtures: a tiny random Stable Diffusion in diffusers format (core.sd_folder's TINY shape), built
+once per test session, and the app started as a user starts it.
 """
 from __future__ import annotations
 
@@ -15,46 +12,18 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
-from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import StableDiffusionPipeline
 
 from core.engine import Engine
-from core.models import TOKENIZER_DIR, ModelBundle, load_bundle, load_toy
+from core.models import ModelBundle, load_bundle, load_toy
+from core.sd_folder import build_random_sd
 
 ROOT = Path(__file__).resolve().parents[1]
-SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    num_train_timesteps=1000, steps_offset=1)
-
-
-def build_tiny_sd(folder: Path, seed: int = 0, latent_size: int = 8) -> Path:
-    """Write a tiny random SD v1-shaped model to `folder` and return it; its native size is 8 x `latent_size`."""
-    torch.manual_seed(seed)
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=8 * latent_size, scaling_factor=0.18215)
-    unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=LMSDiscreteScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+    return build_random_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
