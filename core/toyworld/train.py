@@ -35,15 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.models import TOKENIZER_DIR
+from core.schedule import SD_V1_SCHEDULE
+from core.sd_folder import Shape, make_text_encoder, make_unet, make_vae, sd_pipeline
 from core.toyworld.data import SHADE_SPREAD, SIZE, caption, make_dataset, off_palette_images
 
 HERE = Path(__file__).resolve().parent
-SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                   steps_offset=1)
 
 
 # What the app starts from with this model (core.models reads lens_defaults.json beside model_index.json).
@@ -123,6 +123,15 @@ class TrainConfig:
     decoder_off_palette: float = 0.3  # the share of its images in random, unnamed colours (data.off_palette_images)
     stage_steps: tuple | None = None  # (VAE, UNet, decoder) step counts, in place of the time budgets
     device: str = "cpu"
+
+    def shape(self) -> Shape:
+        """The models' sizes: SD v1's structure, with cross-attention at every UNet level."""
+        return Shape(text_hidden=self.text_hidden, text_intermediate=4 * self.text_hidden,
+                     text_layers=self.text_layers, text_heads=4, vae_channels=self.vae_channels,
+                     vae_layers_per_block=1, vae_norm_groups=8, unet_channels=self.unet_channels,
+                     unet_attention=(True,) * len(self.unet_channels),
+                     unet_layers_per_block=self.unet_layers_per_block,
+                     unet_norm_groups=min(32, self.unet_channels[0]))
 
 
 PRESETS = {
@@ -205,10 +214,8 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
 
 def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) -> AutoencoderKL:
     """Stage 1: the VAE, its scaling_factor set from its latents' spread."""
-    n = len(cfg.vae_channels)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
-                        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-                        layers_per_block=1, norm_num_groups=8, sample_size=SIZE).to(cfg.device)
+    shape = cfg.shape()
+    vae = make_vae(shape, SIZE // shape.vae_scale_factor).to(cfg.device)
     gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
 
     def crop_loss() -> torch.Tensor:
@@ -256,23 +263,16 @@ def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -
 def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list,
                tokenizer: CLIPTokenizer) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Stage 2: the text encoder and the UNet together; the EMA weights of both."""
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    unet = UNet2DConditionModel(
-        sample_size=SIZE // 8, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
-        layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * len(cfg.unet_channels),
-        up_block_types=("CrossAttnUpBlock2D",) * len(cfg.unet_channels),
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=min(32, cfg.unet_channels[0]))
+    shape = cfg.shape()
+    text_encoder = make_text_encoder(shape, tokenizer)
+    unet = make_unet(shape, SIZE // shape.vae_scale_factor)
     text_encoder.to(cfg.device), unet.to(cfg.device)
     with torch.no_grad():  # the VAE is frozen: encode every image once; sample the posterior per step
         dists = [vae.encode(x).latent_dist for x in images.split(256)]
         means = torch.cat([d.mean for d in dists])          # (N, 4, 8, 8)
         stds = torch.cat([d.std for d in dists])
     scale = vae.config.scaling_factor
-    alphas = DDPMScheduler(**SD_SCHEDULE).alphas_cumprod.to(cfg.device)
+    alphas = DDPMScheduler(**SD_V1_SCHEDULE).alphas_cumprod.to(cfg.device)
     rng = random.Random(cfg.seed)
     gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
 
@@ -325,10 +325,8 @@ def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_dec
 
 
 def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: float, psnr: float) -> None:
-    pipe = StableDiffusionPipeline(
-        vae=vae.cpu().half(), text_encoder=text_encoder.cpu().half(), tokenizer=tokenizer, unet=unet.cpu().half(),
-        scheduler=LMSDiscreteScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+    pipe = sd_pipeline(vae=vae.cpu().half(), text_encoder=text_encoder.cpu().half(), tokenizer=tokenizer,
+                       unet=unet.cpu().half(), scheduler=LMSDiscreteScheduler(**SD_V1_SCHEDULE))
     pipe.save_pretrained(out, safe_serialization=True)
     write_lens_defaults(out)
     recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
