@@ -2,34 +2,50 @@
 
 For each model: our loop without previews against diffusers' StableDiffusionPipeline on the same parts,
 steps and seed; previews every step (fast and full VAE) against none; peak memory. For the toy model also
-the HTTP API of a local app (gradio_client): time to the first frame, frames delivered per step, and the
-whole run against the engine alone. Times are medians over repeats; every row ends with its ratio.
+the HTTP API of an app this benchmark starts (`python app.py --model toy`) and stops, driven by
+gradio_client: time to the first frame, frames delivered per step, and the whole run against the engine
+alone. Times are medians over repeats; every row ends with its ratio. A measurement that fails becomes a
+row that says why, the others still run, the table is always printed, and the exit code is then 1.
 
     python -m bench                       # CPU: the toy model and a tiny random SD at 512 px
+    python -m bench --quick               # one run each of the toy model's rows and the API's: a short check
     python -m bench --device cuda         # adds an SD-v1-shaped model with random weights, float16, 512 px
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import re
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
-from diffusers import AutoencoderKL, LMSDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
 from core.engine import Engine
-from core.models import TOKENIZER_DIR, load_bundle, load_toy
+from core.models import load_bundle, load_toy
 from core.sampler import Settings
-from tests.conftest import SD_SCHEDULER, build_tiny_sd, free_port, start_app
+from core.sd_folder import SD_V1, TINY, Shape, build_random_sd, sd_pipeline
 
 PROMPT = "a red circle on a white background"
 STEPS = 30
+SIDE = 512               # image side of the random models' rows
+APP = Path(__file__).resolve().parents[1] / "app.py"
+APP_START_SECONDS = 120  # for the app to import, load its model and print its URL
+API_WHERE = "toy, 64 px, HTTP API"
+Measurement = tuple[str, str, Callable[[], list[tuple]]]  # (what, which model, a function returning its rows)
 
 
 def median_seconds(runs: dict, repeats: int) -> dict[str, float]:
@@ -51,10 +67,10 @@ def sync(device: torch.device) -> None:
 
 def pipeline_of(bundle) -> StableDiffusionPipeline:
     """diffusers' pipeline on the very same parts, with stock LMS."""
-    return StableDiffusionPipeline(
-        vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer, unet=bundle.unet,
-        scheduler=LMSDiscreteScheduler.from_config(bundle.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    pipe = sd_pipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
+                       unet=bundle.unet, scheduler=LMSDiscreteScheduler.from_config(bundle.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)  # our loop draws none either
+    return pipe
 
 
 def loop_rows(name: str, engine: Engine, size: int, guidance: float, repeats: int) -> list[tuple]:
@@ -97,8 +113,7 @@ def api_rows(engine: Engine, repeats: int) -> list[tuple]:
 
     settings = replace(engine.default_settings(), steps=STEPS, seed=1, preview_every=1, previews="auto")
     alone = median_seconds({"alone": lambda: list(engine.txt2img(PROMPT, "", settings).frames)}, repeats)["alone"]
-    proc, url = start_app("--model", "toy", "--port", str(free_port()))
-    try:
+    with served("--model", "toy") as url:
         # Like the page, the client gets each frame's images as file references and fetches none of them.
         client = Client(url, verbose=False, download_files=False)
         firsts, totals, delivered = [], [], []
@@ -115,64 +130,130 @@ def api_rows(engine: Engine, repeats: int) -> list[tuple]:
             firsts.append(first)
             totals.append(time.perf_counter() - started)
             delivered.append(len(frames))
-        first, total = statistics.median(firsts[1:]), statistics.median(totals[1:])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    where = "toy, 64 px, HTTP API"
+    if None in firsts:
+        raise RuntimeError(f"a run through the API delivered no x0 image (images per run: {delivered})")
+    first, total = statistics.median(firsts[1:]), statistics.median(totals[1:])
     return [
-        ("first frame after submitting (s)", where, f"{first:.3f} s", "0.3 s goal", first / 0.3),
-        ("frames delivered / steps", where, f"{min(delivered)}", f"{STEPS}", min(delivered) / STEPS),
-        ("API run / engine alone", where, f"{total:.3f} s", f"{alone:.3f} s", total / alone),
+        ("first frame after submitting (s)", API_WHERE, f"{first:.3f} s", "0.3 s goal", first / 0.3),
+        ("frames delivered / steps", API_WHERE, f"{min(delivered)}", f"{STEPS}", min(delivered) / STEPS),
+        ("API run / engine alone", API_WHERE, f"{total:.3f} s", f"{alone:.3f} s", total / alone),
     ]
 
 
-def sd_shaped(folder: Path) -> Path:
-    """An SD v1-shaped model (CLIP ViT-L text encoder, SD's VAE and UNet sizes) with random weights."""
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-                                                num_hidden_layers=12, num_attention_heads=12,
-                                                max_position_embeddings=77, hidden_act="quick_gelu"))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512, scaling_factor=0.18215)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                            scheduler=LMSDiscreteScheduler(**SD_SCHEDULER), safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
-    return folder
+def random_sd_rows(name: str, shape: Shape, folder: Path, device: str, dtype: str, repeats: int) -> list[tuple]:
+    """A model of this shape with random weights, built into `folder`, measured at 512 px."""
+    model = build_random_sd(folder, shape, latent_size=SIDE // shape.vae_scale_factor)
+    return loop_rows(name, Engine(load_bundle(str(model), device=device, dtype=dtype)), SIDE, 7.5, repeats)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(*args: str) -> Iterator[str]:
+    """`python app.py ARGS` on a free port, started as a user starts it; yields its local URL, and stops the
+    app on leaving, whatever happened meanwhile."""
+    proc = subprocess.Popen([sys.executable, str(APP), *args, "--port", str(free_port())], cwd=APP.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield local_url(proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def local_url(proc: subprocess.Popen) -> str:
+    """The URL the app prints once it serves; its later output is drained, so that it never blocks writing."""
+    killer = threading.Timer(APP_START_SECONDS, proc.kill)  # a hung start fails these rows, not the benchmark
+    killer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if match := re.search(r"Running on local URL:\s+(\S+)", line):
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return match.group(1)
+    finally:
+        killer.cancel()
+    raise RuntimeError(f"the app printed no local URL (exit code {proc.wait()}, killed if it took over "
+                       f"{APP_START_SECONDS} s): {''.join(lines[-1:]).strip()}\n{''.join(lines)}")
 
 
 def table(rows: list[tuple]) -> str:
+    """The rows in aligned columns; a failed measurement's reason stands in the last one, the ratio's."""
     head = ("figure", "model", "ours", "reference", "ratio")
-    cells = [head] + [(f, m, o, r, "" if x is None else f"{x:.2f}") for f, m, o, r, x in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    cells = [head] + [(f, m, o, r, x if isinstance(x, str) else "" if x is None else f"{x:.2f}")
+                      for f, m, o, r, x in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head) - 1)] + [len(head[-1])]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
 
 
-def main() -> None:
+def measurements(args: argparse.Namespace, folder: Path) -> Iterator[Measurement]:
+    """What this run measures, in order. Each model loads when its first measurement runs."""
+    device = torch.device(args.device)
+    toy = functools.cache(lambda: Engine(load_toy(device=args.device,
+                                                  dtype="float32" if device.type == "cpu" else "float16")))
+    yield ("loop and previews", "toy", lambda: loop_rows("toy", toy(), toy().bundle.native_size,
+                                                         toy().default_settings().guidance_scale, args.repeats))
+    if not args.quick:
+        yield ("loop and previews", f"tiny random SD, {SIDE} px",
+               lambda: random_sd_rows("tiny random SD", TINY, folder / "tiny", args.device, "float32", args.repeats))
+    if not args.quick and device.type == "cuda":
+        name = "SD v1-shaped, random weights, float16"
+        yield ("loop and previews", f"{name}, {SIDE} px",
+               lambda: random_sd_rows(name, SD_V1, folder / "sd", args.device, "float16", args.repeats))
+    if device.type == "cpu":
+        yield "HTTP API", API_WHERE, lambda: api_rows(toy(), args.repeats)
+
+
+def measure(measurement: Measurement) -> tuple[list[tuple], bool]:
+    """The measurement's rows and True; or, when it fails, one row with the reason and False."""
+    what, where, rows_of = measurement
+    try:
+        return rows_of(), True
+    except Exception as err:  # one broken measurement must not hide the others' numbers
+        traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        return [(f"FAILED: {what}", where, "", "", reason)], False
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, help="timed runs of each figure (default 5, or 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the toy model's rows and the API's, one timed run each unless --repeats")
     args = parser.parse_args()
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     device = torch.device(args.device)
-    print(f"# python -m bench · {time.strftime('%Y-%m-%d')} · {device.type}"
+    print(f"# python -m bench{' --quick' if args.quick else ''} · {time.strftime('%Y-%m-%d')} · {device.type}"
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} · torch {torch.__version__}"
-          f" · {torch.get_num_threads()} threads · {STEPS} steps, LMS, medians of {args.repeats}", flush=True)
-    rows = []
-    toy = Engine(load_toy(device=args.device, dtype="float32" if device.type == "cpu" else "float16"))
-    rows += loop_rows("toy", toy, toy.bundle.native_size, toy.default_settings().guidance_scale, args.repeats)
+          f" · {torch.get_num_threads()} threads · load {os.getloadavg()[0]:.1f} · {STEPS} steps, LMS, medians of "
+          f"{args.repeats}", flush=True)  # a load above the thread count slows every figure, unevenly
+    rows, all_ran = [], True
     with tempfile.TemporaryDirectory() as folder:
-        tiny = Engine(load_bundle(str(build_tiny_sd(Path(folder) / "tiny", latent_size=64)), device=args.device, dtype="float32"))
-        rows += loop_rows("tiny random SD", tiny, 512, 7.5, args.repeats)
-        if device.type == "cuda":
-            sd = Engine(load_bundle(str(sd_shaped(Path(folder) / "sd")), device=args.device, dtype="float16"))
-            rows += loop_rows("SD v1-shaped, random weights, float16", sd, 512, 7.5, args.repeats)
-    if device.type == "cpu":
-        rows += api_rows(toy, args.repeats)
+        for measurement in measurements(args, Path(folder)):
+            new_rows, ran = measure(measurement)
+            rows += new_rows
+            all_ran = all_ran and ran
     print(table(rows))
+    return 0 if all_ran else 1
 
 
 if __name__ == "__main__":
