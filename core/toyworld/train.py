@@ -46,6 +46,7 @@ from core.toyworld.data import SHADE_SPREAD, SIZE, caption, make_dataset, off_pa
 HERE = Path(__file__).resolve().parent
 
 
+SIZE_NOTE = "this model was trained at 64 px: at 128 px it draws the shape two to four times, or as merged blobs"
 # What the app starts from with this model (core.models reads lens_defaults.json beside model_index.json).
 # CFG 3: with LMS's 4th-order steps, guidance 7.5 makes this model's latents blow up (see the model card).
 LENS_DEFAULTS = {
@@ -55,7 +56,8 @@ LENS_DEFAULTS = {
     # shown beside the setting's control (evaluate.py, LMS 30 steps, 66 prompts x 2 seeds: colour 97.7% at 3,
     # 54.5% at 4, 18.9% at 5, 12.1% at 7.5; Euler at 7.5 99.2%)
     "notes": {"guidance_scale": "this model: 3. With LMS it breaks above 3 (half its images at 4, nearly all at "
-                                "the notebook's 7.5); Euler holds at 7.5"},
+                                "the notebook's 7.5); Euler holds at 7.5",
+              "width": SIZE_NOTE, "height": SIZE_NOTE},
     "guidance": {"scale": 20.0},  # loss guidance: strong enough to see, gentle enough to keep most shapes
     "embeddings": ["embeddings/teal.safetensors"],  # made by core.toyworld.textual_inversion
     "examples": {
