@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import socket
 import sys
@@ -96,8 +97,19 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def log_to_terminal() -> None:
+    """The app's own log lines (refused inputs, failed runs) on stderr, one line each."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("sdlens")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    log_to_terminal()
     if port_taken(args.host, args.port):
         print(f"error: port {args.port} on {args.host} is taken; pick another with --port", file=sys.stderr)
         return 2

@@ -31,12 +31,59 @@ def test_txt2img_streams_every_preview_frame(app_url, app_tmp):
     assert len(x0s) == len(set(x0s)) == 12 and len(x_ts) == 12
     statuses = [out[STATUS] for out in outputs if isinstance(out[STATUS], str)]
     assert [s.split(" · ")[0] for s in statuses[:12]] == [f"step {i} / 12" for i in range(1, 13)]
-    assert "**done**" in statuses[-1] and "seed 7" in statuses[-1]
+    assert " · done · " in statuses[-1] and "seed 7" in statuses[-1]
     assert Image.open(image_paths(outputs, RESULT)[-1]).size == (64, 64)
-    mp4, gif = client.predict(api_name="/txt2img_video")
+    mp4, gif = client.predict(fps=4, api_name="/txt2img_video")
     assert mp4.endswith("sdlens-txt2img-x0-seed7.mp4") and gif.endswith("sdlens-txt2img-x0-seed7.gif")
-    assert Image.open(gif).n_frames == 12
+    gif = Image.open(gif)
+    assert gif.n_frames == 12 and gif.info["duration"] == 250  # 4 frames a second
+    # x_t | x0, each 64 px scaled up 8x, over a white band with the step burnt in
+    assert gif.width == 2 * 512 + 4 and gif.height > 512
+    band = gif.convert("RGB").crop((0, 512, gif.width, gif.height))
+    assert band.getextrema()[0] == (0, 255)  # dark writing on white
     assert list(app_tmp.glob("sdlens-*")) == []  # the app keeps no copy outside gradio's expiring cache
+
+
+PROGRESS = -1  # the last output of every streaming endpoint: where the run stands, as plain fields
+
+
+def test_the_last_message_carries_the_final_images_and_plain_progress(app_url):
+    client = Client(app_url, verbose=False)
+    x_t, x0, status, result, *_, progress = txt2img(client, steps=5, seed=9).result()
+    assert Image.open(result).size == (64, 64)
+    assert Image.open(x_t).size == Image.open(x0).size == (8, 8)  # previews every step: the fast decoder
+    assert status == "step 5 / 5 · timestep 0.0 · sigma 0.0292 · done · seed 9"  # plain text, no markdown
+    assert progress == {"step": 5, "steps": 5, "timestep": 0.0, "sigma": pytest.approx(0.0292, abs=1e-4),
+                        "state": "done", "seed": 9, "notes": []}
+    streamed = list(txt2img(client, steps=5, seed=9))
+    assert [out[PROGRESS]["state"] for out in streamed] == ["running"] * 4 + ["done"]
+    assert [out[PROGRESS]["step"] for out in streamed] == [1, 2, 3, 4, 5]
+
+
+def test_every_streaming_endpoint_returns_its_final_images_to_predict(app_url):
+    client = Client(app_url, verbose=False)
+    settings = dict(steps=3, guidance_scale=7.5, seed=3, width=64, height=64, preview_every=1, scheduler="lms")
+    image = handle_file(str(EXAMPLE))
+    calls = {  # endpoint: (parameters, positions of the images its last message must carry)
+        "/txt2img": (dict(prompt="a red circle", negative_prompt=""), (X_T, X0, RESULT)),
+        "/img2img": (dict(image=image, prompt="a red circle", negative_prompt="", strength=0.6),
+                     (0, 1, 3, 4, 6)),  # the input as taken, the start, x_t, x0, the result
+        "/guided": (dict(prompt="a red circle", negative_prompt="", loss="blue", color="#0000ff", level=0.5,
+                         loss_scale=50, every=2, mode="cheap"), (1, 2, 3, 5)),  # unguided, x_t, x0, result
+        "/swap_token": (dict(prompt="a red circle", token="red", replacement="blue"), (0, 1)),
+        "/mix_tokens": (dict(prompt="a red circle", token="red", word_a="red", word_b="blue", weight=0.5), (0, 1)),
+        "/mix_prompts": (dict(prompt_a="a red circle", prompt_b="a blue star", factor=0.5), (X_T, X0, RESULT)),
+    }
+    for endpoint, (parameters, images) in calls.items():
+        if endpoint == "/img2img":
+            parameters |= {key: settings[key] for key in settings if key not in ("width", "height")}
+        else:
+            parameters |= settings
+        outputs = client.predict(**parameters, api_name=endpoint)
+        assert all(isinstance(outputs[i], str) and Image.open(outputs[i]).width in (8, 64) for i in images), endpoint
+        assert outputs[PROGRESS]["state"] == "done" and outputs[PROGRESS]["step"] == 3, endpoint
+    plot = client.predict(**calls["/guided"][0], api_name="/guided")[0]
+    assert [row[0] for row in plot["data"]] == [1, 3]  # the loss of each guided step, in the last message too
 
 
 def test_video_before_any_run_says_what_to_do(app_url):
@@ -70,7 +117,7 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
             client.predict(api_name="/stop")
     steps_run = len(image_paths(outputs, X0))  # the stream lags the server; "within one step" is a core test
     assert 4 <= steps_run < 100
-    assert "**stopped**" in outputs[-1][STATUS]
+    assert " · stopped · " in outputs[-1][STATUS]
     assert len(image_paths(list(txt2img(client, steps=3)), X0)) == 3
 
 
@@ -104,11 +151,14 @@ def test_img2img_shows_the_start_then_streams_the_remaining_steps(app_url):
     assert "skip the first 4 steps" in outputs[0][I2I_ABOUT] and isinstance(outputs[0][I2I_START], str)
     statuses = [out[I2I_STATUS] for out in outputs if isinstance(out[I2I_STATUS], str)]
     assert [s.split(" · ")[0] for s in statuses[:6]] == [f"step {i} / 10" for i in range(5, 11)]
-    assert len(image_paths(outputs, I2I_X0)) == 6 and "**done**" in statuses[-1]
+    assert len(image_paths(outputs, I2I_X0)) == 6 and " · done · " in statuses[-1]
 
 
 def test_img2img_at_strength_zero_returns_the_round_trip(app_url, tiny_bundle):
-    outputs = list(img2img(Client(app_url, verbose=False), strength=0.0))
+    client = Client(app_url, verbose=False)
+    list(img2img(client, strength=0.6))
+    outputs = list(img2img(client, strength=0.0))
+    assert outputs[-1][I2I_X0] is None and outputs[-1][I2I_X0 - 1] is None  # no step: x_t and x0 cleared
     served = Image.open(image_paths(outputs, I2I_RESULT)[-1]).convert("RGB")
     alone = Engine(tiny_bundle).vae_view(str(EXAMPLE)).reconstruction
     assert list(served.getdata()) == list(alone.getdata())
@@ -152,8 +202,8 @@ def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):
         scheduler="lms", api_name="/guided"))
     plots = [out[0] for out in outputs if isinstance(out[0], dict) and "data" in out[0]]
     assert [row[0] for row in plots[-1]["data"]] == [1, 4, 7]  # the guided steps, 1-based
-    assert len(image_paths(outputs, 3)) == 8 and "**done**" in outputs[-2][4]
-    assert isinstance(outputs[-1][1], str)  # the unguided image, last
+    assert len(image_paths(outputs, 3)) == 8 and " · done · " in outputs[-1][4]
+    assert isinstance(outputs[-1][1], str)  # the unguided image, in the last message with the rest
     with pytest.raises(Exception, match="loss guidance runs with the samplers lms and euler"):
         client.predict(prompt="a red circle", negative_prompt="", loss="blue", color="#0000ff", level=0.5,
                        loss_scale=50, every=3, mode="cheap", steps=4, guidance_scale=7.5, seed=7, width=64,
@@ -175,7 +225,7 @@ def test_swap_token_streams_both_runs(app_url):
         prompt="a picture of a puppy", token="puppy", replacement="cat", steps=5, guidance_scale=7.5, seed=3,
         width=64, height=64, preview_every=1, scheduler="lms", api_name="/swap_token"))
     assert len(image_paths(outputs, 0)) == len(image_paths(outputs, 1)) == 5
-    assert "**done**" in outputs[-1][2] and "token 5 → 'cat'" in outputs[-1][2]
+    assert " · done · " in outputs[-1][2] and "token 5 → 'cat'" in outputs[-1][2]
     with pytest.raises(Exception, match="'stegosaurus' is 3 tokens"):
         Client(app_url, verbose=False).predict(
             prompt="a picture of a puppy", token="puppy", replacement="stegosaurus", steps=5, guidance_scale=7.5,
@@ -190,7 +240,7 @@ def test_learned_embeddings_stay_with_the_user_who_loaded_them(app_url, tmp_path
     run = dict(prompt="a <thing> on a table", token="", learned_token="<thing>", steps=3, guidance_scale=7.5,
                seed=3, width=64, height=64, preview_every=1, scheduler="lms", api_name="/textual_inversion")
     outputs = list(owner.submit(**run))
-    assert "**done**" in outputs[-1][2] and len(image_paths(outputs, 1)) == 3
+    assert " · done · " in outputs[-1][2] and len(image_paths(outputs, 1)) == 3
     with pytest.raises(Exception, match="No embeddings are loaded"):
         other.predict(**run)
 

@@ -164,7 +164,7 @@ def test_eight_users_at_once_each_get_their_own_images(tiny_sd_dir, tiny_bundle)
     for (prompt, seed), outputs in zip(users, results):
         statuses = [o[STATUS] for o in outputs if isinstance(o[STATUS], str)]
         assert len(image_paths(outputs, X0)) == 10
-        assert all(f"seed {seed}" in s for s in statuses) and "**done**" in statuses[-1]
+        assert all(f"seed {seed}" in s for s in statuses) and " · done · " in statuses[-1]
         served = Image.open(image_paths(outputs, RESULT)[-1]).convert("RGB")
         alone = list(engine.txt2img(prompt, "", Settings(steps=10, seed=seed, height=64, width=64)).frames)[-1]
         assert list(served.getdata()) == list(alone.image.getdata())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import Engine
-from ui import guided, img2img, schedule, text_lab, txt2img, vae
+from ui import guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.stops import StopFlags
 
 TITLE = "SD Lens: look inside Stable Diffusion"
@@ -27,16 +27,18 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -
         upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
                            elem_id="upscale")
         upscale.change(None, upscale, None, js=UPSCALE_JS)
-        with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-            txt2img.build(engine, stops, concurrency)
-        with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
-            img2img.build(engine, stops, concurrency)
-        with gr.Tab("VAE", id="vae", elem_id="tab-vae"):
-            vae.build(engine, concurrency)
-        with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
-            schedule.build(engine, concurrency)
-        with gr.Tab("Text", id="text", elem_id="tab-text"):
-            text_lab.build(engine, stops, concurrency)
-        with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
-            guided.build(engine, stops, concurrency)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
+                from_text = txt2img.build(engine, stops, concurrency)
+            with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
+                from_image = img2img.build(engine, stops, concurrency)
+            with gr.Tab("VAE", id="vae", elem_id="tab-vae"):
+                vae_image = vae.build(engine, concurrency)
+            with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
+                schedule.build(engine, concurrency)
+            with gr.Tab("Text", id="text", elem_id="tab-text"):
+                text_lab.build(engine, stops, concurrency)
+            with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
+                from_guidance = guided.build(engine, stops, concurrency)
+        send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
     return demo

@@ -15,17 +15,23 @@ log = logging.getLogger("sdlens")
 
 @contextmanager
 def user_errors():
-    """Bad input and failed runs become a message for this user; the app goes on serving everyone."""
+    """Bad input and failed runs become a message for this user; the app goes on serving everyone.
+
+    The terminal gets one line for a refused input or a run that broke off, and the full traceback only for
+    an error nobody anticipated.
+    """
     try:
         yield
     except (ValueError, RunFailed) as err:
-        raise gr.Error(html.escape(str(err), quote=False)) from err  # the page shows it as HTML: <teal> stays
+        log.warning("%s: %s", "refused" if isinstance(err, ValueError) else "run failed", err)
+        # the page shows it as HTML: <teal> stays
+        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from err
     except gr.Error:
         raise
     except Exception as err:
         log.exception("a run failed")
         raise gr.Error(f"This run failed ({type(err).__name__}: {err}). The app is still running: "
-                       "try again, or change the settings.") from err
+                       "try again, or change the settings.", print_exception=False) from err
 
 
 def number(value, name: str) -> float:

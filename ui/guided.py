@@ -11,6 +11,7 @@ from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
 from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import Controls, RunView
+from ui.send import Prompted
 from ui.stops import StopFlags
 
 SCALE_SLIDER_MAX = 1000  # the engine takes up to core.guidance.MAX_SCALE through the API
@@ -29,7 +30,7 @@ def parse_color(value: str) -> tuple[float, float, float]:
     raise ValueError(f"target color must be like #3366ff, got {value!r}")
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     first = engine.default_guidance()
     with gr.Row():
         with gr.Column(scale=2):
@@ -59,7 +60,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
-                           beside_result="Unguided: the same seed and settings")
+                           beside_result="Unguided: the same seed and settings", sendable=True)
             unguided = view.beside
 
     def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
@@ -90,16 +91,22 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 losses.append((frame.index + 1, frame.loss))
                 return {plot: pd.DataFrame(losses, columns=["step", "loss"])}
 
+            def unguided_image():
+                """The same seed and settings without the loss, for comparison (none when stopped)."""
+                if flag.is_set():
+                    return None
+                with user_errors():
+                    plain = engine.txt2img(prompt, negative_prompt, replace(run.settings, preview_every=0))
+                    return list(plain.frames)[-1].image
+
             yield {plot: None, unguided: None}
-            yield from view.stream(run, flag, extra=plot_loss)
-            if flag.is_set():
-                return
-            with user_errors():
-                plain = engine.txt2img(prompt, negative_prompt, replace(run.settings, preview_every=0))
-                yield {unguided: list(plain.frames)[-1].image}
+            yield from view.stream(run, flag, extra=plot_loss, final=lambda: {
+                plot: pd.DataFrame(losses, columns=["step", "loss"]) if losses else None,
+                unguided: unguided_image()})
 
     inputs = [prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *controls.inputs]
     generate.click(check, inputs, None, api_visibility="private").success(
         guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
     view.wire(stop, stop_api=None)
+    return Prompted(view, prompt, negative_prompt, controls)

@@ -8,6 +8,7 @@ import gradio as gr
 from core.engine import Engine
 from ui.common import GENERATE, ImageFile, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, image_panel
+from ui.send import Prompted
 from ui.stops import StopFlags
 
 # Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
@@ -15,7 +16,7 @@ EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.
 DEFAULT_STRENGTH = 0.6
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     defaults = engine.default_settings()
     with gr.Row():
         with gr.Column(scale=2):
@@ -37,8 +38,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             with gr.Row():
                 fitted = image_panel("The input as the model takes it", "img2img-fitted")
                 begin = image_panel("The noised latents the run starts from, decoded", "img2img-start")
-            about = gr.Markdown("", elem_id="img2img-about")
-            view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.")
+            about = gr.Markdown("", elem_id="img2img-about", line_breaks=True)
+            view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.",
+                           sendable=True)
 
     def describe_plan(strength, steps, scheduler):
         """What the strength means for these settings, in words (cheap: no model runs)."""
@@ -67,11 +69,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 run = engine.img2img(prompt, negative_prompt, image, number(strength, "strength"), settings,
                                      should_stop=flag.is_set)
             source = run.source
-            yield {fitted: source.image, begin: source.start,
-                   about: f"{source.plan.describe()}  \nInput: {source.note}"}
-            yield from view.stream(run, flag)
-            if source.plan.first == run.settings.steps:
-                yield {view.result: source.start}
+            shown = {fitted: source.image, begin: source.start, about: f"{source.plan.describe()}\nInput: {source.note}"}
+            yield shown
+            round_trip = source.start if source.plan.first == run.settings.steps else None  # strength 0: no step
+            yield from view.stream(run, flag, final=lambda: shown, result=round_trip)
 
     inputs = [image, prompt, negative_prompt, strength, *controls.inputs]
     generate.click(check, inputs, None, api_visibility="private").success(
@@ -80,3 +81,4 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     gr.on([strength.change, controls.steps.change, controls.scheduler.change], describe_plan,
           [strength, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)
     view.wire(stop, stop_api=None)
+    return Prompted(view, prompt, negative_prompt, controls, image)

@@ -25,6 +25,11 @@ def frame_caption(frame: Frame) -> str:
     return f"step {frame.index + 1} / {frame.steps} · timestep {frame.timestep:.1f} · sigma {frame.sigma:.4f}"
 
 
+def video_caption(frame: Frame) -> str:
+    """What a video frame has burnt in."""
+    return f"step {frame.index + 1}/{frame.steps} · sigma {frame.sigma:.2f}"
+
+
 def image_panel(label: str, elem_id: str, **options) -> gr.Image:
     """An image shown scaled up to the panel height (pixelated or smooth, as the page is set)."""
     return gr.Image(label=label, format="png", height=PANEL, elem_classes="pixels", elem_id=elem_id, **options)
@@ -103,87 +108,129 @@ class Controls:
                        preview_every=whole(preview_every, "preview_every"), previews=previews, scheduler=scheduler)
 
 
+def progress(frame: Frame | None, state: str, seed: int, notes: list[str]) -> dict:
+    """Where a run stands, as plain fields for scripts (the page shows the same as one line)."""
+    return {"step": frame.index + 1 if frame else 0, "steps": frame.steps if frame else None,
+            "timestep": frame.timestep if frame else None, "sigma": frame.sigma if frame else None,
+            "state": state, "seed": seed, "notes": list(notes)}
+
+
+def status_line(frame: Frame | None, state: str, about: str, notes: list[str]) -> str:
+    """The status line: "step 3 / 30 · timestep 899.0 · sigma 8.1 · running · seed 32", then any notes."""
+    head = frame_caption(frame) if frame else "no step run"
+    return "\n".join([f"{head} · {state} · {about}", *(f"⚠️ {note}" for note in notes)])
+
+
+def ended(image, flag: threading.Event) -> str:
+    return "done" if image is not None or not flag.is_set() else "stopped"
+
+
 class RunView:
     """Lays out the panels of one tab (element ids start with `name`) and streams a run into them."""
 
-    def __init__(self, name: str, stops: StopFlags, idle: str, beside_result: str | None = None):
-        """`beside_result` labels an extra image panel in the result's row (`self.beside`)."""
+    def __init__(self, name: str, stops: StopFlags, idle: str, beside_result: str | None = None,
+                 sendable: bool = False):
+        """`beside_result` labels an extra image panel in the result's row (`self.beside`); `sendable` adds
+        buttons that send the result on to image to image and to the VAE (wired by ui.send)."""
         self.name, self.stops = name, stops
         with gr.Row():
             self.x_t = image_panel("x_t: the noisy latents the UNet sees, decoded", f"{name}-xt")
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
-        self.status = gr.Markdown(idle, elem_id=f"{name}-status")
+        self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
+        self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
         self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False)
         with gr.Row():
             self.result = image_panel("Result", f"{name}-result")
             self.beside = image_panel(beside_result, f"{name}-beside") if beside_result else None
-        self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm")
+        if sendable:
+            with gr.Row():
+                self.send_img2img = gr.Button("Send to image to image", size="sm", elem_id=f"{name}-send-img2img")
+                self.send_vae = gr.Button("Send to VAE", size="sm", elem_id=f"{name}-send-vae")
+        with gr.Row():
+            self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm", scale=2)
+            self.fps = gr.Slider(1, export.MAX_FPS, value=export.DEFAULT_FPS, step=1, label="Video frames per second",
+                                 scale=1)
         with gr.Row():
             self.mp4 = gr.File(label="x0 video (MP4)")
             self.gif = gr.File(label="x0 video (GIF)")
-        self.history = gr.State(None)  # this session's last run: (seed, [(caption, x_t image, x0 image), ...])
+        self.history = gr.State(None)  # this session's last run: (seed, [(caption, video caption, x_t, x0), ...])
 
     @property
     def outputs(self) -> list:
         """What a run writes (mp4 and gif: cleared by a new run)."""
-        return [self.x_t, self.x0, self.status, self.result, self.scrub, self.mp4, self.gif, self.history]
+        return [self.x_t, self.x0, self.status, self.result, self.scrub, self.mp4, self.gif, self.history,
+                self.progress]
 
     def stop_flag(self, request: gr.Request):
         return stop_flag(self.stops, request)
 
     def stream(self, run: Run, flag: threading.Event, about: str = "",
-               extra: Callable[[Frame], dict] = lambda frame: {}) -> Iterator[dict]:
-        """Page updates for each frame of `run` (with what `extra` adds for it), then the summary line."""
-        notes = "".join(f"  \n⚠️ {note}" for note in run.notes)
-        about = f"seed {run.settings.seed}{about}{notes}"
-        frames, caption, image = [], "no step run", None
-        for note in run.notes:
+               extra: Callable[[Frame], dict] = lambda frame: {}, final: Callable[[], dict] = dict,
+               result=None) -> Iterator[dict]:
+        """Page updates for each frame of `run` (with what `extra` adds for it). The last message carries every
+        final output: the last previews, the result (`result` when the run makes none), the scrubber and what
+        `final` adds, because API clients get only the last message.
+
+        Each step gives every panel a value (an image, or None to clear it): gradio handles an output left
+        unchanged as a component update, which costs more than the step of a small model.
+        """
+        about, notes = f"seed {run.settings.seed}{about}", list(run.notes)
+        for note in notes:
             gr.Warning(note)
-        # the first update also clears what the last run left (one message less before the first frame)
-        reset = {self.result: None, self.scrub: gr.update(visible=False), self.mp4: None, self.gif: None}
+        shown, frame, image = [], None, result  # shown: what `history` keeps of every preview step
+        clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)}  # the last run's frames
         with user_errors():
             for frame in run.frames:
-                caption = frame_caption(frame)
                 if frame.note:
                     gr.Warning(frame.note)
-                    about += f"  \n⚠️ {frame.note}"
-                update = reset | {self.status: f"{caption} · {about}"} | extra(frame)
-                reset = {}
+                    notes.append(frame.note)
                 if frame.x0_image is not None:
-                    frames.append((caption, frame.x_t_image, frame.x0_image))
-                    update |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}
-                if frame.image is not None:
-                    image = update[self.result] = frame.image
-                yield update
-        ended = "done" if image is not None or not flag.is_set() else "stopped"
-        scrubber = gr.update(maximum=max(len(frames) - 1, 1), value=len(frames) - 1, visible=len(frames) > 1)
-        yield reset | {self.status: f"{caption} · **{ended}** · {about}", self.scrub: scrubber,
-                       self.history: (run.settings.seed, frames) if frames else None}
+                    shown.append((frame_caption(frame), video_caption(frame), frame.x_t_image, frame.x0_image))
+                    clear |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}
+                image = frame.image or image
+                if frame.image is not None:  # the last step: its images go out with the final message
+                    break
+                yield {self.status: status_line(frame, "running", about, notes), self.result: None,
+                       self.scrub: 0, self.mp4: None, self.gif: None,
+                       self.progress: progress(frame, "running", run.settings.seed, notes)} | clear | extra(frame)
+                clear = {}
+        state = ended(image, flag)
+        last = shown[-1] if shown else (None,) * 4
+        scrubber = gr.update(maximum=max(len(shown) - 1, 1), value=len(shown) - 1, visible=len(shown) > 1)
+        yield ({self.x_t: last[2], self.x0: last[3], self.result: image, self.mp4: None, self.gif: None,
+                self.status: status_line(frame, state, about, notes), self.scrub: scrubber,
+                self.progress: progress(frame, state, run.settings.seed, notes),
+                self.history: (run.settings.seed, shown) if shown else None}
+               | (extra(frame) if frame is not None and frame.image is not None else {}) | final())
 
     def wire(self, stop: gr.Button, stop_api: str | None) -> None:
         """Stop, the scrubber and the video; `stop_api` names the Stop endpoint (one tab publishes it)."""
 
-        def export_video(last_run):
-            """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video"."""
-            if not last_run:
-                raise gr.Error("There is no run to make a video of yet: press Generate first")
+        def export_video(last_run, fps):
+            """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video", scaled up with
+            each frame's step and sigma burnt in."""
+            with user_errors():
+                if not last_run:
+                    raise ValueError("There is no run to make a video of yet: press Generate first")
+                fps = export.check_fps(number(fps, "frames per second"))
             seed, frames = last_run
-            pairs = [export.pair(x_t, x0) for _, x_t, x0 in frames]
+            pairs = [export.video_frame([x_t, x0], label) for _, label, x_t, x0 in frames]
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
                 stem = Path(folder) / f"sdlens-{self.name}-x0-seed{seed}"
                 # Gradio copies both files into its own cache before it resumes this generator, which
                 # then removes the folder: nothing of a run stays behind outside that expiring cache.
-                yield (str(export.write_mp4(pairs, stem.with_suffix(".mp4"))),
-                       str(export.write_gif(pairs, stem.with_suffix(".gif"))))
+                yield (str(export.write_mp4(pairs, stem.with_suffix(".mp4"), fps)),
+                       str(export.write_gif(pairs, stem.with_suffix(".gif"), fps)))
 
         def show_frame(position, last_run):
             if not last_run:
                 return gr.skip(), gr.skip(), gr.skip()
             frames = last_run[1]
-            caption, x_t, x0 = frames[min(int(position), len(frames) - 1)]
+            caption, _, x_t, x0 = frames[min(int(position), len(frames) - 1)]
             return x_t, x0, f"{caption} · scrubbing the last run"
 
-        self.make_video.click(export_video, self.history, [self.mp4, self.gif], api_name=f"{self.name}_video")
+        self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],
+                              api_name=f"{self.name}_video")
         wire_stop(stop, self.stops, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
                          api_visibility="private", queue=False)
@@ -197,23 +244,32 @@ class PairView:
         with gr.Row():
             self.left = image_panel(f"{left}: predicted x0", f"{name}-left")
             self.right = image_panel(f"{right}: predicted x0", f"{name}-right")
-        self.status = gr.Markdown("Press Generate: both run from the same noise.", elem_id=f"{name}-status")
+        self.status = gr.Markdown("Press Generate: both run from the same noise.", elem_id=f"{name}-status",
+                                  line_breaks=True)
+        self.progress = gr.JSON(visible=False, label="Run progress")
 
     @property
     def outputs(self) -> list:
-        return [self.left, self.right, self.status]
+        return [self.left, self.right, self.status, self.progress]
 
     def stream(self, runs: tuple[Run, Run], flag: threading.Event, about: str) -> Iterator[dict]:
-        """Both runs a step at a time; the final images replace the previews on the last step."""
+        """Both runs a step at a time; the final images replace the previews on the last step, and the last
+        message carries both."""
         first, second = runs
-        about = f"seed {first.settings.seed} · {about}"
-        caption, done = "no step run", False
+        about, seed = f"seed {first.settings.seed} · {about}", first.settings.seed
+        frame, images = None, (None, None)
+        update = {self.left: None, self.right: None}  # the first message clears the last run's images
         with user_errors():
-            for a, b in zip(first.frames, second.frames):
-                caption = frame_caption(a)
-                update = {self.status: f"{caption} · {about}"}
-                if a.x0_image is not None:
-                    update |= {self.left: a.image or a.x0_image, self.right: b.image or b.x0_image}
-                done = a.image is not None
+            for frame, other in zip(first.frames, second.frames):
+                update |= {self.status: status_line(frame, "running", about, []),
+                           self.progress: progress(frame, "running", seed, [])}
+                if frame.x0_image is not None:
+                    images = (frame.image or frame.x0_image, other.image or other.x0_image)
+                    update |= {self.left: images[0], self.right: images[1]}
+                if frame.image is not None:
+                    break
                 yield update
-        yield {self.status: f"{caption} · **{'done' if done or not flag.is_set() else 'stopped'}** · {about}"}
+                update = {}
+        state = ended(frame.image if frame else None, flag)
+        yield {self.left: images[0], self.right: images[1], self.status: status_line(frame, state, about, []),
+               self.progress: progress(frame, state, seed, [])}

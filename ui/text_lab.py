@@ -18,6 +18,8 @@ from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import PANEL, Controls, PairView, RunView, stop_flag, wire_stop
 from ui.stops import StopFlags
 
+SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
+
 
 def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str, str]]:
     """The prompt's own tokens as dropdown choices: label "2: red", value "2" (its position)."""
@@ -233,7 +235,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 with gr.Row():
                     prompts_go = gr.Button("Generate", variant="primary")
                     prompts_stop = gr.Button("Stop", variant="stop")
-                count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
+                with gr.Row():
+                    count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
+                    sweep_fps = gr.Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
                 sweep_go = gr.Button("Sweep from A to B (same seed)")
                 gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
             with gr.Column(scale=3):
@@ -253,13 +257,14 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
-    def prompt_sweep(prompt_a, prompt_b, count, steps, guidance_scale, seed, width, height, preview_every,
+    def prompt_sweep(prompt_a, prompt_b, count, fps, steps, guidance_scale, seed, width, height, preview_every,
                      previews, scheduler, learned, request: gr.Request):
         """The mix at evenly spaced factors from A to B with the same seed, as a strip and a GIF."""
         with stop_flag(stops, request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
+                fps = export.check_fps(number(fps, "frames per second"))
                 shown = []
                 yield [], None
                 for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),
@@ -270,11 +275,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 return
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
                 path = Path(folder) / "sdlens-prompt-sweep.gif"
-                yield shown, str(export.write_gif([image for image, _ in shown], path))
+                frames = [export.video_frame([image], f"mix factor {mix}") for image, mix in shown]
+                yield shown, str(export.write_gif(frames, path, fps))
 
     prompts_go.click(mix_prompts, [prompt_a, prompt_b, factor, *controls.inputs, learned], prompts_view.outputs,
                      api_name="mix_prompts", **run_options)
-    sweep_go.click(prompt_sweep, [prompt_a, prompt_b, count, *controls.inputs, learned], [strip, sweep_gif],
+    sweep_go.click(prompt_sweep, [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, learned], [strip, sweep_gif],
                    api_name="prompt_sweep", **run_options)
     prompts_view.wire(prompts_stop, stop_api=None)
 

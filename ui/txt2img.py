@@ -6,10 +6,11 @@ import gradio as gr
 from core.engine import Engine
 from ui.common import GENERATE, user_errors
 from ui.run_view import Controls, RunView
+from ui.send import Prompted
 from ui.stops import StopFlags
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
@@ -20,7 +21,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             controls = Controls(engine)
             gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
         with gr.Column(scale=3):
-            view = RunView("txt2img", stops, "Press Generate to watch the model denoise, step by step.")
+            view = RunView("txt2img", stops, "Press Generate to watch the model denoise, step by step.", sendable=True)
 
     def check(prompt, negative_prompt, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -41,3 +42,4 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     generate.click(check, inputs, None, api_visibility="private").success(
         txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
     view.wire(stop, stop_api="stop")
+    return Prompted(view, prompt, negative_prompt, controls)

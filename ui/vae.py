@@ -11,7 +11,8 @@ from ui.run_view import PANEL, image_panel
 NO_EDIT = "none"
 
 
-def build(engine: Engine, concurrency: int) -> None:
+def build(engine: Engine, concurrency: int) -> gr.Image:
+    """The tab; returns its input image (results of other tabs are sent there)."""
     channels = [NO_EDIT, *map(str, range(engine.bundle.latent_channels))]
     with gr.Row():
         with gr.Column(scale=2):
@@ -51,3 +52,4 @@ def build(engine: Engine, concurrency: int) -> None:
 
     run.click(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
               api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
+    return image
