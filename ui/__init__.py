@@ -8,10 +8,17 @@ from ui import guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.stops import StopFlags
 
 TITLE = "SD Lens: look inside Stable Diffusion"
+# !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
+# Galleries: captions under the thumbnails and the download button above them, not over them.
 CSS = """
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
-"""  # !important: gradio repeats every rule scoped under its container, which outranks a body-level class
+.pixels .grid-container { padding-top: 2.25rem; }
+.pixels .thumbnail-item { display: flex; flex-direction: column; }
+.pixels .thumbnail-item img { min-height: 0; flex: 1; }
+.pixels .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto 0;
+                         background: none; color: var(--body-text-color); box-shadow: none; }
+"""
 # Runs in the browser: the upscaling choice is a page style, no round trip to the server.
 UPSCALE_JS = "(choice) => { document.body.classList.toggle('smooth-upscale', choice === 'smooth'); return []; }"
 

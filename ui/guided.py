@@ -55,7 +55,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             controls = Controls(engine)
-            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale, color])
+            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale, color],
+                        example_labels=[f"{p}: " + (f"color → {target}" if name == "color" else f"{name} loss")
+                                        + f" x {scale:g}" for p, name, scale, target in engine.examples("guided")])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")

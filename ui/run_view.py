@@ -31,8 +31,10 @@ def video_caption(frame: Frame) -> str:
 
 
 def image_panel(label: str, elem_id: str, **options) -> gr.Image:
-    """An image shown scaled up to the panel height (pixelated or smooth, as the page is set)."""
-    return gr.Image(label=label, format="png", height=PANEL, elem_classes="pixels", elem_id=elem_id, **options)
+    """An image shown scaled up to the panel height (pixelated or smooth, as the page is set); never an upload
+    box, even where an event reads it (Send to ...)."""
+    return gr.Image(label=label, format="png", height=PANEL, elem_classes="pixels", elem_id=elem_id,
+                    interactive=False, **options)
 
 
 @contextmanager

@@ -55,8 +55,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             token_prompt = gr.Textbox(label="Prompt", value=engine.examples("swap_token")[0][0], scale=4)
             show = gr.Button("Show the tokens", variant="primary", scale=1)
         with gr.Row():
-            table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table",
-                                 max_height=420, scale=3)
+            table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table", wrap=True,
+                                 column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
             with gr.Column(scale=2):
                 proof = gr.Markdown(elem_id="tokens-proof")
                 token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
