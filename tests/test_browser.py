@@ -61,8 +61,9 @@ def test_generate_streams_distinct_frames(page):
     expect(page.locator("#txt2img-result img")).to_have_count(1)
     expect(page.get_by_text("Scrub through the run")).to_be_visible()
     page.get_by_role("button", name="Make the x0 video").click()
-    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.mp4"))).to_have_count(1)
-    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.gif"))).to_have_count(1)
+    # 512 px tall frames with their captions: a few seconds to encode
+    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.mp4"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"sdlens-txt2img-x0-seed\d+.*\.gif"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=SHOTS / "txt2img.png", full_page=True)
 
 

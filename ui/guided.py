@@ -35,7 +35,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
-            negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+            negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
             with gr.Row():
                 loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
                 loss_scale = gr.Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale",

@@ -23,7 +23,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
             image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
                               height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
             prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
-            negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+            negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
             strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                  info="0 keeps the image, 1 ignores it")
             plan = gr.Markdown(engine.img2img_plan(DEFAULT_STRENGTH, defaults.steps, defaults.scheduler).describe(),

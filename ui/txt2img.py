@@ -14,7 +14,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
-            negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from")
+            negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
