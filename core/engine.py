@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core import attention
 from core import guidance as loss_guidance
 from core import images, latents, schedule, text
 from core.guidance import Guidance
@@ -220,6 +221,35 @@ class Engine:
         frames = sample(self.bundle, cond, settings, hooks=[loss_guidance.hook(self.bundle, guidance)],
                         should_stop=should_stop)
         return Run(settings, notes, guarded(frames, settings, self.bundle.device))
+
+    def attention(self, prompt: str, negative_prompt: str, settings: Settings,
+                  layers: attention.Layers = attention.Layers(),
+                  should_stop: Callable[[], bool] = lambda: False) -> Run:
+        """Text to image that records where each of the prompt's tokens lands: every frame carries the step's
+        cross-attention maps (`frame.observed["attention"]`, a `core.attention.StepMaps`), summed over `layers`."""
+        # 1. check the inputs; draw a seed if asked to; the layers the maps are summed over
+        settings, chosen = self.check_attention(prompt, negative_prompt, settings, layers)
+        # 2. encode the prompts; the tokens the maps are of
+        cond, notes = self.conditioning(prompt, negative_prompt)
+        tokens = text.tokenize(self.bundle, prompt)
+        recorder = attention.Recorder(tokens.names, tokens.length, chosen)
+        # 3. sample with the recorder watching
+        frames = sample(self.bundle, cond, settings, observers=[recorder], should_stop=should_stop)
+        return Run(settings, notes, guarded(frames, settings, self.bundle.device))
+
+    def check_attention(self, prompt: str, negative_prompt: str, settings: Settings,
+                        layers: attention.Layers) -> tuple[Settings, list[attention.Layer]]:
+        return self.check_txt2img(prompt, negative_prompt, settings), attention.check_layers(self.bundle, layers)
+
+    def attention_tokens(self, prompt: str) -> tuple[str, ...]:
+        """What the prompt's attention maps are of: each token from the start token to the end token, as the
+        tokenizer shows it, then the padding as one entry."""
+        tokens = text.tokenize(self.bundle, prompt)
+        return attention.entries(tokens.names, tokens.length)
+
+    def attention_layers(self) -> list[attention.Layer]:
+        """The UNet's cross-attention layers: where they sit and how many image pixels a map cell covers."""
+        return attention.cross_attention_layers(self.bundle)
 
     def check_guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance) -> Settings:
         settings = self.check_txt2img(prompt, negative_prompt, settings)

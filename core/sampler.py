@@ -7,7 +7,9 @@ per-step hooks (loss guidance), and how often to decode a preview. The loop yiel
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -85,6 +87,21 @@ class HookResult:
 Hook = Callable[[StepState], HookResult | None]
 
 
+class Observer(Protocol):
+    """Reads a run's internals and changes nothing (attention maps): the loop enters `attached` for the whole
+    run and leaves it however the run ends, enters `watching` around its UNet call on each step's x_t, and puts
+    `summary()` on that step's Frame as `observed[name]`."""
+
+    name: str
+
+    def attached(self, bundle: ModelBundle, settings: Settings) -> AbstractContextManager: ...
+
+    def watching(self, cond_index: int) -> AbstractContextManager:
+        """`cond_index`: the text-conditioned sample's place in the UNet batch ([uncond, cond] under CFG)."""
+
+    def summary(self) -> object: ...
+
+
 @dataclass(frozen=True)
 class Frame:
     """What one step hands to whoever listens."""
@@ -101,6 +118,7 @@ class Frame:
     image: Image.Image | None      # the decoded result, on the last step of the schedule
     loss: float | None = None      # a hook's loss, on steps where one ran
     note: str | None = None        # a hook's message on this step
+    observed: dict[str, object] = field(default_factory=dict)  # each observer's summary of this step, by name
 
 
 def check_settings(bundle: ModelBundle, s: Settings) -> None:
@@ -156,7 +174,8 @@ def _decode_frame(bundle: ModelBundle, x_t: torch.Tensor, x0: torch.Tensor, fina
 
 
 def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
-           hooks: Sequence[Hook] = (), should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
+           hooks: Sequence[Hook] = (), observers: Sequence[Observer] = (),
+           should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
     """Check the inputs now, then return the generator that denoises one step per `next()`.
 
     `should_stop` is asked before every step; when it says yes the run ends there.
@@ -166,11 +185,29 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
         raise ValueError(f"start step must be from 0 to {settings.steps - 1}, got {start.step}")
     # Without hooks nothing needs autograd at all; a hook (loss guidance) builds its own graph inside its step.
     mode = torch.no_grad() if hooks else torch.inference_mode()
-    return mode(_denoise)(bundle, cond, settings, start, tuple(hooks), should_stop)
+    observers = tuple(observers)
+    return _attached(bundle, settings, observers,
+                     mode(_denoise)(bundle, cond, settings, start, tuple(hooks), observers, should_stop))
 
 
-def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None,
-             hooks: tuple[Hook, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
+def _attached(bundle: ModelBundle, s: Settings, observers: tuple[Observer, ...],
+              frames: Iterator[Frame]) -> Iterator[Frame]:
+    """The frames with every observer attached from the first step until the run ends, fails or is closed."""
+    with ExitStack() as attached:
+        for observer in observers:
+            attached.enter_context(observer.attached(bundle, s))
+        yield from frames
+
+
+def _watching(observers: tuple[Observer, ...], cond_index: int) -> ExitStack:
+    stack = ExitStack()
+    for observer in observers:
+        stack.enter_context(observer.watching(cond_index))
+    return stack
+
+
+def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None, hooks: tuple[Hook, ...],
+             observers: tuple[Observer, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
     # 1. this run's own scheduler
     first = start.step if start else 0
     scheduler = schedule.make_scheduler(bundle.scheduler_config, s.scheduler, s.steps, bundle.device, first)
@@ -202,7 +239,8 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
             return
         index = first + taken
         x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees
-        noise_pred = noise_of_input(x_t, t)
+        with _watching(observers, 1 if guided else 0):
+            noise_pred = noise_of_input(x_t, t)
         loss = note = None
         for hook in hooks:
             state = StepState(index, t, sigmas[index], latents, noise_pred, lambda x, t=t: predict_noise(x, t))
@@ -218,5 +256,5 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         preview = bool(s.preview_every) and (last or (taken + 1) % s.preview_every == 0)
         x_t_image, x0_image, image = _decode_frame(bundle, x_t, x0, next_latents if last else None, preview, fast)
         yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
-                    x_t_image, x0_image, image, loss, note)
+                    x_t_image, x0_image, image, loss, note, {o.name: o.summary() for o in observers})
         latents = next_latents
