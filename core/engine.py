@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import attention
+from core import attention, compare
 from core import guidance as loss_guidance
 from core import images, latents, schedule, text
 from core.guidance import Guidance
@@ -209,6 +209,49 @@ class Engine:
         # 3. sample
         frames = sample(self.bundle, cond, settings, should_stop=should_stop)
         return Run(settings, notes, guarded(frames, settings, self.bundle.device))
+
+    # --- inside a step, and runs compared ---
+
+    def cfg_parts(self, frame: Frame) -> compare.CfgParts:
+        """A guided step taken apart: the unconditional, text and guided x0 and the noise prediction, decoded."""
+        with torch.no_grad():
+            return compare.cfg_parts(self.bundle, frame)
+
+    @staticmethod
+    def x0_movement(previous: Frame | None, frame: Frame) -> float:
+        return compare.x0_movement(previous, frame)
+
+    def compare_runs(self, prompt: str, negative_prompt: str, settings: Settings, changes: list[dict],
+                     should_stop: Callable[[], bool] = lambda: False) -> list[Run]:
+        """The prompt run once per change of the settings (a guidance scale, a sampler and its steps, a seed):
+        each run is exactly the text-to-image run with the settings so changed, from the same seed unless the
+        change is the seed."""
+        if not 1 <= len(changes) <= compare.MAX_ENTRIES:
+            raise ValueError(f"a comparison takes from 1 to {compare.MAX_ENTRIES} entries, got {len(changes)}")
+        settings = self.check_txt2img(prompt, negative_prompt, settings)
+        changed = [self.check_txt2img(prompt, negative_prompt, replace(settings, **change)) for change in changes]
+        return [self.txt2img(prompt, negative_prompt, each, should_stop) for each in changed]
+
+    @staticmethod
+    def parse_scales(text: str) -> list[dict]:
+        scales = compare.parse_list(text, "scales", float, "a number", "1,3,7.5")
+        return [{"guidance_scale": scale} for scale in scales]
+
+    @staticmethod
+    def parse_seeds(text: str) -> list[dict]:
+        return [{"seed": seed} for seed in compare.parse_list(text, "seeds", int, "a whole number", "1,2,3,4")]
+
+    @staticmethod
+    def parse_samplers(text: str) -> list[dict]:
+        """"lms, euler:15" -> each sampler, with its own step count where one follows a colon."""
+        def sampler(entry: str) -> dict:
+            name, _, steps = (part.strip() for part in entry.partition(":"))
+            if name not in schedule.SCHEDULERS:
+                raise ValueError(name)
+            return {"scheduler": name, **({"steps": int(steps)} if steps else {})}
+        return compare.parse_list(text, "samplers", sampler,
+                                  f"one of {', '.join(schedule.SCHEDULERS)}, with an optional step count",
+                                  "lms,euler:15,ddim")
 
     def guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance,
                should_stop: Callable[[], bool] = lambda: False) -> Run:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -87,6 +87,13 @@ class HookResult:
 Hook = Callable[[StepState], HookResult | None]
 
 
+class Prediction(NamedTuple):
+    """A step's noise prediction: the guided one, and under classifier-free guidance the two it mixes."""
+
+    guided: torch.Tensor                                      # (1, 4, h, w)
+    branches: tuple[torch.Tensor, torch.Tensor] | None        # (uncond, text), each (1, 4, h, w); None without CFG
+
+
 class Observer(Protocol):
     """Reads a run's internals and changes nothing (attention maps): the loop enters `attached` for the whole
     run and leaves it however the run ends, enters `watching` around its UNet call on each step's x_t, and puts
@@ -119,6 +126,8 @@ class Frame:
     loss: float | None = None      # a hook's loss, on steps where one ran
     note: str | None = None        # a hook's message on this step
     observed: dict[str, object] = field(default_factory=dict)  # each observer's summary of this step, by name
+    noise_pred: torch.Tensor | None = None  # the guided noise prediction the scheduler stepped with
+    branches: tuple[torch.Tensor, torch.Tensor] | None = None  # under CFG: the UNet's (uncond, text) predictions
 
 
 def check_settings(bundle: ModelBundle, s: Settings) -> None:
@@ -221,16 +230,16 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
     guided = s.guidance_scale != 1.0
     context = torch.cat([cond.uncond, cond.cond]) if guided else cond.cond  # (2, 77, hidden) or (1, 77, hidden)
 
-    def noise_of_input(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The guided noise prediction for an input already in the UNet's scale."""
+    def noise_of_input(x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        """The noise prediction for an input already in the UNet's scale: guided, and its two branches."""
         noise_pred = bundle.unet(torch.cat([x_t, x_t]) if guided else x_t, t, encoder_hidden_states=context).sample
         if not guided:
-            return noise_pred
+            return Prediction(noise_pred, None)
         uncond, text = noise_pred.chunk(2)
-        return uncond + s.guidance_scale * (text - uncond)
+        return Prediction(uncond + s.guidance_scale * (text - uncond), (uncond, text))
 
     def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return noise_of_input(scheduler.scale_model_input(x, t), t)
+        return noise_of_input(scheduler.scale_model_input(x, t), t).guided
 
     # 4. denoise, one frame per step
     fast = s.previews == "fast" or (s.previews == "auto" and s.preview_every == 1)
@@ -240,7 +249,8 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         index = first + taken
         x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees
         with _watching(observers, 1 if guided else 0):
-            noise_pred = noise_of_input(x_t, t)
+            prediction = noise_of_input(x_t, t)
+        noise_pred = prediction.guided
         loss = note = None
         for hook in hooks:
             state = StepState(index, t, sigmas[index], latents, noise_pred, lambda x, t=t: predict_noise(x, t))
@@ -256,5 +266,6 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         preview = bool(s.preview_every) and (last or (taken + 1) % s.preview_every == 0)
         x_t_image, x0_image, image = _decode_frame(bundle, x_t, x0, next_latents if last else None, preview, fast)
         yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
-                    x_t_image, x0_image, image, loss, note, {o.name: o.summary() for o in observers})
+                    x_t_image, x0_image, image, loss, note, {o.name: o.summary() for o in observers},
+                    noise_pred, prediction.branches)
         latents = next_latents

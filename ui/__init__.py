@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import Engine
-from ui import guided, img2img, schedule, send, text_lab, txt2img, vae
+from ui import compare, guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.stops import StopFlags
 
 TITLE = "SD Lens: look inside Stable Diffusion"
@@ -47,5 +47,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -
                 text_lab.build(engine, stops, concurrency)
             with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
                 from_guidance = guided.build(engine, stops, concurrency)
+            with gr.Tab("Inside a step", id="compare", elem_id="tab-compare"):
+                compare.build(engine, stops, concurrency)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
     return demo

@@ -1,0 +1,117 @@
+"""Guidance taken apart, and runs compared across scales, samplers and seeds: in the engine and through the API."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client
+from PIL import Image
+
+from core.compare import x0_of
+from core.engine import Engine
+from core.sampler import Settings
+from core.schedule import SCHEDULERS
+
+SMALL = Settings(steps=6, guidance_scale=7.5, seed=5, height=64, width=64, preview_every=1, previews="full")
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_guided_x0_is_the_mix_of_the_two_predictions_x0(tiny_bundle, scheduler):
+    engine = Engine(tiny_bundle)
+    frames = list(engine.txt2img("a red circle", "", replace(SMALL, scheduler=scheduler)).frames)
+    for frame in frames:
+        uncond, text = (x0_of(frame.x_t, frame.sigma, noise) for noise in frame.branches)
+        mixed = uncond + SMALL.guidance_scale * (text - uncond)
+        assert torch.allclose(mixed, frame.x0, atol=1e-4), (scheduler, frame.index)  # the scheduler's own x0
+
+
+def test_parts_come_from_the_steps_own_unet_batch(tiny_bundle):
+    engine, calls = Engine(tiny_bundle), []
+    handle = tiny_bundle.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        parts = [engine.cfg_parts(frame) for frame in engine.txt2img("a red circle", "", SMALL).frames]
+    finally:
+        handle.remove()
+    assert calls == [2] * SMALL.steps  # one [uncond, text] batch a step, nothing more
+    assert all(part.uncond.size == part.text.size == part.guided.size == (64, 64) for part in parts)
+    assert len(parts[0].noise_norms) == 4 and parts[-1].distance > 0
+
+
+def test_without_guidance_there_is_nothing_to_take_apart(tiny_bundle):
+    engine = Engine(tiny_bundle)
+    frame = next(engine.txt2img("a red circle", "", replace(SMALL, guidance_scale=1.0)).frames)
+    with pytest.raises(ValueError, match="guidance scale 1 runs the UNet on the prompt alone"):
+        engine.cfg_parts(frame)
+
+
+def test_each_compared_run_is_the_text_to_image_run(tiny_bundle):
+    engine = Engine(tiny_bundle)
+    runs = engine.compare_runs("a red circle", "", SMALL, engine.parse_samplers("lms,euler:4"))
+    for run, change in zip(runs, [{"scheduler": "lms"}, {"scheduler": "euler", "steps": 4}]):
+        alone = list(engine.txt2img("a red circle", "", replace(SMALL, **change)).frames)[-1]
+        assert torch.equal(list(run.frames)[-1].latents, alone.latents)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "samplers is empty"),
+    ("lms,heun", "samplers: 'heun' is not one of lms, euler, ddim, dpm"),
+    (",".join(["lms"] * 13), "samplers takes at most 12 entries, got 13"),
+    ("lms:ten", "'lms:ten' is not one of"),
+])
+def test_bad_sampler_lists_say_what_is_allowed(text, message):
+    with pytest.raises(ValueError, match=message):
+        Engine.parse_samplers(text)
+
+
+# --- through the API ---
+
+SETTINGS = dict(steps=4, guidance_scale=7.5, seed=3, width=64, height=64, preview_every=1, scheduler="lms")
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_cfg_parts_endpoint_ends_with_the_four_pictures(app_url):
+    client = Client(app_url, verbose=False)
+    parts, status, plot, progress = client.predict(prompt="a red circle", negative_prompt="", **SETTINGS,
+                                                   api_name="/cfg_parts")
+    assert [item["caption"] for item in parts] == ["unconditional x0", "text x0", "guided x0", "noise prediction"]
+    assert [row[0] for row in plot["data"]] == [1, 2, 3, 4] and " · done · " in status
+    assert progress["state"] == "done"
+
+
+@pytest.mark.parametrize("endpoint, entries, captions, change", [
+    ("/cfg_sweep", "1,7.5", ["1", "7.5"], lambda v: {"guidance_scale": float(v)}),
+    ("/compare_samplers", "euler,ddim:3", ["euler", "ddim:3"],
+     lambda v: {"scheduler": v.split(":")[0], "steps": int(v.split(":")[1]) if ":" in v else 4}),
+    ("/compare_seeds", "1,2", ["1", "2"], lambda v: {"seed": int(v)}),
+])
+def test_each_entry_equals_the_same_run_on_txt2img(app_url, endpoint, entries, captions, change):
+    client = Client(app_url, verbose=False)
+    outputs = client.predict(prompt="a red circle", negative_prompt="", entries=entries, **SETTINGS,
+                             api_name=endpoint)
+    strip, progress = outputs[0], outputs[-1]
+    assert [item["caption"] for item in strip] == captions and progress["state"] == "done"
+    for item, caption in zip(strip, captions):
+        alone = client.predict(prompt="a red circle", negative_prompt="", **(SETTINGS | change(caption)),
+                               api_name="/txt2img")[3]
+        assert np.abs(pixels(item["image"]) - pixels(alone)).max() == 0, (endpoint, caption)
+
+
+def test_the_scale_sweep_ends_with_a_gif_and_the_sampler_plots(app_url):
+    client = Client(app_url, verbose=False)
+    *_, gif, _ = client.predict(prompt="a red circle", negative_prompt="", entries="1,3,7.5", **SETTINGS,
+                                api_name="/cfg_sweep")
+    assert Image.open(gif).n_frames == 3
+    _, _, movement, sigmas, _ = client.predict(prompt="a red circle", negative_prompt="", entries="lms,euler:3",
+                                               **SETTINGS, api_name="/compare_samplers")
+    assert sorted({row[0] for row in movement["data"]}) == ["euler:3", "lms"]
+    assert len([row for row in sigmas["data"] if row[0] == "euler:3"]) == 3
+
+
+def test_a_bad_list_gets_a_clear_error_through_the_api(app_url):
+    with pytest.raises(Exception, match="seeds takes at most 12 entries, got 13"):
+        Client(app_url, verbose=False).predict(prompt="a red circle", negative_prompt="",
+                                               entries=",".join(map(str, range(13))), **SETTINGS,
+                                               api_name="/compare_seeds")

@@ -1,0 +1,192 @@
+"""The "Inside a step" tab: classifier-free guidance taken apart into the UNet's two predictions, and the same
+prompt and seed compared across guidance scales, samplers and seeds (AUTOMATIC1111's X/Y plot, streamed).
+
+Every run here is the text-to-image run with the settings shown, through the one sampling loop."""
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import export
+from core.engine import Engine, Run
+from ui.common import GENERATE, user_errors
+from ui.run_view import PANEL, Controls, ended, progress, status_line, stop_flag, wire_stop
+from ui.stops import StopFlags
+
+PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
+SWEEP_FPS = 2
+
+
+def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=columns, height=PANEL // 2 + 90, format="png", elem_classes="pixels",
+                      elem_id=elem_id, object_fit="contain")
+
+
+def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
+    """A prompt, a negative prompt, and a run button beside Stop; returns (prompt, negative, button)."""
+    prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0])
+    negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
+    with gr.Row():
+        go = gr.Button(label, variant="primary")
+        wire_stop(gr.Button("Stop", variant="stop"), stops)
+    return prompt, negative_prompt, go
+
+
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+    with gr.Accordion("Generation settings for every experiment on this tab", open=False):
+        controls = Controls(engine)
+    options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
+    with gr.Tab("Guidance taken apart", elem_id="compare-parts"):
+        build_parts(engine, stops, controls, options)
+    for kind, default, about in (
+            ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
+            ("samplers", "lms,euler,ddim,dpm++", "The same seed through each sampler; `euler:15` gives one its own "
+                                                "step count."),
+            ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
+        with gr.Tab(kind.capitalize(), elem_id=f"compare-{kind}"):
+            build_comparison(engine, stops, controls, options, kind, default, about)
+
+
+def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: dict) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            gr.Markdown("Each step, the UNet predicts the noise twice in one batch: without the prompt and with it. "
+                        "The sampler steps with uncond + scale x (text - uncond); here are all of them as x0.")
+            prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Generate")
+        with gr.Column(scale=3):
+            parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
+            status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True)
+            plot = gr.LinePlot(x="step", y="distance", title="how far apart the two predictions' x0 are (RMS)",
+                               height=220, elem_id="parts-plot")
+            run_progress = gr.JSON(visible=False, label="Run progress")
+
+    def cfg_parts(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
+                  scheduler, request: gr.Request):
+        """Generate, showing every preview step's unconditional, text and guided x0 and the noise prediction."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                run = engine.txt2img(prompt, negative_prompt, controls.settings(
+                    steps, guidance_scale, seed, width, height, preview_every, previews, scheduler),
+                    should_stop=flag.is_set)
+            distances, shown, frame, about = [], None, None, f"seed {run.settings.seed}"
+            with user_errors():
+                for frame in run.frames:
+                    if frame.x0_image is None:
+                        continue
+                    split = engine.cfg_parts(frame)
+                    distances.append((frame.index + 1, split.distance))
+                    norms = ", ".join(f"{n:.2f}" for n in split.noise_norms)
+                    about = f"seed {run.settings.seed} · noise RMS per channel {norms}"
+                    shown = list(zip((split.uncond, split.text, split.guided, split.noise), PART_CAPTIONS))
+                    yield shown, status_line(frame, "running", about, []), pd.DataFrame(
+                        distances, columns=["step", "distance"]), progress(frame, "running", run.settings.seed, [])
+            state = ended(frame.image if frame else None, flag)
+            yield (shown, status_line(frame, state, about, []), pd.DataFrame(distances, columns=["step", "distance"]),
+                   progress(frame, state, run.settings.seed, []))
+
+    go.click(cfg_parts, [prompt, negative_prompt, *controls.inputs], [parts, status, plot, run_progress],
+             api_name="cfg_parts", **options)
+
+
+def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, options: dict, kind: str, default: str,
+                     about: str) -> None:
+    parse = {"scales": engine.parse_scales, "samplers": engine.parse_samplers, "seeds": engine.parse_seeds}[kind]
+    with gr.Row():
+        with gr.Column(scale=2):
+            gr.Markdown(about)
+            entries = gr.Textbox(label=kind.capitalize(), value=default, info="comma-separated, at most 12")
+            prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Compare")
+        with gr.Column(scale=3):
+            strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
+                            f"{kind}-strip", 6 if kind != "seeds" else 4)
+            status = gr.Markdown("Press Compare: the runs go step by step, side by side.", elem_id=f"{kind}-status",
+                                 line_breaks=True)
+            plots = ([gr.LinePlot(x="step", y="x0 movement", color="sampler", height=220, elem_id="samplers-movement",
+                                  title="how far x0 moves in each step (RMS)"),
+                      gr.LinePlot(x="step", y="sigma", color="sampler", height=220, elem_id="samplers-sigmas",
+                                  title="the sigma schedules")] if kind == "samplers" else [])
+            gif = gr.File(label="The runs as a GIF") if kind == "scales" else None
+            run_progress = gr.JSON(visible=False, label="Run progress")
+
+    def compare(prompt, negative_prompt, entries, steps, guidance_scale, seed, width, height, preview_every,
+                previews, scheduler, request: gr.Request):
+        """The prompt run once per entry, all streamed step by step side by side; the last message carries
+        every final image, captioned with its entry."""
+        with stop_flag(stops, request) as flag:
+            with user_errors():
+                changes = parse(entries)
+                runs = engine.compare_runs(prompt, negative_prompt, controls.settings(
+                    steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), changes,
+                    should_stop=flag.is_set)
+            labels = [label_of(change) for change in changes]
+            for update in stream_side_by_side(engine, runs, labels, flag):
+                values = [update.strip, update.status, *(update.plots if plots else [])]
+                if gif is None or update.state != "done":
+                    yield [*values, *([None] if gif else []), update.progress]
+                    continue
+                with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:  # gradio copies it into its cache
+                    yield [*values, sweep_gif(update.strip, Path(folder)), update.progress]
+
+    outputs = [strip, status, *plots, *([gif] if gif else []), run_progress]
+    go.click(compare, [prompt, negative_prompt, entries, *controls.inputs], outputs,
+             api_name="cfg_sweep" if kind == "scales" else f"compare_{kind}", **options)
+
+
+def label_of(change: dict) -> str:
+    """An entry's caption: the scale, the sampler key (with its steps when given) or the seed."""
+    if "guidance_scale" in change:
+        return f"{change['guidance_scale']:g}"
+    if "scheduler" in change:
+        return change["scheduler"] + (f":{change['steps']}" if "steps" in change else "")
+    return str(change["seed"])
+
+
+@dataclass(frozen=True)
+class Round:
+    """What the page shows after every run has taken one more step."""
+
+    strip: list                    # (image, caption): each run's latest x0, its result once done
+    status: str
+    plots: list                    # x0 movement per step, and the sigma schedules, by entry
+    state: str                     # running, done or stopped
+    progress: dict                 # the same, as plain fields for scripts
+
+
+def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag: threading.Event) -> Iterator[Round]:
+    """Each round advances every run one step; the last round carries every result."""
+    sigmas = pd.DataFrame([(label, i + 1, sigma) for label, run in zip(labels, runs) for i, sigma in
+                           enumerate(engine.schedule_table(run.settings.steps, run.settings.scheduler).sigmas)],
+                          columns=["sampler", "step", "sigma"])
+    seeds = {run.settings.seed for run in runs}
+    about = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds " + ", ".join(labels)
+    shown, last, movement = [None] * len(runs), [None] * len(runs), []
+
+    def round_(state: str) -> Round:
+        lead = max((frame for frame in last if frame), key=lambda f: (f.index + 1) / f.steps, default=None)
+        return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
+                     status_line(lead, state, about, []),
+                     [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
+                     {"state": state, "entries": labels, "steps": [frame.index + 1 if frame else 0 for frame in last],
+                      "seeds": [run.settings.seed for run in runs]})
+
+    with user_errors():
+        for frames in zip_longest(*(run.frames for run in runs)):
+            for i, frame in enumerate(frames):
+                if frame is not None:
+                    movement.append((labels[i], frame.index + 1, engine.x0_movement(last[i], frame)))
+                    last[i], shown[i] = frame, frame.image or frame.x0_image or shown[i]
+            yield round_("running")
+    yield round_(ended(None if any(f is None or f.image is None for f in last) else True, flag))
+
+
+def sweep_gif(strip: list, folder: Path) -> str:
+    """The scales' results as a GIF, scaled up, each frame captioned with its scale."""
+    frames = [export.video_frame([image], f"guidance scale {label}") for image, label in strip]
+    return str(export.write_gif(frames, folder / "sdlens-cfg-sweep.gif", SWEEP_FPS))
