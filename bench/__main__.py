@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -246,14 +247,22 @@ def main() -> int:
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} · torch {torch.__version__}"
           f" · {torch.get_num_threads()} threads · load {os.getloadavg()[0]:.1f} · {STEPS} steps, LMS, medians of "
           f"{args.repeats}", flush=True)  # a load above the thread count slows every figure, unevenly
+    signal.signal(signal.SIGTERM, stopped)
     rows, all_ran = [], True
-    with tempfile.TemporaryDirectory() as folder:
-        for measurement in measurements(args, Path(folder)):
-            new_rows, ran = measure(measurement)
-            rows += new_rows
-            all_ran = all_ran and ran
-    print(table(rows))
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for measurement in measurements(args, Path(folder)):
+                new_rows, ran = measure(measurement)
+                rows += new_rows
+                all_ran = all_ran and ran
+    finally:  # stopped early (Ctrl-C, SIGTERM), it still prints what it measured
+        print(table(rows))
     return 0 if all_ran else 1
+
+
+def stopped(signum: int, frame) -> None:
+    """SIGTERM ends the benchmark as Ctrl-C does: through every `finally`, so that the app it started stops too."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
