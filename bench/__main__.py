@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import re
 import resource
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,6 +30,7 @@ from typing import Callable, Iterator
 import torch
 from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
+from bench.serve import served
 from core.engine import Engine
 from core.models import load_bundle, load_toy
 from core.sampler import Settings
@@ -43,8 +39,6 @@ from core.sd_folder import SD_V1, TINY, Shape, build_random_sd, sd_pipeline
 PROMPT = "a red circle on a white background"
 STEPS = 30
 SIDE = 512               # image side of the random models' rows
-APP = Path(__file__).resolve().parents[1] / "app.py"
-APP_START_SECONDS = 120  # for the app to import, load its model and print its URL
 API_WHERE = "toy, 64 px, HTTP API"
 Measurement = tuple[str, str, Callable[[], list[tuple]]]  # (what, which model, a function returning its rows)
 
@@ -114,9 +108,9 @@ def api_rows(engine: Engine, repeats: int) -> list[tuple]:
 
     settings = replace(engine.default_settings(), steps=STEPS, seed=1, preview_every=1, previews="auto")
     alone = median_seconds({"alone": lambda: list(engine.txt2img(PROMPT, "", settings).frames)}, repeats)["alone"]
-    with served("--model", "toy") as url:
+    with served("--model", "toy") as app:
         # Like the page, the client gets each frame's images as file references and fetches none of them.
-        client = Client(url, verbose=False, download_files=False)
+        client = Client(app.url, verbose=False, download_files=False)
         firsts, totals, delivered = [], [], []
         for _ in range(repeats + 1):
             started = time.perf_counter()
@@ -145,46 +139,6 @@ def random_sd_rows(name: str, shape: Shape, folder: Path, device: str, dtype: st
     """A model of this shape with random weights, built into `folder`, measured at 512 px."""
     model = build_random_sd(folder, shape, latent_size=SIDE // shape.vae_scale_factor)
     return loop_rows(name, Engine(load_bundle(str(model), device=device, dtype=dtype)), SIDE, 7.5, repeats)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def served(*args: str) -> Iterator[str]:
-    """`python app.py ARGS` on a free port, started as a user starts it; yields its local URL, and stops the
-    app on leaving, whatever happened meanwhile."""
-    proc = subprocess.Popen([sys.executable, str(APP), *args, "--port", str(free_port())], cwd=APP.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield local_url(proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def local_url(proc: subprocess.Popen) -> str:
-    """The URL the app prints once it serves; its later output is drained, so that it never blocks writing."""
-    killer = threading.Timer(APP_START_SECONDS, proc.kill)  # a hung start fails these rows, not the benchmark
-    killer.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if match := re.search(r"Running on local URL:\s+(\S+)", line):
-                threading.Thread(target=proc.stdout.read, daemon=True).start()
-                return match.group(1)
-    finally:
-        killer.cancel()
-    raise RuntimeError(f"the app printed no local URL (exit code {proc.wait()}, killed if it took over "
-                       f"{APP_START_SECONDS} s): {''.join(lines[-1:]).strip()}\n{''.join(lines)}")
 
 
 def table(rows: list[tuple]) -> str:
