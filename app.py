@@ -16,12 +16,25 @@ import logging
 import os
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 DEFAULT_MODEL = "auto"  # SD v1.4 on a CUDA GPU (the toy if the Hub fails), else the toy world
+DEFAULT_CACHE_DIR = str(Path(tempfile.gettempdir()) / "sdlens")  # the system's temp folder, as TMPDIR sets it
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"SDLENS_{name}", default)
+
+
+def duration(text: str) -> int:
+    """Whole seconds from "3600", "90s", "30m", "1h" or "2d"."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, or with m, h or d (30m, 1h), "
+                                         f"got {text!r}")
+    return int(number) * DURATION_UNITS[unit]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests that may wait; more are turned away with a message (env SDLENS_QUEUE_SIZE)")
     p.add_argument("--max-upload", default=env("MAX_UPLOAD", "20mb"),
                    help="largest file a user may upload, e.g. 20mb (env SDLENS_MAX_UPLOAD)")
+    p.add_argument("--cache-dir", default=env("CACHE_DIR", DEFAULT_CACHE_DIR),
+                   help="the folder of every file the app serves: streamed frames, results, videos, uploads "
+                        "(env SDLENS_CACHE_DIR)")
+    p.add_argument("--cache-max-age", type=duration, default=env("CACHE_MAX_AGE", "1h"),
+                   help="how long files, a session's last run and idle sessions are kept: seconds, or 30m, 1h, 2d "
+                        "(env SDLENS_CACHE_MAX_AGE)")
+    p.add_argument("--max-sessions", type=int, default=env("MAX_SESSIONS", "1000"),
+                   help="browser and API sessions whose state is kept (about 0.5 MB each); past that the longest "
+                        "unused goes (env SDLENS_MAX_SESSIONS)")
+    p.add_argument("--min-free-mb", type=int, default=env("MIN_FREE_MB", "200"),
+                   help="runs are refused while the cache folder's disk has less free space; 0: never "
+                        "(env SDLENS_MIN_FREE_MB)")
     args = p.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         p.error(f"--auth must be user:password, got {args.auth!r}")
@@ -55,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.queue_size < 1:
         p.error(f"--queue-size must be at least 1, got {args.queue_size}")
+    if args.max_sessions < 1:
+        p.error(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    if args.min_free_mb < 0:
+        p.error(f"--min-free-mb must be 0 or more, got {args.min_free_mb}")
     return args
 
 
@@ -68,8 +97,20 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def launch(demo, args: argparse.Namespace) -> None:
-    """Serve, then say in one line each where: the local URL, and the public link or why there is none."""
+def prepare_cache(folder: str) -> Path:
+    """The app's cache folder, made if missing and checked writable, and gradio's (GRADIO_TEMP_DIR): some of
+    gradio's modules read that when imported, so this runs before anything imports gradio."""
+    path = Path(folder).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+    os.environ["GRADIO_TEMP_DIR"] = str(path)
+    return path
+
+
+def launch(demo, args: argparse.Namespace, upkeep) -> None:
+    """Serve, sweeping the cache meanwhile; then say in one line each where: the local URL, and the public link
+    or why there is none."""
     from ui import CSS
 
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
@@ -77,7 +118,8 @@ def launch(demo, args: argparse.Namespace) -> None:
     with contextlib.redirect_stdout(chatter):
         _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                                       max_file_size=args.max_upload, css=CSS, quiet=True,
-                                      prevent_thread_lock=True)
+                                      prevent_thread_lock=True, state_session_capacity=args.max_sessions,
+                                      app_kwargs={"lifespan": upkeep.lifespan})
     print(f"* Running on local URL:  {local_url}", flush=True)
     if args.share and demo.share_url:
         print(f"* Running on public URL: {demo.share_url}", flush=True)
@@ -113,10 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if port_taken(args.host, args.port):
         print(f"error: port {args.port} on {args.host} is taken; pick another with --port", file=sys.stderr)
         return 2
+    try:
+        cache = prepare_cache(args.cache_dir)
+    except OSError as err:
+        print(f"error: cannot write to the cache folder {args.cache_dir} ({err.strerror or err}); pick another "
+              "with --cache-dir", file=sys.stderr)
+        return 2
     quiet_libraries()
     from core.engine import Engine
     from core.models import ModelLoadError, load_model
     from ui import build_app
+    from ui.upkeep import Upkeep
 
     print(f"Loading {args.model} ...", flush=True)
     try:
@@ -127,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     if notice:
         print(f"Notice: {notice}", flush=True)
     print(f"Loaded {bundle.describe()}", flush=True)
-    demo = build_app(Engine(bundle), concurrency=args.concurrency, notice=notice)
+    print(f"Cache folder: {cache} (files and idle sessions expire after {args.cache_max_age} s)", flush=True)
+    upkeep = Upkeep(cache, max_age=args.cache_max_age, min_free_mb=args.min_free_mb)
+    demo = build_app(Engine(bundle), concurrency=args.concurrency, notice=notice, upkeep=upkeep)
     demo.queue(max_size=args.queue_size)
     try:
-        launch(demo, args)
+        launch(demo, args, upkeep)
     except OSError as err:
         print(f"error: cannot serve on {args.host}:{args.port} ({err}); pick another with --port", file=sys.stderr)
         return 2

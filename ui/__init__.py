@@ -1,11 +1,15 @@
 """The Gradio app: one module per tab, each exposing `build(...)`; nothing here touches tensors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from core.engine import Engine
 from ui import compare, guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.stops import StopFlags
+from ui.upkeep import Upkeep
 
 TITLE = "SD Lens: look inside Stable Diffusion"
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
@@ -23,11 +27,14 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 UPSCALE_JS = "(choice) => { document.body.classList.toggle('smooth-upscale', choice === 'smooth'); return []; }"
 
 
-def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None) -> gr.Blocks:
+def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
+              upkeep: Upkeep | None = None) -> gr.Blocks:
     """The whole page for one loaded model; `concurrency` generations run at once, across all tabs.
-    `notice` says why the model is not the one first asked for."""
-    stops = StopFlags()
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    `notice` says why the model is not the one first asked for. `upkeep` expires its files (by default those
+    in gradio's temp folder, after an hour) and refuses runs while their disk is nearly full."""
+    upkeep = upkeep or Upkeep(Path(get_upload_folder()))
+    stops = StopFlags(admit=upkeep.check_space)
+    with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")

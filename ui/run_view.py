@@ -2,6 +2,7 @@
 result, a scrubber over the finished run, its x0 video, and Stop."""
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -10,15 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
+from gradio import image_utils
+from PIL import Image
 
 from core import export
 from core.engine import RANDOM_SEED, Engine, Run
-from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, Settings
+from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
 from core.schedule import SCHEDULERS
 from ui.common import number, user_errors, whole
 from ui.stops import StopFlags
 
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
+EXPIRED = "This run's frames have expired from the cache (--cache-max-age): generate it again"
 
 
 def frame_caption(frame: Frame) -> str:
@@ -127,6 +131,12 @@ def ended(image, flag: threading.Event) -> str:
     return "done" if image is not None or not flag.is_set() else "stopped"
 
 
+def check_kept(frames: list[tuple]) -> None:
+    """Refuses (ValueError) frames whose files the cache has expired."""
+    if not all(os.path.exists(x0) and os.path.exists(x_t) for _, _, x_t, x0 in frames):
+        raise ValueError(EXPIRED)
+
+
 class RunView:
     """Lays out the panels of one tab (element ids start with `name`) and streams a run into them."""
 
@@ -155,7 +165,8 @@ class RunView:
         with gr.Row():
             self.mp4 = gr.File(label="x0 video (MP4)")
             self.gif = gr.File(label="x0 video (GIF)")
-        self.history = gr.State(None)  # this session's last run: (seed, [(caption, video caption, x_t, x0), ...])
+        # this session's last run: (seed, [(caption, video caption, x_t file, x0 file), ...])
+        self.history = gr.State(None)
 
     @property
     def outputs(self) -> list:
@@ -165,6 +176,15 @@ class RunView:
 
     def stop_flag(self, request: gr.Request):
         return stop_flag(self.stops, request)
+
+    def cached(self, image: Image.Image | None) -> str | None:
+        """The image as the PNG file gradio would make of it in its cache, which expires with the cache: the
+        session's history keeps this path rather than the pixels (at 512 px, 1.5 MB a step)."""
+        try:
+            return None if image is None else image_utils.save_image(image, self.x0.GRADIO_CACHE, format="png")
+        except OSError as err:  # a disk that filled up during the run
+            raise RunFailed(f"Cannot write to the cache folder {self.x0.GRADIO_CACHE} ({err.strerror or err}): free "
+                            "some space there and run again; the app is still running") from err
 
     def stream(self, run: Run, flag: threading.Event, about: str = "",
                extra: Callable[[Frame], dict] = lambda frame: {}, final: Callable[[], dict] = dict,
@@ -187,8 +207,9 @@ class RunView:
                     gr.Warning(frame.note)
                     notes.append(frame.note)
                 if frame.x0_image is not None:
-                    shown.append((frame_caption(frame), video_caption(frame), frame.x_t_image, frame.x0_image))
-                    clear |= {self.x_t: frame.x_t_image, self.x0: frame.x0_image}
+                    x_t, x0 = self.cached(frame.x_t_image), self.cached(frame.x0_image)
+                    shown.append((frame_caption(frame), video_caption(frame), x_t, x0))
+                    clear |= {self.x_t: x_t, self.x0: x0}
                 image = frame.image or image
                 if frame.image is not None:  # the last step: its images go out with the final message
                     break
@@ -215,8 +236,9 @@ class RunView:
                 if not last_run:
                     raise ValueError("There is no run to make a video of yet: press Generate first")
                 fps = export.check_fps(number(fps, "frames per second"))
-            seed, frames = last_run
-            pairs = [export.video_frame([x_t, x0], label) for _, label, x_t, x0 in frames]
+                seed, frames = last_run
+                check_kept(frames)
+            pairs = [export.video_frame([Image.open(x_t), Image.open(x0)], label) for _, label, x_t, x0 in frames]
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
                 stem = Path(folder) / f"sdlens-{self.name}-x0-seed{seed}"
                 # Gradio copies both files into its own cache before it resumes this generator, which
@@ -229,6 +251,8 @@ class RunView:
                 return gr.skip(), gr.skip(), gr.skip()
             frames = last_run[1]
             caption, _, x_t, x0 = frames[min(int(position), len(frames) - 1)]
+            if not os.path.exists(x0):
+                return gr.skip(), gr.skip(), EXPIRED
             return x_t, x0, f"{caption} · scrubbing the last run"
 
         self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class StopFlags:
-    def __init__(self) -> None:
+    def __init__(self, admit: Callable[[], None] = lambda: None) -> None:
+        """`admit` is asked before every run starts, and refuses it by raising (e.g. while the disk is full)."""
         self._flags: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._admit = admit
 
     def begin(self, session: str) -> threading.Event:
-        """A fresh flag for the run this session is starting."""
+        """A fresh flag for the run this session is starting, once `admit` lets it start."""
+        self._admit()
         flag = threading.Event()
         with self._lock:
             self._flags[session] = flag
