@@ -26,7 +26,8 @@ MAX_SEED = 2**63 - 1
 MIN_SIDE = 64
 PREVIEWS = {  # how previews are decoded; the final image always goes through the VAE
     "auto": "fast when previewing every step, else the full VAE",
-    "fast": "a linear map of the latents fitted to the VAE: one pixel per latent cell, almost free",
+    "fast": "a linear map of the latents fitted to the VAE: one pixel per latent cell, almost free "
+            "(the VAE itself on models where no such map fits, like the toy)",
     "full": "the VAE decoder: every pixel, at the cost of a decode per preview",
 }
 

@@ -74,7 +74,8 @@ def test_previews_and_final_image(tiny_bundle):
 
 @pytest.mark.parametrize("previews, preview_every, side", [("auto", 1, 8), ("fast", 2, 8), ("auto", 2, 64),
                                                            ("full", 1, 64)])
-def test_fast_previews_are_one_pixel_per_latent_cell(tiny_bundle, previews, preview_every, side):
+def test_fast_previews_are_one_pixel_per_latent_cell(tiny_bundle, monkeypatch, previews, preview_every, side):
+    monkeypatch.setattr(latents, "LINEAR_PREVIEW_MIN_R2", -math.inf)  # the linear map counts as good for this VAE
     settings = replace(SMALL, previews=previews, preview_every=preview_every)
     frames = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
     shown = [f for f in frames if f.x0_image is not None]
@@ -96,7 +97,7 @@ def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine)
     x = torch.cat([codes.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(32 * 64, 1)], 1)
     oracle = x @ torch.linalg.lstsq(x, cells.permute(0, 2, 3, 1).reshape(-1, 3)).solution
     best = (oracle.clamp(0, 1) - cells.permute(0, 2, 3, 1).reshape(-1, 3)).abs().mean()
-    ours = (latents.fast_decode(bundle, codes) - cells).abs().mean()
+    ours = (latents.linear_preview(bundle, codes) - cells).abs().mean()
     assert ours < best + 0.06 and ours < (cells - 0.5).abs().mean() - 0.05  # 0.19, 0.14 best, 0.28 grey
 
 
