@@ -70,23 +70,25 @@ def empty_folders(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_dir() and not any(path.iterdir())]
 
 
-def test_the_sweep_deletes_old_untracked_files_then_emptied_folders(tmp_path):
+def test_the_sweep_deletes_old_files_then_emptied_folders(tmp_path):
     with gr.Blocks() as blocks:
         image = gr.Image()
     upkeep = Upkeep(tmp_path, max_age=60)
-    old, tracked, new = (tmp_path / name / "image.png" for name in ("old", "tracked", "new"))
-    for path in (old, tracked, new):
+    old, served, example, new = (tmp_path / name / "image.png" for name in ("old", "served", "example", "new"))
+    for path in (old, served, example, new):
         path.parent.mkdir()
         path.write_bytes(b"png")
     an_hour_ago = time.time() - 3600
-    for path in (old, tracked):
+    for path in (old, served, example):
         os.utime(path, (an_hour_ago, an_hour_ago))
-    image.temp_files.add(str(tracked))  # gradio's own files are gradio's to delete
-    assert upkeep.sweep(blocks) == 1
-    assert files_under(tmp_path) == {tracked, new}
+    image.temp_files.update({str(served), str(new)})  # files gradio served, in its record of them
+    image.keep_in_cache.add(str(example))  # a file of the page itself, which gradio keeps while it serves
+    assert upkeep.sweep(blocks) == 2
+    assert files_under(tmp_path) == {example, new}
+    assert image.temp_files == {str(new)}  # gradio's record forgets what went
     assert old.parent.is_dir()  # emptied just now: it goes a sweep interval later
     upkeep.sweep(blocks, now=time.time() + upkeep.interval + 1)
-    assert not old.parent.exists() and new.exists()
+    assert not old.parent.exists() and not served.parent.exists() and new.exists()
 
 
 def test_idle_sessions_are_forgotten():
@@ -95,13 +97,15 @@ def test_idle_sessions_are_forgotten():
     blocks.queue()
     sessions = StateHolder()
     sessions.set_blocks(blocks)
-    for session in ("gone", "here"):
+    events = blocks._queue.pending_event_ids_session
+    for session in ("gone", "here", "running"):
         sessions[session]
-        blocks._queue.pending_event_ids_session[session] = set()  # as the queue leaves a session's finished events
-    sessions.time_last_used["gone"] -= timedelta(seconds=61)
+        events[session] = set()  # as the queue leaves a session once its events have finished
+    events["running"].add("a run started long ago, still going")
+    for session in ("gone", "running"):
+        sessions.time_last_used[session] -= timedelta(seconds=61)
     assert Upkeep(Path("."), max_age=60).forget_idle_sessions(blocks) == 1
-    assert "gone" not in sessions and "here" in sessions and list(sessions.time_last_used) == ["here"]
-    assert list(blocks._queue.pending_event_ids_session) == ["here"]
+    assert list(sessions.session_data) == list(sessions.time_last_used) == list(events) == ["here", "running"]
 
 
 def test_a_sessions_last_run_keeps_file_paths_not_pixels(toy_engine, tmp_path):
@@ -174,8 +178,10 @@ def test_a_full_disk_refuses_runs_naming_the_folder_until_space_is_back(tmp_path
     """The free space of the cache folder's disk falls below --min-free-mb while a ballast file is there."""
     cache, ballast = tmp_path / "cache", tmp_path / "ballast"
     cache.mkdir()
-    margin = 256  # MB of room above the limit at the start; the ballast takes twice that
+    margin = 1024  # MB of room above the limit at the start (others may write meanwhile); the ballast takes twice
     limit = free_bytes(cache) // 2**20 - margin
+    if limit < 2 * margin:
+        pytest.skip(f"needs {3 * margin} MB free on the disk of {tmp_path}")
     with toy_app("--cache-dir", str(cache), "--min-free-mb", str(limit)) as client:
         assert len(served_files(txt2img(client, steps=2))) == 2
         try:

@@ -2,10 +2,13 @@
 
 Gradio writes every streamed frame, result, video and upload as a file in the app's cache folder (the
 GRADIO_TEMP_DIR that app.py sets before gradio is imported), and keeps each session's state in memory until
-10,000 sessions have come. Upkeep bounds both by one age: gradio deletes the files it made once they are older
-(Blocks' delete_cache); a sweep deletes what gradio does not track (the files of an earlier process, emptied
-folders) and forgets sessions idle for longer. Runs are refused, with a message naming the folder, while its
-disk has too little space left.
+10,000 sessions have come. Upkeep bounds both by one age: a sweep deletes files older than that and forgets
+sessions idle for longer. Runs are refused, with a message naming the folder, while its disk has too little
+space left.
+
+Gradio's own expiry (Blocks' delete_cache) is not enough: in gradio 6.31 its task dies for good of "Set changed
+size during iteration" as soon as a run adds a file while it looks, which concurrent runs soon do. It still
+deletes the app's files when the app stops.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class Upkeep:
 
     @property
     def delete_cache(self) -> tuple[int, int]:
-        """gradio's own expiry of the files it made: Blocks(delete_cache=(every, age))."""
+        """gradio's own expiry, Blocks(delete_cache=(every, age)): what it deletes on stopping counts most."""
         return self.interval, self.max_age
 
     def check_space(self) -> None:
@@ -58,36 +61,37 @@ class Upkeep:
                            f"after {self.max_age} s); the app is still running.", print_exception=False)
 
     def sweep(self, blocks: gr.Blocks, now: float | None = None) -> int:
-        """Deletes files in the cache folder that gradio does not track once they are older than the cache age,
-        then folders left empty for a sweep interval; returns how many files went. Files gradio tracks (its
-        temp files and the ones it keeps, such as the examples' images) are left to gradio."""
+        """Deletes the files in the cache folder older than the cache age, but those gradio keeps for the page
+        (the examples' images), then folders left empty for a sweep interval; returns how many files went."""
         now = time.time() if now is None else now
-        tracked = set().union(*(set(files) for files in blocks.temp_file_sets),
-                              *(set(getattr(block, "keep_in_cache", ())) for block in blocks.blocks.values()))
-        deleted = 0
+        kept = set().union(*(set(getattr(block, "keep_in_cache", ())) for block in blocks.blocks.values()))
+        deleted = set()
         for folder, _, files in os.walk(self.folder, topdown=False):
             for name in files:
                 path = os.path.join(folder, name)
-                deleted += path not in tracked and _remove_if_older(path, now - self.max_age, os.remove)
+                if path not in kept and _remove_if_older(path, now - self.max_age, os.remove):
+                    deleted.add(path)
             if folder != str(self.folder):
                 _remove_if_older(folder, now - self.interval, os.rmdir)  # fails while the folder has files
-        return deleted
+        for files in list(blocks.temp_file_sets):  # gradio's record of its files, which would grow forever
+            files.difference_update(deleted)  # one step under the GIL, beside runs adding files
+        return len(deleted)
 
     def forget_idle_sessions(self, blocks: gr.Blocks, now: datetime | None = None) -> int:
-        """Forgets sessions idle for longer than the cache age (pages closed long ago, scripts that ended);
-        returns how many went. Gradio keeps each session's state (with its own copy of the page's config, about
-        0.5 MB) until 10,000 sessions have come, and its queue an emptied set of event ids per session forever."""
+        """Forgets sessions that started nothing for longer than the cache age and have nothing waiting or
+        running (pages closed long ago, scripts that ended); returns how many went. Gradio keeps each session's
+        state (with its own copy of the page's config, about 0.5 MB) until 10,000 sessions have come, and its
+        queue an emptied set of event ids per session forever."""
         now = now or datetime.now()
         sessions, events = blocks.state_holder, blocks._queue.pending_event_ids_session
         idle = [session for session, used in list(sessions.time_last_used.items())
-                if (now - used).total_seconds() > self.max_age]
+                if (now - used).total_seconds() > self.max_age and not events.get(session)]
         for session in idle:
             sessions.delete_state(session)  # runs each gr.State's delete callback
             with sessions.lock:
                 sessions.session_data.pop(session, None)
                 sessions.time_last_used.pop(session, None)
-            if not events.get(session, True):  # none of its events is still waiting or running
-                events.pop(session)
+            events.pop(session, None)
         return len(idle)
 
     @asynccontextmanager
