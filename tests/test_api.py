@@ -1,6 +1,7 @@
 """The running app (`python app.py` on the tiny model) driven through gradio_client, as scripts use it."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -39,8 +40,8 @@ def test_txt2img_streams_every_preview_frame(app_url, app_tmp):
     assert gif.n_frames == 12 and gif.info["duration"] == 250  # 4 frames a second
     # x_t | x0, each 64 px scaled up 8x, over a white band with the step burnt in
     assert gif.width == 2 * 512 + 4 and gif.height > 512
-    band = gif.convert("RGB").crop((0, 512, gif.width, gif.height))
-    assert band.getextrema()[0] == (0, 255)  # dark writing on white
+    band = np.asarray(gif.convert("L").crop((0, 512, gif.width, gif.height)))
+    assert np.median(band) == 255 and band.min() < 100  # dark writing on white (the GIF palette may lift black)
     assert list(app_tmp.glob("sdlens-*")) == []  # the app keeps no copy outside gradio's expiring cache
 
 
