@@ -92,7 +92,7 @@ def entries(names: Sequence[str], length: int) -> tuple[str, ...]:
     token, as the tokenizer shows them (`names`: every position of the encoder's input), then the padding
     after them as one entry."""
     padding = len(names) - length
-    return tuple(names[:length]) + ((f"padding: {padding} x {names[length]}",) if padding else ())
+    return tuple(names[:length]) + ((f"padding x{padding}",) if padding else ())
 
 
 def check_entry(tokens: Sequence[str], position: int) -> int:

@@ -10,7 +10,9 @@ from PIL import Image
 
 from core import attention, text
 from core.engine import Engine
+from core.models import load_bundle
 from core.sampler import Conditioning, HookResult, Settings, sample
+from core.sd_folder import TINY, build_random_sd
 from core.toyworld.data import COLORS
 
 SMALL = Settings(steps=4, guidance_scale=7.5, seed=3, height=64, width=64, preview_every=0)
@@ -107,7 +109,7 @@ def test_maps_are_shares_of_each_pixels_attention(tiny_bundle):
     frames = recorded(tiny_bundle)
     step = frames[-1].observed["attention"]
     assert step.tokens == ("<|startoftext|>", "a</w>", "red</w>", "circle</w>", "on</w>", "a</w>", "white</w>",
-                           "background</w>", "<|endoftext|>", "padding: 68 x <|endoftext|>")
+                           "background</w>", "<|endoftext|>", "padding x68")
     assert step.maps.shape == (10, 64, 64)
     assert step.maps.min().item() >= 0
     assert torch.allclose(step.maps.sum(0), torch.ones(64, 64), atol=1e-5)  # the 77 positions' softmax, summed
@@ -133,6 +135,33 @@ def test_any_image_size_maps_to_the_image(tiny_bundle):
     step = recorded(tiny_bundle, replace(SMALL, height=72, width=64))[-1].observed["attention"]
     assert step.maps.shape == (10, 72, 64) and step.images[0].size == (64, 72)
     assert torch.allclose(step.maps.sum(0), torch.ones(72, 64), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sd_levels_bundle(tmp_path_factory):
+    """SD v1's UNet levels (cross-attention on all but the deepest, the mid block at the deepest) at tiny widths:
+    maps at four resolutions, as SD's 64/32/16/8 at 512 px."""
+    shape = replace(TINY, unet_channels=(32, 32, 32, 32), unet_attention=(True, True, True, False))
+    return load_bundle(str(build_random_sd(tmp_path_factory.mktemp("sd-levels"), shape)), device="cpu",
+                       dtype="float32")
+
+
+@pytest.mark.parametrize("height, width, deepest", [(64, 64, (1, 1)), (80, 64, (2, 1))])  # 80 px: 10, 5, 3, 2 cells
+def test_maps_from_four_resolutions_cover_the_image(sd_levels_bundle, height, width, deepest):
+    layers = attention.cross_attention_layers(sd_levels_bundle)
+    assert sorted({(layer.place, layer.cell) for layer in layers}) == [
+        ("down", 8), ("down", 16), ("down", 32), ("mid", 64), ("up", 8), ("up", 16), ("up", 32)]
+    settings = replace(SMALL, steps=2, height=height, width=width)
+    plain = list(sample(sd_levels_bundle, conditioning(sd_levels_bundle), settings))[-1]
+    last = recorded(sd_levels_bundle, settings)[-1]
+    assert (plain.latents - last.latents).abs().max().item() == 0
+    step = last.observed["attention"]
+    assert step.maps.shape == (10, height, width)
+    assert torch.allclose(step.maps.sum(0), torch.ones(height, width), atol=1e-5)
+    assert attention.grid(height // 8, width // 8, 3) == deepest
+    coarsest = recorded(sd_levels_bundle, settings, layers=attention.Layers(cells=(64,)))[-1].observed["attention"]
+    assert torch.allclose(coarsest.maps[..., 0], coarsest.maps[..., -1])  # one cell across: the same along a row
+    assert torch.allclose(coarsest.maps[:, 0], coarsest.maps[:, -1]) == (deepest[0] == 1)
 
 
 def test_layers_by_place_and_resolution(toy_engine, tiny_bundle):
@@ -166,7 +195,7 @@ def test_bad_layer_choices_say_what_the_model_has(toy_engine, layers, message):
 def test_entries_and_positions(toy_engine):
     tokens = toy_engine.attention_tokens("a blue star")
     assert tokens == ("<|startoftext|>", "a</w>", "blue</w>", "star</w>", "<|endoftext|>",
-                      "padding: 72 x <|endoftext|>")
+                      "padding x72")
     assert attention.check_entry(tokens, 3) == 3
     with pytest.raises(ValueError, match=r"token must be a position from 0 to 5 \(this prompt's maps: 0 "
                                          r"<\|startoftext\|>, 1 a</w>, .*got 6"):

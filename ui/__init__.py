@@ -7,7 +7,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from core.engine import Engine
-from ui import compare, guided, img2img, schedule, send, text_lab, txt2img, vae
+from ui import attention, compare, guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.stops import StopFlags
 from ui.upkeep import Upkeep
 
@@ -54,6 +54,8 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
                 text_lab.build(engine, stops, concurrency)
             with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
                 from_guidance = guided.build(engine, stops, concurrency)
+            with gr.Tab("Attention", id="attention", elem_id="tab-attention"):
+                attention.build(engine, stops, concurrency)
             with gr.Tab("Inside a step", id="compare", elem_id="tab-compare"):
                 compare.build(engine, stops, concurrency)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)

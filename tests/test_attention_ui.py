@@ -1,0 +1,141 @@
+"""The Attention tab as scripts and people use it: /attention through gradio_client on the tiny model, and the
+page on the toy model in a real headless Chromium (screenshots in tests/screenshots/, README's picture with
+SDLENS_PICTURES=ui/assets)."""
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+from core.engine import Engine
+from core.sampler import Settings
+from tests.conftest import free_port, start_app
+from tests.test_browser import ARGS, CHROMIUM, RUN_TIMEOUT_MS, SHOTS, set_number
+from tests.test_pictures import PICTURES
+
+# What /attention returns (gradio_client leaves out the State): RunView's outputs, then the tab's own.
+RESULT, PROGRESS, GRID, LARGE, MASS, MAPS = 3, 7, 8, 9, 10, 11
+TOKENS = ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "<|endoftext|>", "padding x72"]
+
+
+def attend(client, **change):
+    inputs = dict(prompt="a red circle", negative_prompt="", parts=["down", "mid", "up"], cells=[16], opacity=0.5,
+                  token=3, steps=5, guidance_scale=7.5, seed=4, width=64, height=64, preview_every=1,
+                  previews="auto", scheduler="lms") | change
+    return client.submit(**inputs, api_name="/attention")
+
+
+def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_final_map(app_url, tiny_bundle):
+    client = Client(app_url, verbose=False)
+    job = attend(client)
+    streamed = list(job)
+    assert [out[PROGRESS]["step"] for out in streamed] == [1, 2, 3, 4, 5]
+    assert all(len(out[GRID]) == len(TOKENS) for out in streamed)  # every token's map at every step
+    last = job.result()
+    assert Image.open(last[RESULT]).size == (64, 64)
+    assert [item["caption"] for item in last[MAPS]] == TOKENS
+    served = [Image.open(item["image"]) for item in last[MAPS]]
+    assert {(image.mode, image.size, image.getextrema()) for image in served} == {("L", (64, 64), (0, 255))}
+    settings = Settings(steps=5, guidance_scale=7.5, seed=4, height=64, width=64)
+    alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(served, alone.images))
+    assert [row[0] for row in last[MASS]["data"]] == [f"{i} {token}" for i, token in enumerate(TOKENS)]
+    assert sum(row[1] for row in last[MASS]["data"]) == pytest.approx(1.0, abs=1e-5)
+    assert last[GRID][3]["caption"].startswith("3 circle</w> · ")
+    assert Image.open(last[LARGE]).size == (64, 64)
+    mp4, gif = client.predict(token=2, opacity=0.5, fps=4, api_name="/attention_map_video")
+    assert mp4.endswith("sdlens-attention-token2-seed4.mp4") and Image.open(gif).n_frames == 5
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a</w>"),
+    ({"cells": [8]}, "Value: 8 (type: <class 'int'>) is not in the list of choices: [16]"),
+    ({"parts": []}, "places must be one or more of down, mid, up, got []"),
+    ({"opacity": 2}, "Value 2 is greater than maximum value 1"),
+])
+def test_bad_attention_input_gets_a_clear_error(app_url, change, message):
+    job = attend(Client(app_url, verbose=False), **change)
+    with pytest.raises(Exception) as refused:
+        job.result()
+    assert message in html.unescape(str(refused.value))  # the engine's messages are escaped: the page shows HTML
+
+
+def test_map_video_before_any_run_says_what_to_do(app_url):
+    with pytest.raises(Exception, match="There is no run to make a video of yet: press Generate first"):
+        Client(app_url, verbose=False).predict(token=1, opacity=0.5, fps=8, api_name="/attention_map_video")
+
+
+# Records every image the chosen token's panel shows, so frames that flash by are counted too.
+RECORD_LARGE = """() => {
+  window.largeSources = [];
+  const panel = document.querySelector('#attention-beside');
+  const note = () => panel.querySelectorAll('img').forEach(img => {
+    if (img.src && window.largeSources.at(-1) !== img.src) window.largeSources.push(img.src);
+  });
+  new MutationObserver(note).observe(panel, {subtree: true, childList: true, attributes: true,
+                                             attributeFilter: ['src']});
+}"""
+
+
+@pytest.fixture(scope="module")
+def toy_page():
+    """The Attention tab of the app on the toy model, as README shows it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    SHOTS.mkdir(exist_ok=True)
+    proc, url, _ = start_app("--model", "toy", "--port", str(free_port()))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Attention").click()
+            yield page
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
+    page, tab = toy_page, toy_page.locator("#tab-attention")
+    tab.get_by_label("Prompt", exact=True).fill("a green heart on a black background")
+    tab.get_by_label("Seed", exact=True).fill("2")
+    set_number(tab, "Steps", 20)
+    tab.get_by_label("Token shown large", exact=True).fill("3")
+    page.evaluate(RECORD_LARGE)
+    tab.get_by_role("button", name="Generate").click()
+    status = page.locator("#attention-status")
+    expect(status).to_contain_text("step 20 / 20", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("done")
+    assert len(set(page.evaluate("window.largeSources"))) >= 15  # 20 streamed; a few may arrive together
+    grid = page.locator("#attention-grid .thumbnail-item")
+    expect(grid).to_have_count(10)
+    expect(grid.nth(3)).to_contain_text("3 heart</w> · ")
+    expect(page.locator("#attention-maps .thumbnail-item")).to_have_count(10)
+    expect(page.locator("#attention-maps .caption-label").nth(3)).to_have_text("heart</w>")
+    expect(page.locator("#attention-mass")).to_contain_text("How this step's attention splits")
+    page.screenshot(path=SHOTS / "attention.png", full_page=True)
+    page.screenshot(path=PICTURES / "attention.png", full_page=True)
+
+    large = page.locator("#attention-beside img")
+    shown = large.get_attribute("src")
+    grid.nth(2).click()  # "green": shown large instead
+    expect(tab.get_by_label("Token shown large", exact=True)).to_have_value("2")
+    expect(large).not_to_have_attribute("src", shown)
+    tiles = [gallery.locator("img").nth(0) for gallery in (grid, page.locator("#attention-maps .thumbnail-item"))]
+    before = [tile.get_attribute("src") for tile in tiles]
+    set_number(tab, "Scrub through the run", 2)
+    expect(status).to_contain_text("step 3 / 20")
+    expect(status).to_contain_text("scrubbing")
+    for tile, src in zip(tiles, before):  # the overlays and the grayscale maps both show step 3
+        expect(tile).not_to_have_attribute("src", src)
+    page.screenshot(path=SHOTS / "attention-scrub.png", full_page=True)
+    tab.get_by_role("button", name="Make the video of the chosen token's map").click()
+    expect(page.get_by_text(re.compile(r"sdlens-attention-token2-seed2.*\.gif"))).to_have_count(
+        1, timeout=RUN_TIMEOUT_MS)

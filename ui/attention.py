@@ -1,0 +1,214 @@
+"""The "Attention" tab: where each word of the prompt lands. Every step streams x_t and x0 with each token's
+cross-attention map over x0, one token shown large, and how the step's attention splits across the tokens;
+after the run the scrubber moves all of it, and one token's map can be made into a video."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from core import attention, export
+from core.engine import Engine
+from ui.common import GENERATE, number, user_errors, whole
+from ui.run_view import EXPIRED, Controls, RunView, check_kept
+from ui.stops import StopFlags
+
+OPACITY = 0.6  # how strongly a map covers x0 at first
+FIRST_TOKEN = 1  # the map shown large at first: the first word after the start token
+
+
+def opened(image: Image.Image | str | None) -> Image.Image | None:
+    """An image, or the file of one kept in the cache."""
+    return Image.open(image) if isinstance(image, str) else image
+
+
+def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], opacity: float, token: int) -> list:
+    """One step's maps for the page (images or their files): each over x0 in the grid, captioned with its token
+    and share; the chosen one large; the shares as a chart; the maps in grayscale, captioned with their tokens."""
+    over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
+    names = [f"{i} {name}" for i, name in enumerate(tokens)]
+    return [[(image, f"{name} · {share:.1%}") for image, name, share in zip(over, names, shares)], over[token],
+            pd.DataFrame({"token": names, "share": shares}), list(zip(grays, tokens))]
+
+
+def kept_frames(last_run, last_maps) -> list[tuple]:
+    """The last run's previewed steps: (video caption, x0 file, gray map files, shares, tokens); ValueError
+    when there is none or its files have expired from the cache."""
+    if not last_run or not last_maps:
+        raise ValueError("There is no run to make a video of yet: press Generate first")
+    check_kept(last_run[1])
+    if not all(os.path.exists(gray) for grays, _, _ in last_maps for gray in grays):
+        raise ValueError(EXPIRED)
+    return [(caption, x0, *maps) for (_, caption, _, x0), maps in zip(last_run[1], last_maps)]
+
+
+@dataclass
+class Form:
+    """The tab's inputs: the prompts, the buttons, which layers the maps are summed over, and the settings."""
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    generate: gr.Button
+    stop: gr.Button
+    parts: gr.CheckboxGroup
+    cells: gr.CheckboxGroup
+    controls: Controls
+
+
+@dataclass
+class Maps:
+    """The tab's own panels: how the maps are drawn, the grid, the chosen token large (RunView's `beside`), the
+    split of attention, the grayscale maps, and the chosen token's video."""
+    opacity: gr.Slider
+    token: gr.Number
+    grid: gr.Gallery
+    mass: gr.BarPlot
+    grays: gr.Gallery
+    make_video: gr.Button
+    mp4: gr.File
+    gif: gr.File
+
+
+def form_column(engine: Engine) -> Form:
+    layers = engine.attention_layers()
+    places = [place for place in attention.PLACES if any(layer.place == place for layer in layers)]
+    cells = sorted({layer.cell for layer in layers})
+    prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
+    negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    parts = gr.CheckboxGroup(places, value=places, label="UNet parts the maps are summed over")
+    cell_choice = gr.CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
+                                   label="Map resolutions summed over",
+                                   info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64)")
+    controls = Controls(engine)
+    gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
+    return Form(prompt, negative_prompt, generate, stop, parts, cell_choice, controls)
+
+
+def maps_panels() -> Maps:
+    with gr.Row():
+        opacity = gr.Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
+        token = gr.Number(value=FIRST_TOKEN, precision=0, label="Token shown large",
+                          info="its position in the grid (0: the start token), or click its map")
+    grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
+                      format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid")
+    mass = gr.BarPlot(x="token", y="share", title="How this step's attention splits across the tokens",
+                      x_label_angle=-45, height=300, elem_id="attention-mass")
+    grays = gr.Gallery(label="The maps in grayscale, each scaled to 0-255", columns=5, format="png",
+                       elem_classes="pixels", elem_id="attention-maps")
+    make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
+    with gr.Row():
+        mp4 = gr.File(label="map video (MP4)")
+        gif = gr.File(label="map video (GIF)")
+    return Maps(opacity, token, grid, mass, grays, make_video, mp4, gif)
+
+
+def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            form = form_column(engine)
+        with gr.Column(scale=3):
+            view = RunView("attention", stops, "Press Generate to watch where each token's attention lands.",
+                           beside_result="The chosen token's map over x0")
+            maps = maps_panels()
+    history = gr.State(None)  # the last run's maps, step for step with view.history: [(gray files, shares, tokens)]
+    wire_run(engine, form, view, maps, history, concurrency)
+    wire_after_run(view, maps, history)
+
+
+def read_layers(parts, cells) -> attention.Layers:
+    return attention.Layers(tuple(parts or ()), tuple(whole(cell, "cells") for cell in cells or ()))
+
+
+def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.State, concurrency: int) -> None:
+    """Generate: the inputs checked before the run starts, then the run streamed with every token's map."""
+    controls = form.controls
+    shown = [maps.grid, view.beside, maps.mass, maps.grays]
+
+    def check(prompt, negative_prompt, parts, cells, opacity, token, *numbers):
+        """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
+        with user_errors():
+            engine.check_attention(prompt, negative_prompt, controls.settings(*numbers), read_layers(parts, cells))
+            attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
+            attention.check_opacity(number(opacity, "opacity"))
+
+    def attend(prompt, negative_prompt, parts, cells, opacity, token, steps, guidance_scale, seed, width, height,
+               preview_every, previews, scheduler, request: gr.Request):
+        """Generate from a prompt, streaming x_t, x0 and every prompt token's cross-attention map at each step;
+        the last message has the result and each token's final map in grayscale, captioned with the token."""
+        with view.stop_flag(request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
+                opacity = attention.check_opacity(number(opacity, "opacity"))
+                token = attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
+                run = engine.attention(prompt, negative_prompt, settings, read_layers(parts, cells),
+                                       should_stop=flag.is_set)
+            kept, latest, base = [], {}, [None]  # base: the picture the maps lie over (the latest x0)
+
+            def step_panels(frame):
+                base[0] = frame.x0_image or frame.image or base[0]
+                step = frame.observed["attention"]
+                grays = step.images
+                if frame.x0_image is not None:  # kept for the scrubber, step for step with the x0 history
+                    grays = [view.cached(gray) for gray in grays]
+                    kept.append((grays, step.mass, step.tokens))
+                latest.update(zip(shown, panels(base[0], grays, step.mass, step.tokens, opacity, token)))
+                return {**latest, maps.mp4: None, maps.gif: None}
+
+            def final():
+                return {**dict.fromkeys(shown), **latest, maps.mp4: None, maps.gif: None, history: kept or None}
+
+            yield from view.stream(run, flag, extra=step_panels, final=final)
+
+    inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.token, *controls.inputs]
+    form.generate.click(check, inputs, None, api_visibility="private").success(
+        attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
+        concurrency_id=GENERATE, concurrency_limit=concurrency)
+    view.wire(form.stop, stop_api=None)
+
+
+def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
+    """The scrubber, the opacity and the chosen token redraw the last run's maps; the chosen token's video."""
+    shown = [maps.grid, view.beside, maps.mass, maps.grays]
+
+    def show(position, opacity, token, last_run, last_maps):
+        """The last run's maps at the scrubber's step, with the opacity and chosen token as they are now."""
+        if not last_run or not last_maps:
+            return [gr.skip()] * len(shown)
+        with user_errors():
+            steps = kept_frames(last_run, last_maps)
+            _, x0, grays, shares, tokens = steps[min(int(position), len(steps) - 1)]
+            token = attention.check_entry(tokens, whole(token, "token"))
+            return panels(x0, grays, shares, tokens, attention.check_opacity(number(opacity, "opacity")), token)
+
+    def export_video(last_run, last_maps, token, opacity, fps):
+        """The chosen token's map over x0 at every previewed step of the last run, as an MP4 and a GIF."""
+        with user_errors():
+            steps = kept_frames(last_run, last_maps)
+            token = attention.check_entry(steps[0][4], whole(token, "token"))
+            opacity = attention.check_opacity(number(opacity, "opacity"))
+            fps = export.check_fps(number(fps, "frames per second"))
+            frames = [export.video_frame([opened(x0), attention.overlay(opened(x0), opened(grays[token]), opacity)],
+                                         f"{tokens[token]} · {caption}") for caption, x0, grays, _, tokens in steps]
+        with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
+            stem = Path(folder) / f"sdlens-attention-token{token}-seed{last_run[0]}"
+            yield (str(export.write_mp4(frames, stem.with_suffix(".mp4"), fps)),
+                   str(export.write_gif(frames, stem.with_suffix(".gif"), fps)))
+
+    def choose(selected: gr.SelectData):
+        """A click on a map in the grid shows that token large."""
+        return selected.index
+
+    for event in (view.scrub.input, maps.opacity.change, maps.token.change):
+        event(show, [view.scrub, maps.opacity, maps.token, view.history, history], shown,
+              api_visibility="private", queue=False)
+    maps.grid.select(choose, None, maps.token, api_visibility="private", queue=False)
+    maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, view.fps],
+                          [maps.mp4, maps.gif], api_name="attention_map_video")
