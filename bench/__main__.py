@@ -31,6 +31,7 @@ import torch
 from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
 from bench.serve import served
+from core import attention
 from core.engine import Engine
 from core.models import load_bundle, load_toy
 from core.sampler import Settings
@@ -135,6 +136,27 @@ def api_rows(engine: Engine, repeats: int) -> list[tuple]:
     ]
 
 
+def attention_rows(engine: Engine, repeats: int) -> list[tuple]:
+    """The Attention tab's work on every step (cross-attention maps recorded, each drawn over x0) against the
+    same run without it."""
+    settings = replace(engine.default_settings(), steps=STEPS, seed=1, preview_every=1)
+
+    def plain():
+        list(engine.txt2img(PROMPT, "", settings).frames)
+
+    def mapped():
+        x0 = None
+        for frame in engine.attention(PROMPT, "", settings).frames:
+            x0 = frame.x0_image or x0
+            for image in frame.observed["attention"].images:  # as the tab draws each map over x0
+                attention.overlay(x0, image, 0.6)
+
+    timed = median_seconds({"none": plain, "maps": mapped}, repeats)
+    where = f"toy, {settings.width} px, {settings.previews} previews"
+    return [("attention maps, shown every step / none", where, f"{timed['maps']:.3f} s", f"{timed['none']:.3f} s",
+             timed["maps"] / timed["none"])]
+
+
 def random_sd_rows(name: str, shape: Shape, folder: Path, device: str, dtype: str, repeats: int) -> list[tuple]:
     """A model of this shape with random weights, built into `folder`, measured at 512 px."""
     model = build_random_sd(folder, shape, latent_size=SIDE // shape.vae_scale_factor)
@@ -158,6 +180,7 @@ def measurements(args: argparse.Namespace, folder: Path) -> Iterator[Measurement
                                                   dtype="float32" if device.type == "cpu" else "float16")))
     yield ("loop and previews", "toy", lambda: loop_rows("toy", toy(), toy().bundle.native_size,
                                                          toy().default_settings().guidance_scale, args.repeats))
+    yield "attention maps", "toy", lambda: attention_rows(toy(), args.repeats)
     if not args.quick:
         yield ("loop and previews", f"tiny random SD, {SIDE} px",
                lambda: random_sd_rows("tiny random SD", TINY, folder / "tiny", args.device, "float32", args.repeats))

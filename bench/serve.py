@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-APP_START_SECONDS = 120  # for the app to import, load its model and print its URL
+APP_START_SECONDS = 300  # for the app to import, load its model and print its URL (minutes on a busy machine)
 
 
 @dataclass(frozen=True)
