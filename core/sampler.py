@@ -259,14 +259,21 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
             if result is not None:
                 latents, loss, note = result.latents, result.loss, result.note
         next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
-        if not torch.isfinite(next_latents).all():
-            raise RunFailed(
-                f"The latents became NaN or infinite at step {index + 1}: lower the guidance scale "
-                f"(now {s.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
-        last = index == s.steps - 1
+        _check_finite(next_latents, index, s)
+        early = schedule.stopped_early(scheduler)
+        note, last = early or note, early is not None or index == s.steps - 1
         preview = bool(s.preview_every) and (last or (taken + 1) % s.preview_every == 0)
         x_t_image, x0_image, image = _decode_frame(bundle, x_t, x0, next_latents if last else None, preview, fast)
         yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
                     x_t_image, x0_image, image, loss, note, {o.name: o.summary() for o in observers},
                     noise_pred, prediction.branches)
+        if last:
+            return
         latents = next_latents
+
+
+def _check_finite(latents: torch.Tensor, index: int, s: Settings) -> None:
+    if not torch.isfinite(latents).all():
+        raise RunFailed(
+            f"The latents became NaN or infinite at step {index + 1}: lower the guidance scale "
+            f"(now {s.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")

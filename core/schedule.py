@@ -13,6 +13,8 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from core.optim_sampler import OptimScheduler
+
 class CachedLMSScheduler(LMSDiscreteScheduler):
     """diffusers' LMS, with its coefficients remembered. Stock LMS integrates them with scipy on every step
     (about 3 ms each on a CPU), yet they depend only on the sigmas around the step, which every run with the
@@ -40,6 +42,7 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler": EulerDiscreteScheduler,
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,     # DPM-Solver++ (2M)
+    "optim": OptimScheduler,                  # sampling as optimisation: torch.optim on the noise prediction
 }
 # Latents are not images in [-1, 1]: DDIM must not clip its x0 prediction (SD v1's own DDIM config).
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}
@@ -83,6 +86,12 @@ def step(scheduler: SchedulerMixin, noise_pred: torch.Tensor, t: torch.Tensor, l
     else:
         out = scheduler.step(noise_pred, t, latents)
     return out.prev_sample, out.pred_original_sample
+
+
+def stopped_early(scheduler: SchedulerMixin) -> str | None:
+    """Why the run ends at this step although the schedule has more, or None: the optimiser sampler stops once
+    the image is clean for its noise level (its latents are then the predicted x0)."""
+    return scheduler.note if isinstance(scheduler, OptimScheduler) and scheduler.converged else None
 
 
 def add_noise(scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:

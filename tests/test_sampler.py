@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
-from core import latents, schedule, text
+from core import latents, optim_sampler, schedule, text
 from core.engine import RANDOM_SEED, Engine
 from core.latents import decode, to_pil
 from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
@@ -26,7 +26,8 @@ def pipeline_latents(pipe, prompt, settings, negative_prompt=None):
 
 
 @pytest.mark.parametrize("name", list(schedule.SCHEDULERS))
-def test_loop_equals_pipeline(tiny_bundle, tiny_pipeline, name):
+def test_loop_equals_pipeline(tiny_bundle, tiny_pipeline, name, monkeypatch):
+    monkeypatch.setattr(optim_sampler.OptimScheduler, "tolerance", 0.0)  # the pipeline runs every step: no early end
     settings = Settings(**{**SMALL.__dict__, "scheduler": name})
     tiny_pipeline.scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, name, 1, tiny_bundle.device)
     ref = pipeline_latents(tiny_pipeline, "a red circle", settings)
@@ -116,6 +117,34 @@ def test_x0_is_the_prediction_from_x_t(tiny_bundle, name):
     assert frames[0].x_t.std() == pytest.approx(1.0, abs=0.2)  # pure noise, at the UNet's unit scale
 
 
+def test_optim_with_plain_sgd_is_the_euler_sampler(tiny_bundle, monkeypatch):
+    """The noise prediction as the gradient, the drop in sigma as the learning rate: SGD's step is Euler's."""
+    monkeypatch.setattr(optim_sampler, "OPTIONS", {})
+    monkeypatch.setattr(optim_sampler.OptimScheduler, "tolerance", 0.0)
+    euler = list(sample(tiny_bundle, conditioning(tiny_bundle), replace(SMALL, scheduler="euler")))
+    optim = list(sample(tiny_bundle, conditioning(tiny_bundle), replace(SMALL, scheduler="optim")))
+    assert len(optim) == SMALL.steps and optim[-1].note is None
+    assert torch.allclose(optim[-1].latents, euler[-1].latents, atol=1e-5)
+
+
+@pytest.mark.parametrize("tolerance, steps", [(1e9, 1), (0.0, SMALL.steps)])
+def test_optim_ends_the_run_once_the_noise_left_is_below_its_tolerance(tiny_bundle, monkeypatch, tolerance, steps):
+    monkeypatch.setattr(optim_sampler.OptimScheduler, "tolerance", tolerance)
+    frames = list(sample(tiny_bundle, conditioning(tiny_bundle), replace(SMALL, scheduler="optim", preview_every=0)))
+    assert len(frames) == steps and frames[-1].image is not None
+    assert [f.image is not None for f in frames].count(True) == 1
+    if steps < SMALL.steps:  # stopped: the latents are the predicted x0, and the frame says why
+        assert torch.equal(frames[-1].latents, frames[-1].x0)
+        assert frames[-1].note.startswith(f"optim stopped early at step 1 of {SMALL.steps}: the noise left (")
+
+
+def test_with_momentum_each_optim_step_goes_on_by_half_the_step_before(tiny_bundle):
+    first, second, third = list(sample(tiny_bundle, conditioning(tiny_bundle),
+                                       replace(SMALL, scheduler="optim", preview_every=0)))[:3]
+    expected = first.latents - (second.sigma - third.sigma) * (second.noise_pred + 0.5 * first.noise_pred)
+    assert torch.allclose(second.latents, expected, atol=1e-5)
+
+
 def test_seed_repeats_and_differs(tiny_bundle):
     cond = conditioning(tiny_bundle)
     a = list(sample(tiny_bundle, cond, SMALL))[-1].latents
@@ -185,7 +214,7 @@ def test_hook_predict_noise_reproduces_the_step_prediction(tiny_bundle):
     ({"width": 4096}, "width must be from 64 to 128 pixels, got 4096"),
     ({"width": 32}, "got 32"),
     ({"preview_every": -1}, "preview_every must be from 0"),
-    ({"scheduler": "heun"}, "scheduler must be one of lms, euler, ddim, dpm++, got 'heun'"),
+    ({"scheduler": "heun"}, "scheduler must be one of lms, euler, ddim, dpm++, optim, got 'heun'"),
 ])
 def test_validation_names_the_value(tiny_bundle, change, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+").replace("(", r"\(")):

@@ -46,3 +46,16 @@ def test_classifier_free_guidance_is_what_makes_the_prompt_count(toy):
     }
     assert reads[3.0] == ["red", "green", "yellow"]
     assert len(set(reads[0.0])) == 1  # the same unconditional image whatever the prompt
+
+
+@pytest.mark.parametrize("prompt, color, shape, background", [
+    ("a red circle on a white background", "red", "circle", "white"),
+    ("a green heart on a black background", "green", "heart", "black"),
+    ("a purple square on a pink background", "purple", "square", "pink"),
+])
+def test_the_optimiser_sampler_draws_the_asked_colours_and_stops_early(toy, prompt, color, shape, background):
+    settings = replace(toy.default_settings(), scheduler="optim", seed=0, preview_every=0)
+    frames = list(toy.txt2img(prompt, "", settings).frames)
+    assert len(frames) <= 24 and frames[-1].note.startswith(f"optim stopped early at step {len(frames)} of 30")
+    reading = Reader().read(frames[-1].image)
+    assert (reading.color, reading.background) == (color, background)  # its shapes' edges wobble: 88% read right

@@ -47,8 +47,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
         build_parts(engine, stops, controls, options)
     for kind, default, about in (
             ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
-            ("samplers", "lms,euler,ddim,dpm++", "The same seed through each sampler; `euler:15` gives one its own "
-                                                "step count."),
+            ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler; `euler:15` gives one "
+                                                      "its own step count; `optim` may end early."),
             ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
         with gr.Tab(kind.capitalize(), elem_id=f"compare-{kind}"):
             build_comparison(engine, stops, controls, options, kind, default, about)
