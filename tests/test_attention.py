@@ -229,20 +229,17 @@ def top_iou(heat: torch.Tensor, mask: torch.Tensor) -> float:
     return ((top & mask).sum() / (top | mask).sum()).item()
 
 
-TOY_SEED = 2  # measured for seeds 1-3 and six shapes: see the README's attention section
-
-
 @pytest.fixture(scope="module")
 def toy_last_step(toy_engine):
-    """The last frame of a 20-step toy run per prompt, with the shape's mask in its image."""
+    """The last frame of a 20-step toy run per (prompt, seed, UNet parts), with the shape's mask in its image."""
     runs = {}
 
-    def last_step(prompt):
-        if prompt not in runs:
-            settings = replace(toy_engine.default_settings(), seed=TOY_SEED, steps=20, preview_every=0)
-            last = list(toy_engine.attention(prompt, "", settings).frames)[-1]
-            runs[prompt] = last.observed["attention"], shape_mask(last.image, prompt)
-        return runs[prompt]
+    def last_step(prompt, seed, places=attention.PLACES):
+        if (prompt, seed, places) not in runs:
+            settings = replace(toy_engine.default_settings(), seed=seed, steps=20, preview_every=0)
+            last = list(toy_engine.attention(prompt, "", settings, attention.Layers(places)).frames)[-1]
+            runs[prompt, seed, places] = last.observed["attention"], shape_mask(last.image, prompt)
+        return runs[prompt, seed, places]
 
     return last_step
 
@@ -252,9 +249,11 @@ def word_map(step, word):
 
 
 @pytest.mark.parametrize("prompt", ["a red circle on a white background", "a blue square on a yellow background",
-                                    "a green heart on a black background"])
+                                    "a green triangle on a black background", "a yellow star on a blue background",
+                                    "an orange cross on a gray background"])
 def test_on_the_toy_the_shape_word_lands_on_the_shape(toy_last_step, prompt):
-    step, mask = toy_last_step(prompt)
+    """In the UNet's up blocks, the tab's default (measured over six shapes and seeds 1-3 in the README)."""
+    step, mask = toy_last_step(prompt, seed=1, places=attention.DEFAULT_PLACES)
     words = prompt.split()
     shape = word_map(step, words[words.index("on") - 1])
     assert 0.05 < mask.float().mean() < 0.6  # the shape was drawn
@@ -265,7 +264,7 @@ def test_on_the_toy_the_shape_word_lands_on_the_shape(toy_last_step, prompt):
 @pytest.mark.parametrize("prompt", ["a blue square on a yellow background", "a green heart on a black background",
                                     "a yellow star on a blue background"])
 def test_on_the_toy_the_background_word_lies_mostly_off_the_shape(toy_last_step, prompt):
-    step, mask = toy_last_step(prompt)
+    step, mask = toy_last_step(prompt, seed=2)
     background = word_map(step, "background")
     assert 0.05 < mask.float().mean() < 0.6
     assert background[mask].mean() < 0.9 * background[~mask].mean()

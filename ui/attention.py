@@ -82,7 +82,9 @@ def form_column(engine: Engine) -> Form:
     with gr.Row():
         generate = gr.Button("Generate", variant="primary")
         stop = gr.Button("Stop", variant="stop")
-    parts = gr.CheckboxGroup(places, value=places, label="UNet parts the maps are summed over")
+    first = [place for place in attention.DEFAULT_PLACES if place in places] or places
+    parts = gr.CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
+                             info="the up blocks place the words best; DAAM sums all three")
     cell_choice = gr.CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
                                    label="Map resolutions summed over",
                                    info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64)")
