@@ -1,9 +1,11 @@
-"""What every tab shares: turning engine errors into messages on the page, and reading number widgets."""
+"""What every tab shares: turning engine errors into messages on the page, reading number widgets, and the
+example images."""
 from __future__ import annotations
 
 import html
 import logging
 from contextlib import contextmanager
+from pathlib import Path
 
 import gradio as gr
 
@@ -11,6 +13,8 @@ from core.sampler import RunFailed
 
 GENERATE = "generate"  # the concurrency group of every event that runs the UNet: one queue for the device
 log = logging.getLogger("sdlens")
+# Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
+EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.png"))
 
 
 @contextmanager

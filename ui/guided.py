@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import gradio as gr
 import pandas as pd
@@ -30,32 +30,56 @@ def parse_color(value: str) -> tuple[float, float, float]:
     raise ValueError(f"target color must be like #3366ff, got {value!r}")
 
 
+@dataclass(frozen=True)
+class LossForm:
+    """The loss, its target, its scale, how often it acts and its gradient."""
+    loss: gr.Dropdown
+    loss_scale: gr.Slider
+    color: gr.ColorPicker
+    level: gr.Slider
+    every: gr.Slider
+    mode: gr.Radio
+
+    @property
+    def inputs(self) -> list:
+        """In the order of the endpoint's parameters."""
+        return [self.loss, self.color, self.level, self.loss_scale, self.every, self.mode]
+
+
+def loss_form(first: Guidance) -> LossForm:
+    with gr.Row():
+        loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
+        loss_scale = gr.Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
+    with gr.Row():
+        color = gr.ColorPicker(value="#0000ff", label="Target color", info="for the color loss")
+        level = gr.Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
+                          info="for brightness, saturation, contrast")
+    with gr.Row():
+        every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
+                          info="the notebook: every 5")
+        mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
+    with gr.Accordion("What the losses and gradients do", open=False):
+        gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
+                    "latents -= gradient x sigma², as in the notebook.")
+    return LossForm(loss, loss_scale, color, level, every, mode)
+
+
+def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
+    return Guidance(loss=loss, scale=number(loss_scale, "loss scale"), every=whole(every, "every"), mode=mode,
+                    target=Target(parse_color(color), number(level, "target level")))
+
+
 def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
-    first = engine.default_guidance()
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            with gr.Row():
-                loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
-                loss_scale = gr.Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale",
-                                       info="0: unguided")
-            with gr.Row():
-                color = gr.ColorPicker(value="#0000ff", label="Target color", info="for the color loss")
-                level = gr.Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
-                                  info="for brightness, saturation, contrast")
-            with gr.Row():
-                every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
-                                  info="the notebook: every 5")
-                mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
-            with gr.Accordion("What the losses and gradients do", open=False):
-                gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
-                            "latents -= gradient x sigma², as in the notebook.")
+            form = loss_form(engine.default_guidance())
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             controls = Controls(engine)
-            gr.Examples(engine.examples("guided"), [prompt, loss, loss_scale, color],
+            gr.Examples(engine.examples("guided"), [prompt, form.loss, form.loss_scale, form.color],
                         example_labels=[f"{p}: " + (f"color → {target}" if name == "color" else f"{name} loss")
                                         + f" x {scale:g}" for p, name, scale, target in engine.examples("guided")])
         with gr.Column(scale=3):
@@ -63,11 +87,16 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
                                elem_id="guided-plot")
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
                            beside_result="Unguided: the same seed and settings", sendable=True)
-            unguided = view.beside
+    inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
+    wire_run(engine, controls, view, plot, generate, inputs, concurrency)
+    view.wire(stop, stop_api=None)
+    return Prompted(view, prompt, negative_prompt, controls)
 
-    def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
-        return Guidance(loss=loss, scale=number(loss_scale, "loss scale"), every=whole(every, "every"), mode=mode,
-                        target=Target(parse_color(color), number(level, "target level")))
+
+def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlot, generate: gr.Button,
+             inputs: list, concurrency: int) -> None:
+    """Generate: the inputs checked before the run starts, then the guided run and the unguided one."""
+    unguided = view.beside
 
     def check(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -106,9 +135,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
                 plot: pd.DataFrame(losses, columns=["step", "loss"]) if losses else None,
                 unguided: unguided_image()})
 
-    inputs = [prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *controls.inputs]
     generate.click(check, inputs, None, api_visibility="private").success(
         guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
-    view.wire(stop, stop_api=None)
-    return Prompted(view, prompt, negative_prompt, controls)

@@ -1,18 +1,14 @@
 """The "Image to image" tab: an image's latents noised to a start step, then denoised toward a prompt."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from core.engine import Engine
-from ui.common import GENERATE, ImageFile, number, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, image_panel
 from ui.send import Prompted
 from ui.stops import StopFlags
 
-# Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
-EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.png"))
 DEFAULT_STRENGTH = 0.6
 
 
@@ -41,11 +37,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
             about = gr.Markdown("", elem_id="img2img-about", line_breaks=True)
             view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.",
                            sendable=True)
-
-    def describe_plan(strength, steps, scheduler):
-        """What the strength means for these settings, in words (cheap: no model runs)."""
-        with user_errors():
-            return engine.img2img_plan(number(strength, "strength"), whole(steps, "steps"), scheduler).describe()
 
     def check(image, prompt, negative_prompt, strength, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -78,7 +69,18 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     generate.click(check, inputs, None, api_visibility="private").success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
-    gr.on([strength.change, controls.steps.change, controls.scheduler.change], describe_plan,
-          [strength, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)
+    wire_plan(engine, strength, controls, plan)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)
+
+
+def wire_plan(engine: Engine, strength: gr.Slider, controls: Controls, plan: gr.Markdown) -> None:
+    """The plan follows the strength, the steps and the sampler."""
+
+    def describe_plan(strength, steps, scheduler):
+        """What the strength means for these settings, in words (cheap: no model runs)."""
+        with user_errors():
+            return engine.img2img_plan(number(strength, "strength"), whole(steps, "steps"), scheduler).describe()
+
+    gr.on([strength.change, controls.steps.change, controls.scheduler.change], describe_plan,
+          [strength, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)

@@ -7,8 +7,7 @@ import pandas as pd
 from core.engine import Engine
 from core.sampler import MAX_STEPS
 from core.schedule import SCHEDULERS
-from ui.common import GENERATE, ImageFile, user_errors, whole
-from ui.img2img import EXAMPLE_IMAGES
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, user_errors, whole
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied

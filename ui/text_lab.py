@@ -7,6 +7,7 @@ conditioning differs. Learned embeddings live in this session's state, never in 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -43,26 +44,51 @@ def token_picker(engine: Engine, prompt: str, value: str | None, label: str, inf
     return gr.Dropdown(token_choices(engine, prompt, {}), value=value, allow_custom_value=True, label=label, info=info)
 
 
+@dataclass(frozen=True)
+class Lab:
+    """What every sub-tab shares: the engine, the stop flags, the generation settings, this session's learned
+    embeddings ({token: vectors}, never the shared model's) and the queue options of a generation."""
+    engine: Engine
+    stops: StopFlags
+    controls: Controls
+    learned: gr.State
+    options: dict
+
+
 def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
-    learned = gr.State({})  # this session's textual-inversion embeddings: {token: vectors}
+    learned = gr.State({})
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
         controls = Controls(engine)
-    run_options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
-
-    # --- tokens and embeddings ---
+    lab = Lab(engine, stops, controls, learned, {"concurrency_id": GENERATE, "concurrency_limit": concurrency})
     with gr.Tab("Tokens and embeddings", elem_id="text-tokens"):
-        with gr.Row():
-            token_prompt = gr.Textbox(label="Prompt", value=engine.examples("swap_token")[0][0], scale=4)
-            show = gr.Button("Show the tokens", variant="primary", scale=1)
-        with gr.Row():
-            table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table", wrap=True,
-                                 column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
-            with gr.Column(scale=2):
-                proof = gr.Markdown(elem_id="tokens-proof")
-                token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
-                                      elem_classes="pixels", height=PANEL // 2, elem_id="tokens-heat")
-                position_heat = gr.Image(label="Position embeddings of the same positions", format="png",
-                                         elem_classes="pixels", height=PANEL // 2, elem_id="tokens-positions")
+        build_tokens(lab)
+    with gr.Tab("Swap a token", elem_id="text-swap"):
+        swap = build_swap(lab)
+    with gr.Tab("Mix two tokens", elem_id="text-mix"):
+        mix = build_mix_tokens(lab)
+    with gr.Tab("Textual inversion", elem_id="text-ti"):
+        inversion = build_textual_inversion(lab)
+    with gr.Tab("Mix two prompts", elem_id="text-prompts"):
+        build_mix_prompts(lab)
+    for prompt_box, picker in (swap, mix, inversion):  # the token pickers follow their prompts
+        prompt_box.change(lambda p, s: gr.update(choices=token_choices(engine, p, s)), [prompt_box, learned], picker,
+                          api_visibility="private", queue=False)
+
+
+def build_tokens(lab: Lab) -> None:
+    engine = lab.engine
+    with gr.Row():
+        token_prompt = gr.Textbox(label="Prompt", value=engine.examples("swap_token")[0][0], scale=4)
+        show = gr.Button("Show the tokens", variant="primary", scale=1)
+    with gr.Row():
+        table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table", wrap=True,
+                             column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
+        with gr.Column(scale=2):
+            proof = gr.Markdown(elem_id="tokens-proof")
+            token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
+                                  elem_classes="pixels", height=PANEL // 2, elem_id="tokens-heat")
+            position_heat = gr.Image(label="Position embeddings of the same positions", format="png",
+                                     elem_classes="pixels", height=PANEL // 2, elem_id="tokens-positions")
 
     def tokenize(prompt, learned):
         """A prompt's tokens (position, id, token, embedding norms), the embeddings as heat maps, and the
@@ -82,29 +108,31 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             text += f"  \n⚠️ Past CLIP's 77 tokens, ignored: “{view.truncated}”"
         return pd.DataFrame(rows, columns=columns), text, view.token_heat, view.position_heat
 
-    token_outputs = [table, proof, token_heat, position_heat]
-    gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, learned], token_outputs, api_name="tokenize")
+    gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, lab.learned],
+          [table, proof, token_heat, position_heat], api_name="tokenize")
 
-    # --- swap a token ---
-    with gr.Tab("Swap a token", elem_id="text-swap"):
-        first = engine.examples("swap_token")[0]
-        with gr.Row():
-            with gr.Column(scale=2):
-                swap_prompt = gr.Textbox(label="Prompt", value=first[0])
-                swap_token_box = token_picker(engine, first[0], first[1], "The token to replace",
-                                              "a word of the prompt, or its position")
-                replacement = gr.Textbox(label="Put this word there", value=first[2],
-                                         info="one token, or a token id such as 2368")
-                swap_go = go_and_stop(stops, "Generate both")
-                gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
-                            example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
-            with gr.Column(scale=3):
-                swap_view = PairView("swap", stops, "As written", "Swapped")
+
+def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
+    """Returns the prompt box and its token picker."""
+    engine, controls = lab.engine, lab.controls
+    first = engine.examples("swap_token")[0]
+    with gr.Row():
+        with gr.Column(scale=2):
+            swap_prompt = gr.Textbox(label="Prompt", value=first[0])
+            swap_token_box = token_picker(engine, first[0], first[1], "The token to replace",
+                                          "a word of the prompt, or its position")
+            replacement = gr.Textbox(label="Put this word there", value=first[2],
+                                     info="one token, or a token id such as 2368")
+            swap_go = go_and_stop(lab.stops, "Generate both")
+            gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
+                        example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
+        with gr.Column(scale=3):
+            swap_view = PairView("swap", lab.stops, "As written", "Swapped")
 
     def swap_token(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
                    previews, scheduler, learned, request: gr.Request):
         """The prompt as written and with one token's embedding swapped for another word's, same seed."""
-        with stop_flag(stops, request) as flag:
+        with stop_flag(lab.stops, request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
@@ -113,32 +141,35 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                                          should_stop=flag.is_set)
             yield from swap_view.stream(runs, flag, f"token {position} → {replacement!r}")
 
-    swap_go.click(swap_token, [swap_prompt, swap_token_box, replacement, *controls.inputs, learned],
-                  swap_view.outputs, api_name="swap_token", **run_options)
+    swap_go.click(swap_token, [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned],
+                  swap_view.outputs, api_name="swap_token", **lab.options)
+    return swap_prompt, swap_token_box
 
-    # --- mix two tokens ---
-    with gr.Tab("Mix two tokens", elem_id="text-mix"):
-        first = engine.examples("mix_tokens")[0]
-        with gr.Row():
-            with gr.Column(scale=2):
-                mix_prompt = gr.Textbox(label="Prompt", value=first[0])
-                mix_token_box = token_picker(engine, first[0], first[1], "The token to replace with the mix")
-                with gr.Row():
-                    word_a = gr.Textbox(label="Word A", value=first[2])
-                    word_b = gr.Textbox(label="Word B", value=first[3])
-                weight = gr.Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
-                                   info="the mix is weight x A + (1 - weight) x B")
-                mix_go = go_and_stop(stops, "Generate both")
-                gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
-                            example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
-                                            for p, t, a, b, w in engine.examples("mix_tokens")])
-            with gr.Column(scale=3):
-                mix_view = PairView("mix", stops, "As written", "Mixed")
+
+def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
+    """Returns the prompt box and its token picker."""
+    engine, controls = lab.engine, lab.controls
+    first = engine.examples("mix_tokens")[0]
+    with gr.Row():
+        with gr.Column(scale=2):
+            mix_prompt = gr.Textbox(label="Prompt", value=first[0])
+            mix_token_box = token_picker(engine, first[0], first[1], "The token to replace with the mix")
+            with gr.Row():
+                word_a = gr.Textbox(label="Word A", value=first[2])
+                word_b = gr.Textbox(label="Word B", value=first[3])
+            weight = gr.Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
+                               info="the mix is weight x A + (1 - weight) x B")
+            mix_go = go_and_stop(lab.stops, "Generate both")
+            gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
+                        example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
+                                        for p, t, a, b, w in engine.examples("mix_tokens")])
+        with gr.Column(scale=3):
+            mix_view = PairView("mix", lab.stops, "As written", "Mixed")
 
     def mix_tokens(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
                    preview_every, previews, scheduler, learned, request: gr.Request):
         """The prompt as written and with one token's embedding replaced by weight x A + (1 - weight) x B."""
-        with stop_flag(stops, request) as flag:
+        with stop_flag(lab.stops, request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
@@ -150,30 +181,83 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                                          should_stop=flag.is_set)
             yield from mix_view.stream(runs, flag, f"token {position} → {w:g} x {word_a!r} + {1 - w:g} x {word_b!r}")
 
-    mix_go.click(mix_tokens, [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, learned],
-                 mix_view.outputs, api_name="mix_tokens", **run_options)
+    mix_go.click(mix_tokens, [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned],
+                 mix_view.outputs, api_name="mix_tokens", **lab.options)
+    return mix_prompt, mix_token_box
 
-    # --- textual inversion ---
-    with gr.Tab("Textual inversion", elem_id="text-ti"):
-        first = engine.examples("textual_inversion")[0]
-        with gr.Row():
-            with gr.Column(scale=2):
-                upload = gr.File(label="Load embeddings (learned_embeds.safetensors / .bin, or a .pt)",
-                                 file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
-                examples_button = gr.Button("Load the embeddings made for this model", size="sm",
-                                            visible=bool(engine.example_embeddings()))
-                loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded")
-                ti_prompt = gr.Textbox(label="Prompt", value=first[0],
-                                       info="write a loaded token (e.g. <teal>) in it ...")
-                ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
-                                            "a word of the prompt (the notebook's way); empty: as written")
-                ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
-                ti_go = go_and_stop(stops, "Generate both")
-                gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
-                            example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
-                                            for p, t in engine.examples("textual_inversion")])
-            with gr.Column(scale=3):
-                ti_view = PairView("ti", stops, "Without the learned embeddings", "With them")
+
+@dataclass(frozen=True)
+class InversionForm:
+    """The textual-inversion sub-tab's inputs."""
+    upload: gr.File
+    examples_button: gr.Button
+    loaded: gr.Markdown
+    prompt: gr.Textbox
+    token: gr.Dropdown
+    learned_token: gr.Dropdown
+    go: gr.Button
+
+
+def inversion_form(lab: Lab) -> InversionForm:
+    engine = lab.engine
+    first = engine.examples("textual_inversion")[0]
+    upload = gr.File(label="Load embeddings (learned_embeds.safetensors / .bin, or a .pt)",
+                     file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
+    examples_button = gr.Button("Load the embeddings made for this model", size="sm",
+                                visible=bool(engine.example_embeddings()))
+    loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded")
+    ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
+    ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
+                                "a word of the prompt (the notebook's way); empty: as written")
+    ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
+    ti_go = go_and_stop(lab.stops, "Generate both")
+    gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
+                example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
+                                for p, t in engine.examples("textual_inversion")])
+    return InversionForm(upload, examples_button, loaded, ti_prompt, ti_token_box, ti_learned_token, ti_go)
+
+
+def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
+    """Returns the prompt box and its token picker."""
+    engine, controls = lab.engine, lab.controls
+    with gr.Row():
+        with gr.Column(scale=2):
+            form = inversion_form(lab)
+        with gr.Column(scale=3):
+            ti_view = PairView("ti", lab.stops, "Without the learned embeddings", "With them")
+    wire_loading(lab, form)
+
+    def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
+                          preview_every, previews, scheduler, learned, request: gr.Request):
+        """With a token in place of a word: the prompt as written beside the learned vector at that word.
+        Without: the prompt with its learned tokens beside the same prompt with them as plain text."""
+        with stop_flag(lab.stops, request) as flag:
+            with user_errors():
+                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
+                                             previews, scheduler)
+                if not learned:
+                    raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
+                if token:
+                    if learned_token not in learned:
+                        raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
+                    position = engine.position_of(prompt, token, learned)
+                    runs = engine.edit_token(prompt, "", settings, position, [(learned_token, 1.0)], learned,
+                                             should_stop=flag.is_set)
+                    about = f"token {position} → `{learned_token}`"
+                else:
+                    runs = (engine.txt2img(prompt, "", settings, should_stop=flag.is_set),
+                            engine.txt2img(prompt, "", settings, should_stop=flag.is_set, learned=learned))
+                    about = "the learned tokens as plain text (left) and as learned (right)"
+            yield from ti_view.stream(runs, flag, about)
+
+    form.go.click(textual_inversion, [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned],
+                  ti_view.outputs, api_name="textual_inversion", **lab.options)
+    return form.prompt, form.token
+
+
+def wire_loading(lab: Lab, form: InversionForm) -> None:
+    """Loading embeddings from a file, or the model's own, into this session's."""
+    engine = lab.engine
 
     def describe(session_learned: dict) -> tuple[str, dict]:
         counts = engine.learned_sizes(session_learned)
@@ -195,56 +279,33 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             session_learned = {**session_learned, **engine.load_learned(path)}
         return session_learned, *describe(session_learned)
 
-    def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
-                          preview_every, previews, scheduler, learned, request: gr.Request):
-        """With a token in place of a word: the prompt as written beside the learned vector at that word.
-        Without: the prompt with its learned tokens beside the same prompt with them as plain text."""
-        with stop_flag(stops, request) as flag:
-            with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
-                                             previews, scheduler)
-                if not learned:
-                    raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
-                if token:
-                    if learned_token not in learned:
-                        raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
-                    position = engine.position_of(prompt, token, learned)
-                    runs = engine.edit_token(prompt, "", settings, position, [(learned_token, 1.0)], learned,
-                                             should_stop=flag.is_set)
-                    about = f"token {position} → `{learned_token}`"
-                else:
-                    runs = (engine.txt2img(prompt, "", settings, should_stop=flag.is_set),
-                            engine.txt2img(prompt, "", settings, should_stop=flag.is_set, learned=learned))
-                    about = "the learned tokens as plain text (left) and as learned (right)"
-            yield from ti_view.stream(runs, flag, about)
+    outputs = [lab.learned, form.loaded, form.learned_token]
+    form.upload.upload(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
+    form.examples_button.click(load_examples, lab.learned, outputs, api_visibility="private")
 
-    upload.upload(load_embedding, [upload, learned], [learned, loaded, ti_learned_token], api_name="load_embedding")
-    examples_button.click(load_examples, learned, [learned, loaded, ti_learned_token], api_visibility="private")
-    ti_go.click(textual_inversion, [ti_prompt, ti_token_box, ti_learned_token, *controls.inputs, learned],
-                ti_view.outputs, api_name="textual_inversion", **run_options)
 
-    # --- mix two prompts ---
-    with gr.Tab("Mix two prompts", elem_id="text-prompts"):
-        first = engine.examples("mix_prompts")[0]
-        with gr.Row():
-            with gr.Column(scale=2):
-                prompt_a = gr.Textbox(label="Prompt A", value=first[0])
-                prompt_b = gr.Textbox(label="Prompt B", value=first[1])
-                factor = gr.Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
-                                   info="(1 - factor) x encoding(A) + factor x encoding(B)")
-                with gr.Row():
-                    prompts_go = gr.Button("Generate", variant="primary")
-                    prompts_stop = gr.Button("Stop", variant="stop")
-                with gr.Row():
-                    count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
-                    sweep_fps = gr.Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
-                sweep_go = gr.Button("Sweep from A to B (same seed)")
-                gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
-            with gr.Column(scale=3):
-                prompts_view = RunView("prompts", stops, "Press Generate to watch the mixed prompt denoise.")
-                strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
-                                   elem_id="prompts-strip", object_fit="contain")
-                sweep_gif = gr.File(label="The sweep as a GIF")
+def build_mix_prompts(lab: Lab) -> None:
+    engine, controls = lab.engine, lab.controls
+    first = engine.examples("mix_prompts")[0]
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt_a = gr.Textbox(label="Prompt A", value=first[0])
+            prompt_b = gr.Textbox(label="Prompt B", value=first[1])
+            factor = gr.Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
+                               info="(1 - factor) x encoding(A) + factor x encoding(B)")
+            with gr.Row():
+                prompts_go = gr.Button("Generate", variant="primary")
+                prompts_stop = gr.Button("Stop", variant="stop")
+            with gr.Row():
+                count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
+                sweep_fps = gr.Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
+            sweep_go = gr.Button("Sweep from A to B (same seed)")
+            gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
+        with gr.Column(scale=3):
+            prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
+            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
+                               elem_id="prompts-strip", object_fit="contain")
+            sweep_gif = gr.File(label="The sweep as a GIF")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                     previews, scheduler, learned, request: gr.Request):
@@ -257,10 +318,20 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
+    prompts_go.click(mix_prompts, [prompt_a, prompt_b, factor, *controls.inputs, lab.learned], prompts_view.outputs,
+                     api_name="mix_prompts", **lab.options)
+    sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
+                   [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    prompts_view.wire(prompts_stop, stop_api=None)
+
+
+def sweep_handler(lab: Lab):
+    engine, controls = lab.engine, lab.controls
+
     def prompt_sweep(prompt_a, prompt_b, count, fps, steps, guidance_scale, seed, width, height, preview_every,
                      previews, scheduler, learned, request: gr.Request):
         """The mix at evenly spaced factors from A to B with the same seed, as a strip and a GIF."""
-        with stop_flag(stops, request) as flag:
+        with stop_flag(lab.stops, request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
@@ -278,13 +349,4 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
                 frames = [export.video_frame([image], f"mix factor {mix}") for image, mix in shown]
                 yield shown, str(export.write_gif(frames, path, fps))
 
-    prompts_go.click(mix_prompts, [prompt_a, prompt_b, factor, *controls.inputs, learned], prompts_view.outputs,
-                     api_name="mix_prompts", **run_options)
-    sweep_go.click(prompt_sweep, [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, learned], [strip, sweep_gif],
-                   api_name="prompt_sweep", **run_options)
-    prompts_view.wire(prompts_stop, stop_api=None)
-
-    # the token pickers follow their prompts
-    for prompt_box, picker in ((swap_prompt, swap_token_box), (mix_prompt, mix_token_box), (ti_prompt, ti_token_box)):
-        prompt_box.change(lambda p, s: gr.update(choices=token_choices(engine, p, s)), [prompt_box, learned], picker,
-                          api_visibility="private", queue=False)
+    return prompt_sweep

@@ -4,8 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import MAX_CHANNEL_SCALE, Engine
-from ui.common import GENERATE, ImageFile, number, user_errors
-from ui.img2img import EXAMPLE_IMAGES
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, number, user_errors
 from ui.run_view import PANEL, image_panel
 
 NO_EDIT = "none"
