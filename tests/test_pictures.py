@@ -117,3 +117,16 @@ def test_blue_loss_guidance(page):
     expect(page.locator("#guided-status")).to_contain_text("done")
     expect(page.locator("#guided-plot canvas, #guided-plot svg").first).to_be_visible()
     picture(page, "guided.png")
+
+
+def test_samplers_compared_side_by_side(page):
+    page.get_by_role("tab", name="Inside a step", exact=True).click()
+    page.get_by_role("tab", name="Samplers", exact=True).click()
+    tab = page.locator("#compare-samplers")
+    tab.get_by_role("button", name="Compare").click()
+    expect(page.locator("#samplers-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#samplers-strip img")).to_have_count(5)
+    for name in ("lms", "euler", "ddim", "dpm++", "optim"):
+        expect(page.locator("#samplers-strip")).to_contain_text(name)
+    expect(page.locator("#samplers-movement canvas, #samplers-movement svg").first).to_be_visible()
+    picture(page, "compare-samplers.png")
