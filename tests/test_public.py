@@ -8,6 +8,7 @@ import httpx
 import pytest
 import torch
 from gradio_client import Client
+from gradio_client.exceptions import AuthenticationError
 from PIL import Image
 
 from core.engine import Engine
@@ -52,7 +53,7 @@ def test_password_protects_page_and_api(locked_app):
     url, _ = locked_app
     config = httpx.get(f"{url}config")
     assert config.status_code == 401
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationError, match="credentials were not provided. Please login."):
         Client(url, verbose=False)
     client = Client(url, auth=("teacher", "s3cret"), verbose=False)
     assert len(image_paths(list(txt2img(client, steps=2)), X0)) == 2
