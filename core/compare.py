@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from core.latents import decode, to_pil
+from core.vae import decode, to_pil
 from core.models import ModelBundle
 from core.sampler import Frame
 

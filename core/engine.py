@@ -17,7 +17,7 @@ from PIL import Image
 
 from core import attention, compare
 from core import guidance as loss_guidance
-from core import images, latents, schedule, text
+from core import images, schedule, text, vae
 from core.guidance import Guidance
 from core.models import ModelBundle
 from core.sampler import (MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings, initial_noise,
@@ -169,7 +169,7 @@ class NoiseRow:
 class Engine:
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
-        latents.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
+        vae.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
         self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
 
     def default_settings(self) -> Settings:
@@ -423,7 +423,7 @@ class Engine:
 
     @torch.no_grad()
     def image_latents(self, image: Image.Image) -> torch.Tensor:
-        return latents.encode(self.bundle, latents.from_pil(image))
+        return vae.encode(self.bundle, vae.from_pil(image))
 
     def img2img_plan(self, strength: float, steps: int, scheduler: str) -> Plan:
         """Which steps a strength skips, as diffusers' img2img counts them."""
@@ -458,7 +458,7 @@ class Engine:
             # 4. sample the rest of the schedule
             frames = sample(self.bundle, cond, settings, start=start, should_stop=should_stop)
         with torch.no_grad():
-            begin_image = latents.to_pil(latents.decode(self.bundle, begin))[0]
+            begin_image = vae.to_pil(vae.decode(self.bundle, begin))[0]
         source = Source(fitted.image, fitted.note, begin_image, plan)
         return Run(settings, notes, guarded(frames, settings, self.bundle.device), source)
 
@@ -473,7 +473,7 @@ class Engine:
             raise ValueError(f"scale must be from {-MAX_CHANNEL_SCALE:g} to {MAX_CHANNEL_SCALE:g}, got {scale!r}")
         # 1. fit and encode
         fitted = self.fit_image(image)
-        pixels = latents.from_pil(fitted.image)                  # (1, 3, H, W)
+        pixels = vae.from_pil(fitted.image)                  # (1, 3, H, W)
         lat = self.image_latents(fitted.image)                   # (1, 4, H/8, W/8)
         # 2. decode, and decode again with one channel changed
         batch = [lat]
@@ -481,15 +481,15 @@ class Engine:
             edited = lat.clone()
             edited[:, channel] *= scale
             batch.append(edited)
-        decoded = latents.decode(self.bundle, torch.cat(batch)).float().cpu()  # (1 or 2, 3, H, W)
-        recon, *edit = latents.to_pil(decoded)
+        decoded = vae.decode(self.bundle, torch.cat(batch)).float().cpu()  # (1 or 2, 3, H, W)
+        recon, *edit = vae.to_pil(decoded)
         error = ((decoded[:1] - pixels).abs().mean(1, keepdim=True) * DIFFERENCE_GAIN).clamp(0, 1)  # (1, 1, H, W)
-        difference = latents.to_pil(error.expand(-1, 3, -1, -1))[0]
+        difference = vae.to_pil(error.expand(-1, 3, -1, -1))[0]
         (_, _, height, width), (_, c, h, w) = pixels.shape, lat.shape
         ratio = (3 * height * width) / (c * h * w)
         about = f"{width}x{height}x3 -> {w}x{h}x{c}: {ratio:g}x fewer numbers"
-        return VaeView(fitted.image, fitted.note, latents.channel_images(lat), recon, difference,
-                       latents.psnr(decoded[:1], pixels), about, edit[0] if edit else None)
+        return VaeView(fitted.image, fitted.note, vae.channel_images(lat), recon, difference,
+                       vae.psnr(decoded[:1], pixels), about, edit[0] if edit else None)
 
     def schedule_table(self, steps: int, scheduler: str) -> schedule.Table:
         check_settings(self.bundle, replace(self.default_settings(), steps=steps, scheduler=scheduler, preview_every=0))
@@ -517,7 +517,7 @@ class Engine:
             sched = schedule.make_scheduler(self.bundle.scheduler_config, scheduler, steps, self.bundle.device)
             noised.append(schedule.add_noise(sched, clean, noise, i))
         # 3. decode them all at once
-        pictures = latents.to_pil(latents.decode(self.bundle, torch.cat(noised)))
+        pictures = vae.to_pil(vae.decode(self.bundle, torch.cat(noised)))
         table = schedule.table(self.bundle.scheduler_config, scheduler, steps)
         shown = [(i, table.timesteps[i], table.sigmas[i], picture) for i, picture in zip([index, *row], pictures)]
         return NoiseRow(fitted.image, fitted.note, shown[0], shown[1:])

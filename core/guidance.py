@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.latents import decode
+from core.vae import decode
 from core.models import ModelBundle
 from core.sampler import HookResult, StepState
 

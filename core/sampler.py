@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from core import schedule
-from core.latents import decode, fast_decode, to_pil
+from core.vae import decode, fast_decode, to_pil
 from core.models import ModelBundle
 
 MAX_STEPS = 200

@@ -8,7 +8,7 @@ import torch
 from core import guidance
 from core.engine import Engine
 from core.guidance import Guidance, Target
-from core.latents import from_pil
+from core.vae import from_pil
 from core.sampler import Settings
 from core.toyworld.evaluate import Reader
 

@@ -9,7 +9,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
-from core import images, latents, schedule
+from core import images, schedule, vae
 from core.engine import Engine
 from core.sampler import Settings, initial_noise
 from core.toyworld.data import Scene, draw
@@ -62,7 +62,7 @@ def test_frames_streamed_are_the_steps_after_the_start(engine, picture):
 def test_strength_zero_gives_back_the_input_through_the_vae(engine, picture):
     run = engine.img2img("a red circle", "", picture, 0.0, SMALL)
     assert list(run.frames) == []
-    round_trip = latents.to_pil(latents.decode(engine.bundle, engine.image_latents(picture)))[0]
+    round_trip = vae.to_pil(vae.decode(engine.bundle, engine.image_latents(picture)))[0]
     assert run.source.start.tobytes() == round_trip.tobytes()
 
 
@@ -95,7 +95,7 @@ def test_low_strength_on_the_toy_model_keeps_the_layout(toy_engine):
                              replace(toy_engine.default_settings(), preview_every=0))
     result = list(run.frames)[-1].image
     def mask(im):
-        return (latents.from_pil(im)[0] - latents.from_pil(Image.new("RGB", im.size, "white"))[0]).abs().sum(0) > 0.5
+        return (vae.from_pil(im)[0] - vae.from_pil(Image.new("RGB", im.size, "white"))[0]).abs().sum(0) > 0.5
     a, b = mask(source), mask(result)
     assert (a & b).sum() / (a | b).sum() > 0.7  # intersection over union of the shape
 
@@ -118,7 +118,7 @@ def test_vae_view_shapes_factor_and_edits(engine, picture):
 def test_toy_vae_reconstructs_its_world(toy_engine, picture):
     view = toy_engine.vae_view(picture)
     assert view.psnr > 25  # dB; the shipped VAE measures 29 on held-out images
-    assert abs(view.psnr - latents.psnr(latents.from_pil(view.reconstruction), latents.from_pil(picture))) < 0.2
+    assert abs(view.psnr - vae.psnr(vae.from_pil(view.reconstruction), vae.from_pil(picture))) < 0.2
 
 
 # --- the noise schedule ---
@@ -147,7 +147,7 @@ def test_noise_row_uses_one_noise_at_growing_levels(engine, picture):
     assert row.chosen[0] == 7 and row.chosen[2] == pytest.approx(engine.schedule_table(15, "lms").sigmas[7])
     clean = engine.image_latents(picture)
     noise = initial_noise(engine.bundle, replace(SMALL, seed=3))
-    expected = latents.to_pil(latents.decode(engine.bundle, clean + row.chosen[2] * noise))[0]
+    expected = vae.to_pil(vae.decode(engine.bundle, clean + row.chosen[2] * noise))[0]
     assert row.chosen[3].tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="step must be from 0 to 14"):
         engine.noise_row(picture, 15, "lms", index=15, seed=3)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from core import latents
+from core import vae
 from core.sampler import Settings, sample
 from tests.test_sampler import conditioning
 
@@ -18,7 +18,7 @@ FIT_TOLERANCE = 1e-3
 
 def upscaled(image, side: int) -> torch.Tensor:
     """A preview image -> (1, 3, side, side) in [0, 1], nearest-neighbour, as the page scales it up."""
-    return F.interpolate(latents.from_pil(image), size=(side, side), mode="nearest")
+    return F.interpolate(vae.from_pil(image), size=(side, side), mode="nearest")
 
 
 def test_fast_previews_of_a_toy_run_are_close_to_the_vae_where_the_linear_map_is_not(toy_engine):
@@ -27,32 +27,32 @@ def test_fast_previews_of_a_toy_run_are_close_to_the_vae_where_the_linear_map_is
     frames = list(toy_engine.txt2img("a red circle on a white background", "", settings).frames)
     x0 = torch.cat([f.x0 for f in frames])                                             # (6, 4, 8, 8)
     with torch.no_grad():
-        vae = latents.decode(bundle, x0)                                               # (6, 3, 64, 64)
-        linear = F.interpolate(latents.linear_preview(bundle, x0), size=(64, 64), mode="nearest")
+        decoded = vae.decode(bundle, x0)                                             # (6, 3, 64, 64)
+        linear = F.interpolate(vae.linear_preview(bundle, x0), size=(64, 64), mode="nearest")
     shown = torch.cat([upscaled(f.x0_image, 64) for f in frames])                      # (6, 3, 64, 64)
-    assert latents.psnr(shown, vae) >= MIN_PREVIEW_PSNR
-    assert latents.psnr(linear, vae) < MIN_PREVIEW_PSNR  # why: the map explains too little of the toy's colours
-    assert not latents.preview_map(bundle).good
+    assert vae.psnr(shown, decoded) >= MIN_PREVIEW_PSNR
+    assert vae.psnr(linear, decoded) < MIN_PREVIEW_PSNR  # why: the map explains too little of the toy's colours
+    assert not vae.preview_map(bundle).good
 
 
 def test_the_map_is_fitted_deterministically_and_judged_on_held_out_images(tiny_bundle):
-    first, again = latents._fit_preview_map(tiny_bundle), latents._fit_preview_map(tiny_bundle)
+    first, again = vae._fit_preview_map(tiny_bundle), vae._fit_preview_map(tiny_bundle)
     # the same seeded images; the VAE's float sums may round differently from call to call (1e-4 seen)
     torch.testing.assert_close(again.weight, first.weight, atol=FIT_TOLERANCE, rtol=0)
     torch.testing.assert_close(again.bias, first.bias, atol=FIT_TOLERANCE, rtol=0)
     assert abs(again.r2 - first.r2) < FIT_TOLERANCE
     assert first.weight.shape == (3, 4) and first.bias.shape == (3,)
-    assert first.r2 < latents.LINEAR_PREVIEW_MIN_R2  # a random VAE: no linear map explains its colours
+    assert first.r2 < vae.LINEAR_PREVIEW_MIN_R2  # a random VAE: no linear map explains its colours
 
 
 def test_fast_decode_is_the_vae_where_the_map_is_poor_and_the_map_where_it_is_good(tiny_bundle, monkeypatch):
     codes = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        fast, vae = latents.fast_decode(tiny_bundle, codes), latents.decode(tiny_bundle, codes)
-    assert fast.shape == (2, 3, 64, 64) and torch.equal(fast, vae)
-    monkeypatch.setattr(latents, "LINEAR_PREVIEW_MIN_R2", -math.inf)  # as if the map fitted this VAE
-    fast = latents.fast_decode(tiny_bundle, codes)
-    assert fast.shape == (2, 3, 8, 8) and torch.equal(fast, latents.linear_preview(tiny_bundle, codes))
+        fast, decoded = vae.fast_decode(tiny_bundle, codes), vae.decode(tiny_bundle, codes)
+    assert fast.shape == (2, 3, 64, 64) and torch.equal(fast, decoded)
+    monkeypatch.setattr(vae, "LINEAR_PREVIEW_MIN_R2", -math.inf)  # as if the map fitted this VAE
+    fast = vae.fast_decode(tiny_bundle, codes)
+    assert fast.shape == (2, 3, 8, 8) and torch.equal(fast, vae.linear_preview(tiny_bundle, codes))
     assert 0 <= fast.min() and fast.max() <= 1
     frames = list(sample(tiny_bundle, conditioning(tiny_bundle), Settings(steps=2, height=64, width=64,
                                                                           previews="fast")))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
-from core import latents, optim_sampler, schedule, text
+from core import optim_sampler, schedule, text, vae
 from core.engine import RANDOM_SEED, Engine
-from core.latents import decode, to_pil
+from core.vae import decode, to_pil
 from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
 
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
@@ -76,7 +76,7 @@ def test_previews_and_final_image(tiny_bundle):
 @pytest.mark.parametrize("previews, preview_every, side", [("auto", 1, 8), ("fast", 2, 8), ("auto", 2, 64),
                                                            ("full", 1, 64)])
 def test_fast_previews_are_one_pixel_per_latent_cell(tiny_bundle, monkeypatch, previews, preview_every, side):
-    monkeypatch.setattr(latents, "LINEAR_PREVIEW_MIN_R2", -math.inf)  # the linear map counts as good for this VAE
+    monkeypatch.setattr(vae, "LINEAR_PREVIEW_MIN_R2", -math.inf)  # the linear map counts as good for this VAE
     settings = replace(SMALL, previews=previews, preview_every=preview_every)
     frames = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
     shown = [f for f in frames if f.x0_image is not None]
@@ -91,14 +91,14 @@ def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine)
     the best linear map fitted to those very images; and far closer than no map (mid grey)."""
     from core.toyworld.data import make_dataset
     bundle = toy_engine.bundle
-    pictures = torch.cat([latents.from_pil(image) for image, _, _ in make_dataset(32, seed=5)])
+    pictures = torch.cat([vae.from_pil(image) for image, _, _ in make_dataset(32, seed=5)])
     with torch.no_grad():
-        codes = latents.encode(bundle, pictures)                                      # (32, 4, 8, 8)
-        cells = torch.nn.functional.avg_pool2d(latents.decode(bundle, codes), 8)     # (32, 3, 8, 8)
+        codes = vae.encode(bundle, pictures)                                      # (32, 4, 8, 8)
+        cells = torch.nn.functional.avg_pool2d(vae.decode(bundle, codes), 8)     # (32, 3, 8, 8)
     x = torch.cat([codes.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(32 * 64, 1)], 1)
     oracle = x @ torch.linalg.lstsq(x, cells.permute(0, 2, 3, 1).reshape(-1, 3)).solution
     best = (oracle.clamp(0, 1) - cells.permute(0, 2, 3, 1).reshape(-1, 3)).abs().mean()
-    ours = (latents.linear_preview(bundle, codes) - cells).abs().mean()
+    ours = (vae.linear_preview(bundle, codes) - cells).abs().mean()
     assert ours < best + 0.06 and ours < (cells - 0.5).abs().mean() - 0.05  # 0.19, 0.14 best, 0.28 grey
 
 

@@ -19,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
-from core import latents, text
+from core import text, vae
 from core.models import TOY_DIR, load_toy
 from core.toyworld.data import COLORS, TEMPLATES, draw, sample_scene
 from core.toyworld.train import log
@@ -38,7 +38,7 @@ def teal_scenes(count: int, seed: int) -> list[tuple[torch.Tensor, str]]:
     for _ in range(count):
         scene = replace(sample_scene(rng), color="teal")
         fields = {"size": scene.size, "color": TOKEN, "shape": scene.shape, "background": scene.background}
-        pairs.append((latents.from_pil(draw(scene, palette))[0], rng.choice(TEMPLATES).format(**fields)))
+        pairs.append((vae.from_pil(draw(scene, palette))[0], rng.choice(TEMPLATES).format(**fields)))
     return pairs
 
 
@@ -50,7 +50,7 @@ def train(steps: int = 400, batch: int = 16, lr: float = 5e-3, seed: int = 0) ->
         part.requires_grad_(False)
     pairs = teal_scenes(64, seed)
     with torch.no_grad():
-        clean = latents.encode(bundle, torch.stack([image for image, _ in pairs]))  # (64, 4, 8, 8)
+        clean = vae.encode(bundle, torch.stack([image for image, _ in pairs]))  # (64, 4, 8, 8)
     noise_schedule = DDPMScheduler.from_config(bundle.scheduler_config)
     start = text.token_embeddings(bundle, torch.tensor([[text.token_id(bundle, INITIALIZER)]]))[0]  # (1, hidden)
     vector = start.detach().clone().requires_grad_()
