@@ -92,21 +92,22 @@ def client_loop(url: str, numbers, tally: Tally, args: argparse.Namespace) -> No
 
 
 def cache_figures(folder: Path, at_start: set[Path]) -> tuple[int, int, float, float]:
-    """Files, folders, megabytes, and the age in seconds of the oldest file not there at the start."""
+    """Files, folders, megabytes, and the age in seconds of the oldest file not there at the start. Files and
+    folders that expire while it looks are passed over (os.walk skips a folder it can no longer open)."""
     files = folders = size = 0
     oldest = time.time()
-    for path in folder.rglob("*"):
-        try:
-            stat = path.lstat()
-        except FileNotFoundError:  # expired while we looked
-            continue
-        if path.is_dir():
-            folders += 1
-            continue
-        files += 1
-        size += stat.st_size
-        if path not in at_start:
-            oldest = min(oldest, stat.st_mtime)
+    for root, subfolders, names in os.walk(folder):
+        folders += len(subfolders)
+        for name in names:
+            path = Path(root, name)
+            try:
+                stat = path.lstat()
+            except FileNotFoundError:
+                continue
+            files += 1
+            size += stat.st_size
+            if path not in at_start:
+                oldest = min(oldest, stat.st_mtime)
     return files, folders, size / 2**20, time.time() - oldest
 
 
