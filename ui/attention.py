@@ -15,7 +15,7 @@ from PIL import Image
 from core import attention, export
 from core.engine import Engine
 from ui.common import GENERATE, number, user_errors, whole
-from ui.run_view import EXPIRED, Controls, RunView, check_kept
+from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
@@ -40,7 +40,7 @@ def kept_frames(last_run, last_maps) -> list[tuple]:
     """The last run's previewed steps: (video caption, x0 file, gray map files, shares, tokens); ValueError
     when there is none or its files have expired from the cache."""
     if not last_run or not last_maps:
-        raise ValueError("There is no run to make a video of yet: press Generate first")
+        raise ValueError(NO_RUN)
     check_kept(last_run[1])
     if not all(os.path.exists(gray) for grays, _, _ in last_maps for gray in grays):
         raise ValueError(EXPIRED)

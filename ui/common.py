@@ -17,6 +17,13 @@ log = logging.getLogger("sdlens")
 EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.png"))
 
 
+def given(image: str | None, what: str = "image") -> str:
+    """An image input's file; ValueError saying what to do when it is empty."""
+    if image is None:
+        raise ValueError(f"There is no {what}: upload one or pick an example")
+    return image
+
+
 @contextmanager
 def user_errors():
     """Bad input and failed runs become a message for this user; the app goes on serving everyone.

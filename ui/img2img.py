@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import Engine
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, number, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, image_panel
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -41,9 +41,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
     def check(image, prompt, negative_prompt, strength, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
         with user_errors():
-            if image is None:
-                raise ValueError("There is no input image: upload one or pick an example")
-            engine.fit_image(image)
+            engine.fit_image(given(image, "input image"))
             settings = engine.check_txt2img(prompt, negative_prompt, controls.settings(*numbers))
             engine.img2img_plan(number(strength, "strength"), settings.steps, settings.scheduler)
 
@@ -53,11 +51,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
         streaming x_t and the predicted x0 of every preview step."""
         with view.stop_flag(request) as flag:
             with user_errors():
-                if image is None:
-                    raise ValueError("There is no input image: upload one or pick an example")
                 settings = controls.settings(steps, guidance_scale, seed, preview_every,
                                              previews, scheduler)
-                run = engine.img2img(prompt, negative_prompt, image, number(strength, "strength"), settings,
+                run = engine.img2img(prompt, negative_prompt, given(image, "input image"), number(strength, "strength"), settings,
                                      should_stop=flag.is_set)
             source = run.source
             shown = {fitted: source.image, begin: source.start, about: f"{source.plan.describe()}\nInput: {source.note}"}

@@ -23,6 +23,7 @@ from ui.stops import StopFlags
 
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
 EXPIRED = "This run's frames have expired from the cache (--cache-max-age): generate it again"
+NO_RUN = "There is no run to make a video of yet: press Generate first"
 
 
 def frame_caption(frame: Frame) -> str:
@@ -234,7 +235,7 @@ class RunView:
             each frame's step and sigma burnt in."""
             with user_errors():
                 if not last_run:
-                    raise ValueError("There is no run to make a video of yet: press Generate first")
+                    raise ValueError(NO_RUN)
                 fps = export.check_fps(number(fps, "frames per second"))
                 seed, frames = last_run
                 check_kept(frames)

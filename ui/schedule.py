@@ -7,7 +7,7 @@ import pandas as pd
 from core.engine import Engine
 from core.sampler import MAX_STEPS
 from core.schedule import SCHEDULERS
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, user_errors, whole
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
@@ -59,9 +59,7 @@ def build(engine: Engine, concurrency: int) -> None:
     def add_noise(image, steps, scheduler, step, seed):
         """An image's latents noised with the scheduler's add_noise to a step, decoded; and a row of steps."""
         with user_errors():
-            if image is None:
-                raise ValueError("There is no image: upload one or pick an example")
-            result = engine.noise_row(image, whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
+            result = engine.noise_row(given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
         index, timestep, sigma, picture = result.chosen
         gallery = [(pic, f"{i}: σ {s:.2f}") for i, _, s, pic in result.row]
         text = f"step {index} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"

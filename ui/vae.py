@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.engine import MAX_CHANNEL_SCALE, Engine
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, number, user_errors
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors
 from ui.run_view import PANEL, image_panel
 
 NO_EDIT = "none"
@@ -39,9 +39,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
     def vae(image, channel, scale):
         """Encode an image to latents and decode it back: its channels, the reconstruction, the error."""
         with user_errors():
-            if image is None:
-                raise ValueError("There is no image: upload one or pick an example")
-            view = engine.vae_view(image, None if channel == NO_EDIT else int(channel), number(scale, "scale"))
+            view = engine.vae_view(given(image), None if channel == NO_EDIT else int(channel), number(scale, "scale"))
         gallery = [(picture, f"ch {i}: {low:.2f} … {high:.2f}")
                    for i, (picture, low, high) in enumerate(view.channels)]
         text = f"**{view.compression}** · PSNR {view.psnr:.2f} dB  \nInput: {view.note}"
