@@ -335,7 +335,8 @@ class Engine:
                          heat_image(embeds[0, shown]), heat_image(positions[0, shown]),
                          (ours - reference).abs().max().item(), (open_ - reference).abs().max().item())
 
-    def word(self, word: str) -> int:
+    def token_id(self, word: str) -> int:
+        """The vocabulary id of a word that is one token, or of an id written as a number."""
         return text.token_id(self.bundle, word)
 
     def position_of(self, prompt: str, token: str, learned: text.Learned | None = None) -> int:
@@ -358,7 +359,7 @@ class Engine:
         # 1. check the inputs; draw a seed if asked to; each word must be one token
         settings = self.check_txt2img(prompt, negative_prompt, settings)
         learned = learned or {}
-        ingredients = [(learned[part][0] if part in learned else self.word(part), weight) for part, weight in parts]
+        ingredients = [(learned[part][0] if part in learned else self.token_id(part), weight) for part, weight in parts]
         # 2. encode: the prompt as it is, and with the blend at the position
         cond, notes = self.conditioning(prompt, negative_prompt, learned)
         tokens = text.tokenize(self.bundle, prompt, learned)

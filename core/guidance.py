@@ -80,38 +80,38 @@ class Guidance:
     target: Target = Target()
 
 
-def check_guidance(g: Guidance, scheduler: str) -> None:
-    if g.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {g.loss!r}")
-    if not 0.0 <= g.scale <= MAX_SCALE:  # also false for NaN
-        raise ValueError(f"loss scale must be from 0 to {MAX_SCALE:g}, got {g.scale!r}")
-    if not isinstance(g.every, int) or not 1 <= g.every <= MAX_EVERY:
-        raise ValueError(f"every must be a whole number of steps from 1 to {MAX_EVERY}, got {g.every!r}")
-    if g.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {g.mode!r}")
-    if not all(0.0 <= c <= 1.0 for c in (*g.target.color, g.target.level)):
-        raise ValueError(f"target color and level must be from 0 to 1, got {g.target}")
+def check_guidance(guidance: Guidance, scheduler: str) -> None:
+    if guidance.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {guidance.loss!r}")
+    if not 0.0 <= guidance.scale <= MAX_SCALE:  # also false for NaN
+        raise ValueError(f"loss scale must be from 0 to {MAX_SCALE:g}, got {guidance.scale!r}")
+    if not isinstance(guidance.every, int) or not 1 <= guidance.every <= MAX_EVERY:
+        raise ValueError(f"every must be a whole number of steps from 1 to {MAX_EVERY}, got {guidance.every!r}")
+    if guidance.mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {guidance.mode!r}")
+    if not all(0.0 <= c <= 1.0 for c in (*guidance.target.color, guidance.target.level)):
+        raise ValueError(f"target color and level must be from 0 to 1, got {guidance.target}")
     if scheduler not in GUIDED_SAMPLERS:
         raise ValueError(f"loss guidance runs with the samplers {' and '.join(GUIDED_SAMPLERS)} "
                          f"(x0 = latents - sigma * noise), got {scheduler!r}")
 
 
-def hook(bundle: ModelBundle, g: Guidance):
-    """The per-step hook that applies `g`; it gives up for the rest of the run if the loss or its
+def hook(bundle: ModelBundle, guidance: Guidance):
+    """The per-step hook that applies `guidance`; it gives up for the rest of the run if the loss or its
     gradient stops being finite, and says so."""
-    loss_of = LOSSES[g.loss]
+    loss_of = LOSSES[guidance.loss]
     broken = False
 
     def guide(state: StepState) -> HookResult | None:
         nonlocal broken
-        if broken or state.index % g.every:
+        if broken or state.index % guidance.every:
             return None
         with torch.enable_grad():  # the loop runs without gradients; only this step builds a graph
             latents = state.latents.detach().requires_grad_()
-            noise_pred = state.predict_noise(latents) if g.mode == "accurate" else state.noise_pred.detach()
+            noise_pred = state.predict_noise(latents) if guidance.mode == "accurate" else state.noise_pred.detach()
             x0 = latents - state.sigma * noise_pred          # (1, 4, h, w)
-            loss = loss_of(decode(bundle, x0).float(), g.target)
-            (grad,) = torch.autograd.grad(loss * g.scale, latents)
+            loss = loss_of(decode(bundle, x0).float(), guidance.target)
+            (grad,) = torch.autograd.grad(loss * guidance.scale, latents)
         if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
             broken = True
             note = (f"Guidance stopped at step {state.index + 1}: the loss or its gradient is not finite "

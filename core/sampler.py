@@ -131,40 +131,40 @@ class Frame:
     branches: tuple[torch.Tensor, torch.Tensor] | None = None  # under CFG: the UNet's (uncond, text) predictions
 
 
-def check_settings(bundle: ModelBundle, s: Settings) -> None:
+def check_settings(bundle: ModelBundle, settings: Settings) -> None:
     """Every check of a run's numbers, each message naming the bad value and what is allowed."""
-    if not isinstance(s.steps, int) or not 1 <= s.steps <= MAX_STEPS:
-        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {s.steps!r}")
-    if not 0.0 <= s.guidance_scale <= MAX_GUIDANCE:  # also false for NaN
-        raise ValueError(f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {s.guidance_scale!r}")
-    if not isinstance(s.seed, int) or not 0 <= s.seed <= MAX_SEED:
-        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {s.seed!r}")
+    if not isinstance(settings.steps, int) or not 1 <= settings.steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {settings.steps!r}")
+    if not 0.0 <= settings.guidance_scale <= MAX_GUIDANCE:  # also false for NaN
+        raise ValueError(f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {settings.guidance_scale!r}")
+    if not isinstance(settings.seed, int) or not 0 <= settings.seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {settings.seed!r}")
     factor, max_side = bundle.vae_scale_factor, bundle.max_side
-    for name, side in (("height", s.height), ("width", s.width)):
+    for name, side in (("height", settings.height), ("width", settings.width)):
         if not isinstance(side, int) or not MIN_SIDE <= side <= max_side:
             raise ValueError(f"{name} must be from {MIN_SIDE} to {max_side} pixels, got {side!r}")
         if side % factor:
             raise ValueError(f"{name} must be a multiple of {factor}, got {side}")
-    if not isinstance(s.preview_every, int) or not 0 <= s.preview_every <= s.steps:
-        raise ValueError(f"preview_every must be from 0 (only the end) to steps ({s.steps}), got {s.preview_every!r}")
-    if s.scheduler not in schedule.SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {', '.join(schedule.SCHEDULERS)}, got {s.scheduler!r}")
-    if s.previews not in PREVIEWS:
-        raise ValueError(f"previews must be one of {', '.join(PREVIEWS)}, got {s.previews!r}")
+    if not isinstance(settings.preview_every, int) or not 0 <= settings.preview_every <= settings.steps:
+        raise ValueError(f"preview_every must be from 0 (only the end) to steps ({settings.steps}), got {settings.preview_every!r}")
+    if settings.scheduler not in schedule.SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(schedule.SCHEDULERS)}, got {settings.scheduler!r}")
+    if settings.previews not in PREVIEWS:
+        raise ValueError(f"previews must be one of {', '.join(PREVIEWS)}, got {settings.previews!r}")
 
 
-def initial_noise(bundle: ModelBundle, s: Settings) -> torch.Tensor:
+def initial_noise(bundle: ModelBundle, settings: Settings) -> torch.Tensor:
     """The seed's noise, (1, 4, h, w): drawn on the CPU, so a seed gives the same noise on every device."""
     factor = bundle.vae_scale_factor
-    shape = (1, bundle.latent_channels, s.height // factor, s.width // factor)
-    generator = torch.Generator("cpu").manual_seed(s.seed)
+    shape = (1, bundle.latent_channels, settings.height // factor, settings.width // factor)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
     return randn_tensor(shape, generator=generator, device=bundle.device, dtype=bundle.dtype)
 
 
-def start_latents(bundle: ModelBundle, s: Settings, scheduler: SchedulerMixin, start: Start | None) -> torch.Tensor:
+def start_latents(bundle: ModelBundle, settings: Settings, scheduler: SchedulerMixin, start: Start | None) -> torch.Tensor:
     """What a run denoises first: the seed's noise scaled to the first sigma, or, starting from an image,
     its latents noised to the start step with the scheduler's add_noise."""
-    noise = initial_noise(bundle, s)
+    noise = initial_noise(bundle, settings)
     if start is None:
         return noise * scheduler.init_noise_sigma
     return schedule.add_noise(scheduler, start.latents.to(bundle.device, bundle.dtype), noise, start.step)
@@ -200,12 +200,12 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
                      mode(_denoise)(bundle, cond, settings, start, tuple(hooks), observers, should_stop))
 
 
-def _attached(bundle: ModelBundle, s: Settings, observers: tuple[Observer, ...],
+def _attached(bundle: ModelBundle, settings: Settings, observers: tuple[Observer, ...],
               frames: Iterator[Frame]) -> Iterator[Frame]:
     """The frames with every observer attached from the first step until the run ends, fails or is closed."""
     with ExitStack() as attached:
         for observer in observers:
-            attached.enter_context(observer.attached(bundle, s))
+            attached.enter_context(observer.attached(bundle, settings))
         yield from frames
 
 
@@ -216,19 +216,19 @@ def _watching(observers: tuple[Observer, ...], cond_index: int) -> ExitStack:
     return stack
 
 
-def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start | None, hooks: tuple[Hook, ...],
+def _denoise(bundle: ModelBundle, cond: Conditioning, settings: Settings, start: Start | None, hooks: tuple[Hook, ...],
              observers: tuple[Observer, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
     # 1. this run's own scheduler
     first = start.step if start else 0
-    scheduler = schedule.make_scheduler(bundle.scheduler_config, s.scheduler, s.steps, bundle.device, first)
+    scheduler = schedule.make_scheduler(bundle.scheduler_config, settings.scheduler, settings.steps, bundle.device, first)
     timesteps = scheduler.timesteps[first:]
     sigmas = schedule.sigmas(scheduler)
 
     # 2. starting latents: pure noise, or the image's latents noised to the first timestep
-    latents = start_latents(bundle, s, scheduler, start)
+    latents = start_latents(bundle, settings, scheduler, start)
 
     # 3. classifier-free guidance runs the UNet on [uncond, cond] as one batch
-    guided = s.guidance_scale != 1.0
+    guided = settings.guidance_scale != 1.0
     context = torch.cat([cond.uncond, cond.cond]) if guided else cond.cond  # (2, 77, hidden) or (1, 77, hidden)
 
     def noise_of_input(x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
@@ -237,13 +237,13 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         if not guided:
             return Prediction(noise_pred, None)
         uncond, text = noise_pred.chunk(2)
-        return Prediction(uncond + s.guidance_scale * (text - uncond), (uncond, text))
+        return Prediction(uncond + settings.guidance_scale * (text - uncond), (uncond, text))
 
     def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise_of_input(scheduler.scale_model_input(x, t), t).guided
 
     # 4. denoise, one frame per step
-    fast = s.previews == "fast" or (s.previews == "auto" and s.preview_every == 1)
+    fast = settings.previews == "fast" or (settings.previews == "auto" and settings.preview_every == 1)
     for taken, t in enumerate(timesteps):
         if should_stop():
             return
@@ -259,12 +259,12 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
             if result is not None:
                 latents, loss, note = result.latents, result.loss, result.note
         next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
-        _check_finite(next_latents, index, s)
+        _check_finite(next_latents, index, settings)
         early = schedule.stopped_early(scheduler)
-        note, last = early or note, early is not None or index == s.steps - 1
-        preview = bool(s.preview_every) and (last or (taken + 1) % s.preview_every == 0)
+        note, last = early or note, early is not None or index == settings.steps - 1
+        preview = bool(settings.preview_every) and (last or (taken + 1) % settings.preview_every == 0)
         x_t_image, x0_image, image = _decode_frame(bundle, x_t, x0, next_latents if last else None, preview, fast)
-        yield Frame(index, s.steps, float(t), sigmas[index], x_t, x0, next_latents,
+        yield Frame(index, settings.steps, float(t), sigmas[index], x_t, x0, next_latents,
                     x_t_image, x0_image, image, loss, note, {o.name: o.summary() for o in observers},
                     noise_pred, prediction.branches)
         if last:
@@ -272,8 +272,8 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, s: Settings, start: Start 
         latents = next_latents
 
 
-def _check_finite(latents: torch.Tensor, index: int, s: Settings) -> None:
+def _check_finite(latents: torch.Tensor, index: int, settings: Settings) -> None:
     if not torch.isfinite(latents).all():
         raise RunFailed(
             f"The latents became NaN or infinite at step {index + 1}: lower the guidance scale "
-            f"(now {s.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")
+            f"(now {settings.guidance_scale:g}), try another sampler, or use float32 (--dtype float32)")

@@ -99,11 +99,11 @@ def test_edit_token_gives_the_prompt_and_its_edit_from_the_same_noise(engine):
 ])
 def test_words_that_are_not_one_token_are_refused(engine, word, message):
     with pytest.raises(ValueError, match=message):
-        engine.word(word)
+        engine.token_id(word)
 
 
 def test_token_ids_and_positions(engine):
-    assert engine.word("cat") == 2368 and engine.word("6829") == 6829
+    assert engine.token_id("cat") == 2368 and engine.token_id("6829") == 6829
     assert engine.position_of("a picture of a puppy", "puppy") == 5 == engine.position_of("a picture of a puppy", "5")
     with pytest.raises(ValueError, match=r"'cat' is not one of the prompt's tokens \(a, picture, of, a, puppy\)"):
         engine.position_of("a picture of a puppy", "cat")
