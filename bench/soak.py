@@ -35,6 +35,9 @@ from bench.serve import served
 
 PROMPTS = ["a red circle on a white background", "a blue square on a black background",
            "a green triangle on a yellow background", "a white star on a blue background"]
+# gradio_client's requests time out after httpx's 5 s; a machine busy with 8 clients can take longer to answer,
+# which is slowness (the run time column), not a failed run
+HTTP_TIMEOUT = 60
 HEAD = ("runs", "RSS MB", "cache files", "folders", "cache MB", "oldest file s", "median run s", "failed")
 
 
@@ -79,7 +82,8 @@ def client_loop(url: str, numbers, tally: Tally, args: argparse.Namespace) -> No
                 if client is None or used == args.session_runs:
                     if client is not None:
                         client.close()
-                    client, used = Client(url, verbose=False, download_files=False, analytics_enabled=False), 0
+                    client, used = Client(url, verbose=False, download_files=False, analytics_enabled=False,
+                                          httpx_kwargs={"timeout": HTTP_TIMEOUT}), 0
                 used += 1
                 one_run(client, number, args.steps, video=number % 10 == 9)
                 tally.add(time.perf_counter() - started)
