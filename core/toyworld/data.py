@@ -3,14 +3,15 @@
 Every image is drawn at 4x and downsampled, so edges are anti-aliased. A scene is plain data (`Scene`),
 drawn by `draw` and described by `caption`; `sample_scene` picks one at random from a seeded generator,
 so a dataset is reproducible from its seed and never downloaded. A dataset can paint each named colour in
-a random shade of itself (`shade`), so that "red" covers a range of reds, as words do.
+a random shade of itself (`shade`), so that "red" covers a range of reds, as words do, and paint a share of
+shapes and backgrounds in arbitrary colours that their captions leave unnamed (`Scene.unnamed`).
 """
 from __future__ import annotations
 
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
@@ -24,7 +25,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross")
 # A shade is the named colour with each RGB channel moved by a Gaussian (SHADE_SPREAD: the spread of the
-# "shaded" training recipe), kept only when it lies nearer its own name than any other by SHADE_MARGIN; shape
+# training recipe), kept only when it lies nearer its own name than any other by SHADE_MARGIN; shape
 # and background shades differ by CONTRAST at least.
 SHADE_SPREAD = 40.0
 SHADE_MARGIN = 12.0
@@ -38,6 +39,8 @@ TEMPLATES = (
     "{size} {color} {shape} on a {background} background",
     "an image of a {color} {shape} against {background}",
 )
+BACKGROUND_PHRASE = re.compile(r"(?:,| on| against) (?:a )?\{background\}(?: background)?")  # in every template
+ROLES = ("color", "background")  # the scene's two colours: its shape's and its background's
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Scene:
     cx: float                  # centre, as a fraction of the side
     cy: float
     angle: float               # rotation in degrees (the circle ignores it)
+    unnamed: tuple = ()        # the roles (of ROLES) painted in an arbitrary colour that the caption leaves out
 
 
 def sample_scene(rng: random.Random) -> Scene:
@@ -61,7 +65,12 @@ def sample_scene(rng: random.Random) -> Scene:
 
 
 def caption(scene: Scene, rng: random.Random) -> str:
+    """One of the templates, naming the scene's size, shape and its named colours."""
     template = rng.choice(TEMPLATES)
+    if "color" in scene.unnamed:
+        template = template.replace("{color} ", "")
+    if "background" in scene.unnamed:
+        template = BACKGROUND_PHRASE.sub("", template)
     text = template.format(size=scene.size, color=scene.color, shape=scene.shape, background=scene.background)
     return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange circle"
 
@@ -82,6 +91,16 @@ def scene_shades(scene: Scene, rng: random.Random, spread: float = SHADE_SPREAD)
         color, background = shade(scene.color, rng, spread), shade(scene.background, rng, spread)
         if math.dist(color, background) >= CONTRAST:
             return {scene.color: color, scene.background: background}
+
+
+def free_colors(scene: Scene, rng: random.Random, colors: dict[str, tuple[int, int, int]]) -> dict:
+    """`colors` with the scene's unnamed roles repainted in uniformly random RGB, CONTRAST from the other."""
+    while True:
+        out = dict(colors)
+        for role in scene.unnamed:
+            out[getattr(scene, role)] = tuple(rng.randrange(256) for _ in range(3))
+        if math.dist(out[scene.color], out[scene.background]) >= CONTRAST:
+            return out
 
 
 def _outline(shape: str) -> list[tuple[float, float]]:
@@ -123,15 +142,20 @@ def draw(scene: Scene, colors: dict[str, tuple[int, int, int]] = COLORS) -> Imag
     return image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 
-def make_dataset(count: int, seed: int = 0, shade_spread: float = 0.0) -> list[tuple[Image.Image, str, Scene]]:
+def make_dataset(count: int, seed: int = 0, shade_spread: float = 0.0,
+                 free_colour: float = 0.0) -> list[tuple[Image.Image, str, Scene]]:
     """`count` (image, caption, scene) triples, the same for the same seed; with a `shade_spread`, each in
-    shades of its named colours (0: the exact named colours)."""
+    shades of its named colours (0: the exact named colours); with a `free_colour`, each scene's shape and
+    its background are, each with that probability, painted in an arbitrary colour left out of the caption."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         scene = sample_scene(rng)
-        image = draw(scene, scene_shades(scene, rng, shade_spread)) if shade_spread else draw(scene)
-        out.append((image, caption(scene, rng), scene))
+        colors = scene_shades(scene, rng, shade_spread) if shade_spread else COLORS
+        if free_colour:
+            scene = replace(scene, unnamed=tuple(role for role in ROLES if rng.random() < free_colour))
+            colors = free_colors(scene, rng, colors)
+        out.append((draw(scene, colors), caption(scene, rng), scene))
     return out
 
 

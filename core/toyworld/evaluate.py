@@ -2,6 +2,7 @@
 
     python -m core.toyworld.evaluate --model core/toyworld/model            # the notebook's settings
     python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
+    python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the page's scale, against no loss
 
 Each image is read back without any learned model: the background is the median of the border, the
 shape's colour the median of the pixels that differ from it (by less where the image's contrast is low), both
@@ -30,6 +31,7 @@ NAMES = list(COLORS)
 # where that is less (shades of two names can lie 60 apart), but never under FAINTEST
 FOREGROUND, FAINTEST = 40.0, 15.0
 NEIGHBOURS = 5
+BLUER = 0.15  # a rise a person sees at once: a white ground turned pale blue (180, 200, 250) rises by 0.2
 
 
 def nearest_color(rgb: np.ndarray) -> str:
@@ -135,6 +137,38 @@ def evaluate(engine, settings, seeds: int = 2, reader: Reader | None = None) -> 
             "seconds_per_image": round(seconds / total, 3)}
 
 
+def blueness(image: Image.Image) -> float:
+    """How blue an image looks: the mean over its pixels of B - max(R, G), in [-1, 1] (pure blue 1, any grey 0)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    return float((pixels[..., 2] - pixels[..., :2].max(-1)).mean())
+
+
+def blue_grid(count: int = 12) -> list[Scene]:
+    """`count` scenes with neither shape nor background blue: the shapes in turn, the other ten colours in turn,
+    each on a background four colours further on."""
+    colors = [name for name in COLORS if name != "blue"]
+    return [Scene(SHAPES[i % len(SHAPES)], colors[i % len(colors)], colors[(i + 4 + i // len(colors)) % len(colors)],
+                  "medium", 0.5, 0.5, 0) for i in range(count)]
+
+
+def evaluate_blue(engine, settings, guidance, seeds: int = 2, reader: Reader | None = None,
+                  scenes: list[Scene] | None = None) -> dict:
+    """The blue loss against the same seed unguided: the share of images whose blueness rose by BLUER at
+    least, the median rise, and the share whose shape is still read right."""
+    reader = reader or Reader()
+    rises, shapes = [], 0
+    for scene in scenes or blue_grid():
+        for seed in range(seeds):
+            seeded = replace(settings, seed=seed, preview_every=0)
+            plain = list(engine.txt2img(prompt_of(scene), "", seeded).frames)[-1].image
+            guided = list(engine.guided(prompt_of(scene), "", seeded, guidance).frames)[-1].image
+            rises.append(blueness(guided) - blueness(plain))
+            shapes += reader.read(guided).shape == scene.shape
+    return {"bluer": round(float(np.mean(np.array(rises) >= BLUER)), 3),
+            "median_rise": round(float(np.median(rises)), 3), "shape": round(shapes / len(rises), 3),
+            "images": len(rises)}
+
+
 def main() -> None:
     from core.engine import Engine
     from core.models import load_bundle
@@ -145,11 +179,17 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--scheduler", default="lms")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--blue", action="store_true",
+                        help="measure the blue loss (the page's default loss guidance) on 12 prompts instead")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
     settings = replace(engine.default_settings(), steps=args.steps, guidance_scale=args.guidance,
                        scheduler=args.scheduler)
-    result = evaluate(engine, settings, args.seeds)
+    if args.blue:
+        guidance = engine.default_guidance()
+        result = {"loss": guidance.loss, "scale": guidance.scale, **evaluate_blue(engine, settings, guidance, args.seeds)}
+    else:
+        result = evaluate(engine, settings, args.seeds)
     print(json.dumps({"steps": args.steps, "guidance_scale": args.guidance, "scheduler": args.scheduler, **result}))
 
 

@@ -1,24 +1,27 @@
-"""Train the toy world's Stable Diffusion from scratch on a CPU, and save it as a diffusers folder.
+"""Train the toy world's Stable Diffusion from scratch, and save it as a diffusers folder.
 
-    python -m core.toyworld.train                      # the shipped model: ~1 hour on 2 cores
+    python -m core.toyworld.train                      # the shipped model: about 2 hours on 2 CPU cores
+    python -m core.toyworld.train --device cuda        # the same model on a GPU, in minutes
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
-    python -m core.toyworld.train --preset shaded --device cuda --steps 2600 3088 740 --out /tmp/shaded
-        # on a GPU, with the step counts that 2 CPU cores reach in the budgets: minutes instead of an hour
 
-Three stages, each given a time budget (the step count follows from the measured speed, so the
-learning-rate schedule always completes):
+Every stage runs a fixed number of steps, so the same command gives the same model on any machine. Each
+stage writes a checkpoint every `checkpoint_every` steps, and its result when done, to a folder beside the
+output (`--checkpoints`): the same command run again resumes from the last one and ends with the same weights.
+
+The data paints every named colour in random shades of itself, and a tenth of shapes and of backgrounds in
+arbitrary colours that their captions leave unnamed, so that colour is continuous in this world as in
+photographs. Three stages:
 1. an AutoencoderKL (8x down, 4 latent channels, as SD v1) trained on crops of the procedural images
    with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
-   with an exponential moving average of both. The "shaded" preset paints every named colour in random
-   shades of itself and drops every caption below timestep 150 (by then the scene is decided and only
-   its edges are left to sharpen), so that the conditional branch agrees with the unconditional one at low
-   noise, where their disagreement multiplied by 7.5 makes LMS's 4th-order steps blow up (see the model
-   card);
+   and every caption dropped below timestep 150 (by then the scene is decided and only its edges are left
+   to sharpen), so that the conditional branch agrees with the unconditional one at low noise, where their
+   disagreement multiplied by 7.5 makes LMS's 4th-order steps blow up (see the model card); with an
+   exponential moving average of both;
 3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed: the
    crops of stage 1 are cheap but leave the decoder short of the whole-image context (+2 dB here), and
-   a share of images in unnamed colours keeps it from snapping every colour to one of the 11 named ones.
+   a share of images in unnamed colours keeps it from snapping colours to the 11 named ones.
 Everything is generated here; nothing is downloaded.
 """
 from __future__ import annotations
@@ -101,9 +104,10 @@ class TrainConfig:
     images: int = 50_000              # procedural training images
     held_out: int = 500               # images the VAE never trains on, for its PSNR
     seed: int = 0
-    shade_spread: float = 0.0         # RGB spread of each named colour's shades (0: the exact named colours)
+    shade_spread: float = SHADE_SPREAD  # RGB spread of each named colour's shades (0: the exact named colours)
+    free_colour: float = 0.1          # the chance that a shape, or a background, takes an arbitrary unnamed colour
     vae_channels: tuple = (32, 64, 64, 64)
-    vae_minutes: float = 15.0
+    vae_steps: int = 5000
     vae_batch: int = 32
     vae_crop: int = 32                # train on crops: the VAE is convolutional, and crops are 4x cheaper
     vae_lr: float = 1e-3
@@ -112,18 +116,18 @@ class TrainConfig:
     text_layers: int = 2
     unet_channels: tuple = (64, 128)
     unet_layers_per_block: int = 1
-    unet_minutes: float = 35.0
+    unet_steps: int = 3000
     unet_batch: int = 128
     unet_lr: float = 1e-3
     uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
-    text_from_timestep: int = 0       # below it every caption is dropped: the model reads it only above
+    text_from_timestep: int = 150     # below it every caption is dropped: the model reads it only above
     ema_decay: float = 0.999
     warmup_steps: int = 100
-    decoder_minutes: float = 8.0      # stage 3: the VAE decoder alone, on whole images
+    decoder_steps: int = 1000         # stage 3: the VAE decoder alone, on whole images
     decoder_batch: int = 16
     decoder_lr: float = 2e-4
     decoder_off_palette: float = 0.3  # the share of its images in random, unnamed colours (data.off_palette_images)
-    stage_steps: tuple | None = None  # (VAE, UNet, decoder) step counts, in place of the time budgets
+    checkpoint_every: int = 200       # steps between a stage's checkpoints
     device: str = "cpu"
 
     def shape(self) -> Shape:
@@ -135,14 +139,17 @@ class TrainConfig:
                      unet_layers_per_block=self.unet_layers_per_block,
                      unet_norm_groups=min(32, self.unet_channels[0]))
 
+    def recipe(self) -> dict:
+        """What makes the weights: every field but the device, as JSON values."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "device"}
+
 
 PRESETS = {
     "full": TrainConfig(),
-    "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_minutes=0.2, vae_batch=8,
-                        text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_minutes=0.2, unet_batch=8,
-                        warmup_steps=2, decoder_batch=2, stage_steps=(6, 6, 6)),
+    "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_steps=6, vae_batch=8,
+                        text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_steps=6, unet_batch=8,
+                        warmup_steps=2, decoder_steps=6, decoder_batch=2, checkpoint_every=2),
 }
-PRESETS["shaded"] = replace(PRESETS["full"], shade_spread=SHADE_SPREAD, text_from_timestep=150)
 
 
 def log(message: str) -> None:
@@ -155,57 +162,82 @@ def to_tensor(images) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-class Budget:
-    """Turns a time budget into a step count, or takes a fixed count (`steps`), and reports progress.
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the recipe: its name, its step count and how its optimiser runs."""
+    name: str
+    steps: int
+    lr: float
+    warmup: int = 0
+    ema_decay: float = 0.0
+    clip: float | None = 1.0          # gradient norm clipped to it; None: not clipped
 
-    A time budget's count is first estimated after `probe` steps, then again at every report from the speed
-    measured since the probe: the first steps are slower (memory being allocated), and an estimate from them
-    alone left a quarter of a stage's budget unused.
-    """
 
-    def __init__(self, name: str, minutes: float | None, steps: int | None = None, probe: int = 10,
-                 clock=time.monotonic):
-        self.name, self.probe, self.clock = name, probe, clock
-        self.seconds = None if steps else minutes * 60
-        self.start, self.total, self.probed_at, self.last_report = clock(), steps, None, clock()
-        if steps:
-            log(f"{name}: {steps} steps")
+class Progress:
+    """Prints a stage's step, loss, time spent and time left, every 30 s and at its last step."""
 
-    def _estimate(self, step: int, now: float) -> float:
-        """Re-estimate the step count at `step`; returns the seconds a step takes."""
-        if self.probed_at is None or step <= self.probe:
-            per_step = (now - self.start) / max(step, 1)
-        else:
-            per_step = (now - self.probed_at) / (step - self.probe)
-        left = self.seconds - (now - self.start)
-        self.total = max(step, step + int(left / max(per_step, 1e-9)))
-        return per_step
-
-    def steps_so_far(self, step: int) -> int:
-        if self.total is None and step == self.probe:
-            self.probed_at = self.clock()
-            per_step = self._estimate(step, self.probed_at)
-            log(f"{self.name}: {per_step * 1000:.0f} ms a step, {self.total} steps in {self.seconds / 60:.1f} min")
-        return self.total or self.probe
+    def __init__(self, stage: Stage, first_step: int, clock=time.monotonic):
+        self.stage, self.first_step, self.clock = stage, first_step, clock
+        self.start = self.last_report = clock()
+        resumed = f", resumed at step {first_step}" if first_step else ""
+        log(f"{stage.name}: {stage.steps} steps{resumed}")
 
     def report(self, step: int, loss: float) -> None:
-        now, total = self.clock(), self.steps_so_far(step)
-        if self.total is not None and (now - self.last_report > 30 or step == total):
-            self.last_report = now
-            if step < total and self.seconds is not None:
-                self._estimate(step, now)
-            elapsed = now - self.start
-            eta = elapsed / step * (self.total - step)
-            log(f"{self.name}: step {step}/{self.total} loss {loss:.4f} · {elapsed / 60:.1f} min, {eta / 60:.1f} min left")
+        now = self.clock()
+        if now - self.last_report > 30 or step == self.stage.steps:
+            self.last_report, elapsed = now, now - self.start
+            left = elapsed / (step - self.first_step) * (self.stage.steps - step)
+            log(f"{self.stage.name}: step {step}/{self.stage.steps} loss {loss:.4f} · "
+                f"{elapsed / 60:.1f} min, {left / 60:.1f} min left")
+
+    def minutes(self) -> float:
+        return (self.clock() - self.start) / 60
 
 
-STAGES = ("vae", "unet", "vae decoder")  # in training order, as `stage_steps` lists them
+class Checkpoints:
+    """A run's checkpoints: every stage's state each `every` steps, and its result once done.
+
+    The same command run again resumes from them and ends with the same weights as one run through. A folder
+    written by another recipe is refused, so that no run mixes two.
+    """
+
+    def __init__(self, folder: Path, cfg: TrainConfig):
+        folder.mkdir(parents=True, exist_ok=True)
+        recipe, written = folder / "recipe.json", json.dumps(cfg.recipe(), indent=2) + "\n"
+        if recipe.exists() and recipe.read_text() != written:
+            theirs = json.loads(recipe.read_text())
+            differ = sorted(k for k in set(theirs) | set(cfg.recipe()) if theirs.get(k) != cfg.recipe().get(k))
+            raise ValueError(f"the checkpoints in {folder} come from another recipe (it differs in "
+                             f"{', '.join(differ)}): remove the folder, or pass another --checkpoints")
+        recipe.write_text(written)
+        self.folder, self.every = folder, cfg.checkpoint_every
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name.replace(' ', '-')}.pt"
+
+    def load(self, name: str) -> dict | None:
+        path = self._path(name)
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+    def save(self, name: str, state: dict) -> None:
+        partial = self._path(name).with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self._path(name))  # a run killed while saving leaves the last checkpoint whole
+
+    def finish(self, name: str, result: dict) -> None:
+        """Save a stage's result; its last step checkpoint is no longer needed."""
+        self.save(name, result)
+        self._path(f"{name} step").unlink(missing_ok=True)
 
 
-def budget(cfg: TrainConfig, stage: str) -> Budget:
-    """The stage's budget: its minutes, or its count in `cfg.stage_steps` whatever the time it takes."""
-    minutes = {"vae": cfg.vae_minutes, "unet": cfg.unet_minutes, "vae decoder": cfg.decoder_minutes}[stage]
-    return Budget(stage, minutes, cfg.stage_steps[STAGES.index(stage)] if cfg.stage_steps else None)
+def rng_state(rng: random.Random) -> torch.Tensor:
+    version, internal, gauss = rng.getstate()
+    assert version == 3 and gauss is None, "the captions' generator draws no Gaussians"
+    return torch.tensor(internal, dtype=torch.int64)
+
+
+def set_rng_state(rng: random.Random, state: torch.Tensor) -> None:
+    rng.setstate((3, tuple(state.tolist()), None))
 
 
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
@@ -214,29 +246,34 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor) -> AutoencoderKL:
-    """Stage 1: the VAE, its scaling_factor set from its latents' spread."""
+def train_vae(cfg: TrainConfig, images: torch.Tensor, held_out: torch.Tensor,
+              checkpoints: Checkpoints) -> tuple[AutoencoderKL, float]:
+    """Stage 1: the VAE, its scaling_factor set from its latents' spread; returns it and the stage's minutes."""
     shape = cfg.shape()
     vae = make_vae(shape, SIZE // shape.vae_scale_factor).to(cfg.device)
-    gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    done = checkpoints.load("vae")
+    if done is None:
+        gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
 
-    def crop_loss() -> torch.Tensor:
-        idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen, device=cfg.device)
-        top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen, device=cfg.device).tolist()
-        x = images[idx, :, top:top + cfg.vae_crop, left:left + cfg.vae_crop]  # (B, 3, crop, crop)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        return F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        def crop_loss() -> torch.Tensor:
+            idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen, device=cfg.device)
+            top, left = torch.randint(SIZE - cfg.vae_crop + 1, (2,), generator=gen, device=cfg.device).tolist()
+            x = images[idx, :, top:top + cfg.vae_crop, left:left + cfg.vae_crop]  # (B, 3, crop, crop)
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample(generator=gen)).sample
+            return F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
 
-    fit(torch.nn.ModuleList([vae]), crop_loss, budget(cfg, "vae"), cfg.vae_lr, 0.0,
-        cfg.warmup_steps, clip=None)
+        stage = Stage("vae", cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps, clip=None)
+        minutes = fit(torch.nn.ModuleList([vae]), crop_loss, stage, checkpoints, gen)[1]
+        with torch.no_grad():
+            latents = torch.cat([vae.encode(x).latent_dist.mode() for x in images[:2000].split(64)])
+        done = {"weights": vae.state_dict(), "scaling_factor": float(1 / latents.std()), "minutes": minutes}
+        checkpoints.finish("vae", done)
+    vae.load_state_dict(done["weights"])
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(x).latent_dist.sample() for x in images[:2000].split(64)])
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    log(f"vae: held-out PSNR {held_out_psnr(vae, held_out):.2f} dB, latent std {latents.std():.3f}, "
-        f"scaling_factor {vae.config.scaling_factor:.4f}")
-    return vae
+    vae.register_to_config(scaling_factor=done["scaling_factor"])
+    log(f"vae: held-out PSNR {held_out_psnr(vae, held_out):.2f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae, done["minutes"]
 
 
 def held_out_psnr(vae: AutoencoderKL, held_out: torch.Tensor) -> float:
@@ -247,137 +284,201 @@ def held_out_psnr(vae: AutoencoderKL, held_out: torch.Tensor) -> float:
     return (10 * torch.log10(1 / mse)).mean().item()
 
 
-def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor) -> None:
-    """Stage 3: the decoder alone on whole images; the encoder, so the latents the UNet learned, stay fixed."""
-    parts = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder]).requires_grad_(True)
-    gen = torch.Generator(cfg.device).manual_seed(cfg.seed + 1)
+def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, checkpoints: Checkpoints) -> float:
+    """Stage 3: the decoder alone on whole images; the encoder, so the latents the UNet learned, stay fixed.
+    Returns the stage's minutes."""
+    done = checkpoints.load("vae decoder")
+    if done is None:
+        parts = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder]).requires_grad_(True)
+        gen = torch.Generator(cfg.device).manual_seed(cfg.seed + 1)
 
-    def reconstruction_loss() -> torch.Tensor:
-        x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=gen, device=cfg.device)]
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=gen)
-        return F.l1_loss(vae.decode(z).sample, x)
+        def reconstruction_loss() -> torch.Tensor:
+            x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=gen, device=cfg.device)]
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample(generator=gen)
+            return F.l1_loss(vae.decode(z).sample, x)
 
-    fit(parts, reconstruction_loss, budget(cfg, "vae decoder"), cfg.decoder_lr, 0.0, 0)
+        minutes = fit(parts, reconstruction_loss, Stage("vae decoder", cfg.decoder_steps, cfg.decoder_lr, clip=None),
+                      checkpoints, gen)[1]
+        done = {"weights": vae.state_dict(), "minutes": minutes}
+        checkpoints.finish("vae decoder", done)
+    vae.load_state_dict(done["weights"])
     vae.requires_grad_(False)
+    return done["minutes"]
 
 
-def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list,
-               tokenizer: CLIPTokenizer) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Stage 2: the text encoder and the UNet together; the EMA weights of both."""
+def encoded(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, checkpoints: Checkpoints) -> dict:
+    """The frozen VAE's posterior (mean and std) of every training image, encoded once."""
+    done = checkpoints.load("latents")
+    if done is None:
+        with torch.no_grad():
+            dists = [vae.encode(x).latent_dist for x in images.split(256)]
+        done = {"means": torch.cat([d.mean for d in dists]), "stds": torch.cat([d.std for d in dists])}  # (N, 4, 8, 8)
+        checkpoints.finish("latents", done)
+    return {name: tensor.to(cfg.device) for name, tensor in done.items()}
+
+
+def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list, tokenizer: CLIPTokenizer,
+               checkpoints: Checkpoints) -> tuple[UNet2DConditionModel, CLIPTextModel, float]:
+    """Stage 2: the text encoder and the UNet together; the EMA weights of both, and the stage's minutes."""
     shape = cfg.shape()
-    text_encoder = make_text_encoder(shape, tokenizer)
-    unet = make_unet(shape, SIZE // shape.vae_scale_factor)
-    text_encoder.to(cfg.device), unet.to(cfg.device)
-    with torch.no_grad():  # the VAE is frozen: encode every image once; sample the posterior per step
-        dists = [vae.encode(x).latent_dist for x in images.split(256)]
-        means = torch.cat([d.mean for d in dists])          # (N, 4, 8, 8)
-        stds = torch.cat([d.std for d in dists])
-    scale = vae.config.scaling_factor
+    models = torch.nn.ModuleList([make_unet(shape, SIZE // shape.vae_scale_factor),
+                                  make_text_encoder(shape, tokenizer)]).to(cfg.device)
+    done = checkpoints.load("unet")
+    if done is None:
+        loss_fn, gen, rng = denoising_loss(cfg, models, encoded(cfg, vae, images, checkpoints),
+                                           vae.config.scaling_factor, scenes, tokenizer)
+        stage = Stage("unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps, cfg.ema_decay)
+        ema, minutes = fit(models, loss_fn, stage, checkpoints, gen, rng)
+        done = {"weights": ema.state_dict(), "minutes": minutes}
+        checkpoints.finish("unet", done)
+    models.load_state_dict(done["weights"])
+    models.eval().requires_grad_(False)
+    return models[0], models[1], done["minutes"]
+
+
+def denoising_loss(cfg: TrainConfig, models: torch.nn.ModuleList, latents: dict, scale: float, scenes: list,
+                   tokenizer: CLIPTokenizer):
+    """SD's epsilon-prediction loss on a random batch; returns it with the two generators it draws from."""
+    unet, text_encoder = models
     alphas = DDPMScheduler(**SD_V1_SCHEDULE).alphas_cumprod.to(cfg.device)
     rng = random.Random(cfg.seed)
     gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    means, stds = latents["means"], latents["stds"]
 
     def encode(texts: list[str]) -> torch.Tensor:
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids                      # (B, 77)
         return text_encoder(ids.to(cfg.device))[0]
 
-    def denoising_loss() -> torch.Tensor:
+    def loss() -> torch.Tensor:
         idx = torch.randint(len(means), (cfg.unet_batch,), generator=gen, device=cfg.device)
-        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=cfg.device)) * scale
+        x0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=cfg.device)) * scale
         t = torch.randint(0, len(alphas), (cfg.unet_batch,), generator=gen, device=cfg.device)
         texts = ["" if rng.random() < cfg.uncond_fraction or step_t < cfg.text_from_timestep
                  else caption(scenes[i], rng) for i, step_t in zip(idx.tolist(), t.tolist())]
-        noise = torch.randn(latents.shape, generator=gen, device=cfg.device)
+        noise = torch.randn(x0.shape, generator=gen, device=cfg.device)
         a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         return F.mse_loss(unet(noisy, t, encoder_hidden_states=encode(texts)).sample, noise)
 
-    models = torch.nn.ModuleList([unet, text_encoder])
-    ema = fit(models, denoising_loss, budget(cfg, "unet"), cfg.unet_lr,
-              cfg.ema_decay, cfg.warmup_steps)
-    return ema[0].eval(), ema[1].eval()
+    return loss, gen, rng
 
 
-def fit(models: torch.nn.ModuleList, loss_fn, budget: Budget, lr: float, ema_decay: float, warmup: int,
-        clip: float | None = 1.0) -> torch.nn.ModuleList:
-    """AdamW on `loss_fn()` for the budget, warmup + cosine, gradient norm clipped to `clip` (None: not
-    clipped); returns the EMA of `models` (with ema_decay 0, a copy of their final weights)."""
+def stage_state(step: int, minutes: float, models, ema, opt, gen: torch.Generator, rng: random.Random | None) -> dict:
+    """Everything a stage needs to go on from `step` as if it had never stopped."""
+    state = {"step": step, "minutes": minutes, "models": models.state_dict(), "ema": ema.state_dict(),
+             "optimizer": opt.state_dict(), "generator": gen.get_state()}
+    if rng is not None:
+        state["rng"] = rng_state(rng)
+    return state
+
+
+def resume(state: dict | None, models, ema, opt, gen: torch.Generator, rng: random.Random | None) -> tuple[int, float]:
+    """Load a stage_state; returns its step and minutes ((0, 0) without one)."""
+    if state is None:
+        return 0, 0.0
+    models.load_state_dict(state["models"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    if rng is not None:
+        set_rng_state(rng, state["rng"])
+    return state["step"], state["minutes"]
+
+
+def fit(models: torch.nn.ModuleList, loss_fn, stage: Stage, checkpoints: Checkpoints, gen: torch.Generator,
+        rng: random.Random | None = None) -> tuple[torch.nn.ModuleList, float]:
+    """AdamW on `loss_fn()` for the stage's steps, warmup + cosine; returns the EMA of `models` (with
+    ema_decay 0, a copy of their final weights) and the stage's minutes. `gen` and `rng` are the generators
+    `loss_fn` draws from: checkpointed with the weights, so that a resumed stage draws what one run would."""
     ema = copy.deepcopy(models).requires_grad_(False)
     on_gpu = next(models.parameters()).is_cuda  # these small models are launch-bound there: one fused kernel
-    opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0, fused=on_gpu)
-    step = 0
-    while step < budget.steps_so_far(step):
+    opt = torch.optim.AdamW(models.parameters(), lr=stage.lr, weight_decay=0.0, fused=on_gpu)
+    step, minutes_before = resume(checkpoints.load(f"{stage.name} step"), models, ema, opt, gen, rng)
+    progress = Progress(stage, step)
+    while step < stage.steps:
         loss = loss_fn()
         for group in opt.param_groups:
-            group["lr"] = learning_rate(lr, step, budget.steps_so_far(step), warmup)
+            group["lr"] = learning_rate(stage.lr, step, stage.steps, stage.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(models.parameters(), clip)
+        if stage.clip is not None:
+            torch.nn.utils.clip_grad_norm_(models.parameters(), stage.clip)
         opt.step()
         with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
+            decay = min(stage.ema_decay, (1 + step) / (10 + step))
             for e, p in zip(ema.parameters(), models.parameters()):
                 e.lerp_(p, 1 - decay)
         step += 1
-        budget.report(step, loss.item())
-    return ema
+        progress.report(step, loss.item())
+        if step % checkpoints.every == 0 and step < stage.steps:
+            minutes = minutes_before + progress.minutes()
+            checkpoints.save(f"{stage.name} step", stage_state(step, minutes, models, ema, opt, gen, rng))
+    return ema, minutes_before + progress.minutes()
 
 
-def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: float, psnr: float) -> None:
+def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minutes: dict, psnr: float) -> None:
     pipe = sd_pipeline(vae=vae.cpu().half(), text_encoder=text_encoder.cpu().half(), tokenizer=tokenizer,
                        unet=unet.cpu().half(), scheduler=LMSDiscreteScheduler(**SD_V1_SCHEDULE))
     pipe.save_pretrained(out, safe_serialization=True)
     write_lens_defaults(out)
-    recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     (out / "training.json").write_text(json.dumps(
-        {"recipe": recipe, "minutes": round(minutes, 1), "vae_psnr_db": round(psnr, 2)}, indent=2) + "\n")
+        {"recipe": cfg.recipe(), "minutes": {k: round(v, 1) for k, v in minutes.items()},
+         "vae_psnr_db": round(psnr, 2)}, indent=2) + "\n")
 
 
 def write_lens_defaults(out: Path) -> None:
     (out / "lens_defaults.json").write_text(json.dumps(LENS_DEFAULTS, indent=2) + "\n")
 
 
-def train(cfg: TrainConfig, out: Path) -> dict:
-    """Generate the data, train every stage, save the diffusers folder `out`; return what was measured."""
+def train(cfg: TrainConfig, out: Path, checkpoints: Path | None = None) -> dict:
+    """Generate the data, train every stage (resuming from `checkpoints`, by default a folder beside `out`),
+    save the diffusers folder `out`; return what was measured."""
+    checkpoints = Checkpoints(checkpoints or default_checkpoints(out), cfg)
     start = time.time()
     torch.manual_seed(cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions once
-    data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed, shade_spread=cfg.shade_spread)
+    data = make_dataset(cfg.images + cfg.held_out, seed=cfg.seed, shade_spread=cfg.shade_spread,
+                        free_colour=cfg.free_colour)
     images = to_tensor([im for im, _, _ in data]).to(cfg.device)
     scenes = [scene for _, _, scene in data]
     log(f"data: {len(data)} images in {time.time() - start:.0f} s")
     train_images, held_out = images[: cfg.images], images[cfg.images:]
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    vae = train_vae(cfg, train_images, held_out)
-    unet, text_encoder = train_unet(cfg, vae, train_images, scenes[: cfg.images], tokenizer)
+    vae, vae_minutes = train_vae(cfg, train_images, held_out, checkpoints)
+    unet, text_encoder, unet_minutes = train_unet(cfg, vae, train_images, scenes[: cfg.images], tokenizer,
+                                                  checkpoints)
     off_palette = round(cfg.images * cfg.decoder_off_palette / (1 - cfg.decoder_off_palette))
     extra = to_tensor(off_palette_images(off_palette, seed=cfg.seed + 1)).to(cfg.device)
-    refine_decoder(cfg, vae, torch.cat([train_images, extra]))
+    decoder_minutes = refine_decoder(cfg, vae, torch.cat([train_images, extra]), checkpoints)
     psnr = held_out_psnr(vae, held_out)
     log(f"vae decoder: held-out PSNR {psnr:.2f} dB")
-    minutes = (time.time() - start) / 60
+    minutes = {"vae": vae_minutes, "unet": unet_minutes, "vae decoder": decoder_minutes}
     save(out, vae, text_encoder, unet, tokenizer, cfg, minutes, psnr)
-    log(f"saved to {out} after {minutes:.1f} min")
+    log(f"saved to {out}; the stages trained for {sum(minutes.values()):.1f} min")
     return {"minutes": minutes, "vae_psnr_db": psnr}
+
+
+def default_checkpoints(out: Path) -> Path:
+    return out.parent / f".{out.name}-checkpoints"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="full")
     parser.add_argument("--out", type=Path, default=HERE / "model")
-    parser.add_argument("--vae-minutes", type=float)
-    parser.add_argument("--unet-minutes", type=float)
+    parser.add_argument("--checkpoints", type=Path,
+                        help="the folder of checkpoints a stopped run resumes from (default: .OUT-checkpoints beside OUT)")
     parser.add_argument("--steps", type=int, nargs=3, metavar=("VAE", "UNET", "DECODER"),
-                        help="step counts of the three stages, in place of their time budgets")
+                        help="step counts of the three stages, in place of the preset's")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
     args = parser.parse_args()
-    budgets = {"vae_minutes": args.vae_minutes, "unet_minutes": args.unet_minutes,
-               "stage_steps": tuple(args.steps) if args.steps else None, "device": args.device}
-    train(replace(PRESETS[args.preset], **{k: v for k, v in budgets.items() if v is not None}), args.out)
+    cfg = replace(PRESETS[args.preset], device=args.device)
+    if args.steps:
+        cfg = replace(cfg, **dict(zip(("vae_steps", "unet_steps", "decoder_steps"), args.steps)))
+    train(cfg, args.out, args.checkpoints)
 
 
 if __name__ == "__main__":
