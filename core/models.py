@@ -42,6 +42,7 @@ class ModelBundle:
     device: torch.device
     dtype: torch.dtype
     defaults: dict = field(default_factory=dict)  # settings the model prefers (e.g. its native size)
+    source: str = ""               # where the weights load from: a Hub id, or the folder's absolute path
 
     @property
     def vae_scale_factor(self) -> int:
@@ -183,6 +184,7 @@ def load_bundle(source: str, device: str = "auto", dtype: str = "auto") -> Model
         device=dev,
         dtype=dt,
         defaults=_read_defaults(local) if is_local else {},
+        source=str(local.resolve()) if is_local else source,
     )
 
 

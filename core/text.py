@@ -153,12 +153,17 @@ def token_id(bundle: ModelBundle, word: str) -> int:
 Ingredient = int | torch.Tensor  # a token id, or a vector (hidden,) such as a learned embedding
 
 
+def check_position(tokens: Tokens, position: int) -> None:
+    """A token edit's position must be one of the prompt's own tokens (not the start, end or padding)."""
+    if not 1 <= position <= tokens.length - 2:
+        raise ValueError(f"position must be one of the prompt's tokens, from 1 to {tokens.length - 2}, got {position}")
+
+
 def blend_at(bundle: ModelBundle, tokens: Tokens, learned: Learned, position: int,
              parts: list[tuple[Ingredient, float]]) -> torch.Tensor:
     """The prompt's token embeddings (1, 77, hidden) with the one at `position` replaced by a weighted sum
     of token embeddings and vectors: a swap is one part of weight 1, a mix two parts."""
-    if not 1 <= position <= tokens.length - 2:
-        raise ValueError(f"position must be one of the prompt's tokens, from 1 to {tokens.length - 2}, got {position}")
+    check_position(tokens, position)
     embeds = with_learned(bundle, tokens, learned)
     table = bundle.text_encoder.embeddings.token_embedding.weight                  # (vocab, hidden)
     rows = [table[part] if isinstance(part, int) else part.to(table) for part, _ in parts]

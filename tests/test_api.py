@@ -259,3 +259,35 @@ def test_prompt_mix_and_sweep_endpoints(app_url):
                                 api_name="/prompt_sweep")
     assert [item["caption"] for item in strip] == ["0.00", "0.50", "1.00"]
     assert Image.open(gif).n_frames == 3
+
+
+# --- show the code ---
+
+TXT2IMG_PARAMETERS = dict(prompt="a red circle", negative_prompt="", steps=12, guidance_scale=7.5, seed=7,
+                          width=64, height=64, preview_every=1, previews="auto", scheduler="lms")
+
+
+def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundle):
+    from core.code import Scripts
+
+    client = Client(app_url, verbose=False)
+    code = client.predict("txt2img", TXT2IMG_PARAMETERS, api_name="/code")
+    settings = Settings(steps=12, guidance_scale=7.5, seed=7, height=64, width=64, preview_every=1)
+    assert code.strip() == Scripts(Engine(tiny_bundle)).txt2img("a red circle", "", settings).strip()  # gr.Code strips
+    swap_parameters = {k: v for k, v in TXT2IMG_PARAMETERS.items() if k != "negative_prompt"}
+    swap = client.predict("swap_token", swap_parameters | {"token": "red", "replacement": "blue"}, api_name="/code")
+    assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap
+
+
+@pytest.mark.parametrize("tab, parameters, message", [
+    ("vae", {}, "tab must be one of txt2img, img2img, swap_token, mix_tokens, textual_inversion, mix_prompts, "
+                "guided, got 'vae'"),
+    ("txt2img", {"prompt": "a cat"}, "txt2img takes prompt, negative_prompt, steps, guidance_scale, seed, width, "
+                                     "height, preview_every, previews, scheduler; missing: negative_prompt"),
+    ("txt2img", {**TXT2IMG_PARAMETERS, "strength": 1}, "unknown: strength"),
+    ("txt2img", {**TXT2IMG_PARAMETERS, "steps": 0}, "steps must be a whole number from 1 to 200, got 0"),
+])
+def test_code_says_what_is_wrong_with_its_input(app_url, tab, parameters, message):
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match=re.escape(message)):
+        client.predict(tab, parameters, api_name="/code")

@@ -67,6 +67,22 @@ def test_generate_streams_distinct_frames(page):
     page.screenshot(path=SHOTS / "txt2img.png", full_page=True)
 
 
+def test_show_the_code_gives_the_last_runs_script(page):
+    """After the run above: its script, with the run's seed and steps, highlighted, with Copy and Download."""
+    seed = re.search(r"seed (\d+)", page.locator("#txt2img-status").inner_text()).group(1)
+    page.locator("#txt2img-code-box").get_by_text("Show the code").click()
+    code = page.locator("#txt2img-code")
+    expect(code).to_contain_text(f"seed = {seed}")
+    expect(code).to_contain_text("num_inference_steps = 20")
+    expect(code).to_contain_text("prompt = 'a red circle on a white background'")
+    expect(code.locator(".cm-line span").nth(50)).to_be_attached()  # highlighted: its tokens in styled spans
+    expect(code.get_by_label("Copy")).to_be_visible()
+    expect(code.get_by_label("Download")).to_be_visible()
+    code.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "code.png")
+    page.locator("#txt2img-code-box").get_by_text("Show the code").click()
+
+
 def test_scrubber_replays_the_run(page):
     status = page.locator("#txt2img-status")
     x0 = page.locator("#txt2img-x0 img")

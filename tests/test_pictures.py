@@ -130,3 +130,12 @@ def test_samplers_compared_side_by_side(page):
         expect(page.locator("#samplers-strip")).to_contain_text(name)
     expect(page.locator("#samplers-movement canvas, #samplers-movement svg").first).to_be_visible()
     picture(page, "compare-samplers.png")
+
+
+def test_the_code_of_the_first_run(page):
+    """README's "Show the code": the text-to-image run above as a script."""
+    page.get_by_role("tab", name="Text to image").click()
+    box = page.locator("#txt2img-code-box")
+    box.get_by_text("Show the code").click()
+    expect(page.locator("#txt2img-code")).to_contain_text("seed = 32")
+    box.screenshot(path=PICTURES / "code.png")

@@ -8,6 +8,7 @@ from gradio.utils import get_upload_folder
 
 from core.engine import Engine
 from ui import attention, compare, guided, img2img, schedule, send, text_lab, txt2img, vae
+from ui.code_panel import Writers
 from ui.stops import StopFlags
 from ui.upkeep import Upkeep
 
@@ -34,6 +35,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
     in gradio's temp folder, after an hour) and refuses runs while their disk is nearly full."""
     upkeep = upkeep or Upkeep(Path(get_upload_folder()))
     stops = StopFlags(admit=upkeep.check_space)
+    writers = Writers()
     with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
         if notice:
@@ -43,20 +45,21 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
         upscale.change(None, upscale, None, js=UPSCALE_JS)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
-                from_text = txt2img.build(engine, stops, concurrency)
+                from_text = txt2img.build(engine, stops, concurrency, writers)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
-                from_image = img2img.build(engine, stops, concurrency)
+                from_image = img2img.build(engine, stops, concurrency, writers)
             with gr.Tab("VAE", id="vae", elem_id="tab-vae"):
                 vae_image = vae.build(engine, concurrency)
             with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
                 schedule.build(engine, concurrency)
             with gr.Tab("Text", id="text", elem_id="tab-text"):
-                text_lab.build(engine, stops, concurrency)
+                learned = text_lab.build(engine, stops, concurrency, writers)
             with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
-                from_guidance = guided.build(engine, stops, concurrency)
+                from_guidance = guided.build(engine, stops, concurrency, writers)
             with gr.Tab("Attention", id="attention", elem_id="tab-attention"):
                 attention.build(engine, stops, concurrency)
             with gr.Tab("Inside a step", id="compare", elem_id="tab-compare"):
                 compare.build(engine, stops, concurrency)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
+        writers.wire(learned)
     return demo

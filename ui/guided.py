@@ -7,8 +7,10 @@ from dataclasses import dataclass, replace
 import gradio as gr
 import pandas as pd
 
+from core.code import Scripts
 from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
+from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import Controls, RunView
 from ui.send import Prompted
@@ -69,7 +71,7 @@ def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
                     target=Target(parse_color(color), number(level, "target level")))
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
@@ -87,14 +89,25 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
                                elem_id="guided-plot")
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
                            beside_result="Unguided: the same seed and settings", sendable=True)
+            code = CodePanel("guided")
     inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
-    wire_run(engine, controls, view, plot, generate, inputs, concurrency)
+    run = wire_run(engine, controls, view, plot, generate, inputs, concurrency)
+
+    @writers.add("guided")
+    def guided_code(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
+                    width, height, preview_every, previews, scheduler):
+        """The run as a script."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).guided(prompt, negative_prompt, settings,
+                                      guidance_of(loss, color, level, loss_scale, every, mode))
+
+    code.after(run, guided_code, inputs, view.progress)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls)
 
 
 def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlot, generate: gr.Button,
-             inputs: list, concurrency: int) -> None:
+             inputs: list, concurrency: int) -> gr.events.Dependency:
     """Generate: the inputs checked before the run starts, then the guided run and the unguided one."""
     unguided = view.beside
 
@@ -135,6 +148,6 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
                 plot: pd.DataFrame(losses, columns=["step", "loss"]) if losses else None,
                 unguided: unguided_image()})
 
-    generate.click(check, inputs, None, api_visibility="private").success(
+    return generate.click(check, inputs, None, api_visibility="private").success(
         guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
         concurrency_limit=concurrency)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.code import Scripts
 from core.engine import Engine
+from ui.code_panel import CodePanel, Writers
 from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, image_panel
 from ui.send import Prompted
@@ -12,7 +14,7 @@ from ui.stops import StopFlags
 DEFAULT_STRENGTH = 0.6
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
     defaults = engine.default_settings()
     with gr.Row():
         with gr.Column(scale=2):
@@ -37,6 +39,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
             about = gr.Markdown("", elem_id="img2img-about", line_breaks=True)
             view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.",
                            sendable=True)
+            code = CodePanel("img2img")
 
     def check(image, prompt, negative_prompt, strength, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -62,12 +65,24 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
             yield from view.stream(run, flag, final=lambda: shown, result=round_trip)
 
     inputs = [image, prompt, negative_prompt, strength, *controls.inputs]
-    generate.click(check, inputs, None, api_visibility="private").success(
+    run = generate.click(check, inputs, None, api_visibility="private").success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
+    code.after(run, writers.add("img2img")(code_writer(engine, controls)), inputs, view.progress)
     wire_plan(engine, strength, controls, plan)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)
+
+
+def code_writer(engine: Engine, controls: Controls):
+    def img2img_code(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, previews,
+                     scheduler):
+        """The run as a script (it reads the image from the path the app used)."""
+        settings = controls.settings(steps, guidance_scale, seed, preview_every, previews, scheduler)
+        return Scripts(engine).img2img(prompt, negative_prompt, given(image, "input image"),
+                                       number(strength, "strength"), settings)
+
+    return img2img_code
 
 
 def wire_plan(engine: Engine, strength: gr.Slider, controls: Controls, plan: gr.Markdown) -> None:

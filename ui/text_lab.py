@@ -14,7 +14,9 @@ import gradio as gr
 import pandas as pd
 
 from core import export
+from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
+from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import PANEL, Controls, PairView, RunView, stop_flag, wire_stop
 from ui.stops import StopFlags
@@ -47,19 +49,23 @@ def token_picker(engine: Engine, prompt: str, value: str | None, label: str, inf
 @dataclass(frozen=True)
 class Lab:
     """What every sub-tab shares: the engine, the stop flags, the generation settings, this session's learned
-    embeddings ({token: vectors}, never the shared model's) and the queue options of a generation."""
+    embeddings ({token: vectors}, never the shared model's), the queue options of a generation and the tabs'
+    script writers."""
     engine: Engine
     stops: StopFlags
     controls: Controls
     learned: gr.State
     options: dict
+    writers: Writers
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> gr.State:
+    """Returns this session's learned embeddings."""
     learned = gr.State({})
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
         controls = Controls(engine)
-    lab = Lab(engine, stops, controls, learned, {"concurrency_id": GENERATE, "concurrency_limit": concurrency})
+    lab = Lab(engine, stops, controls, learned, {"concurrency_id": GENERATE, "concurrency_limit": concurrency},
+              writers)
     with gr.Tab("Tokens and embeddings", elem_id="text-tokens"):
         build_tokens(lab)
     with gr.Tab("Swap a token", elem_id="text-swap"):
@@ -73,6 +79,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
     for prompt_box, picker in (swap, mix, inversion):  # the token pickers follow their prompts
         prompt_box.change(lambda p, s: gr.update(choices=token_choices(engine, p, s)), [prompt_box, learned], picker,
                           api_visibility="private", queue=False)
+    return learned
 
 
 def build_tokens(lab: Lab) -> None:
@@ -128,6 +135,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                         example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
         with gr.Column(scale=3):
             swap_view = PairView("swap", lab.stops, "As written", "Swapped")
+            code = CodePanel("swap")
 
     def swap_token(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
                    previews, scheduler, learned, request: gr.Request):
@@ -141,8 +149,17 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                          should_stop=flag.is_set)
             yield from swap_view.stream(runs, flag, f"token {position} → {replacement!r}")
 
-    swap_go.click(swap_token, [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned],
-                  swap_view.outputs, api_name="swap_token", **lab.options)
+    @lab.writers.add("swap_token")
+    def swap_token_code(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
+                        previews, scheduler, learned):
+        """The run as a script: both images, side by side."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
+                                          [(replacement, 1.0)], learned, "A token swapped")
+
+    inputs = [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned]
+    run = swap_go.click(swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
+    code.after(run, swap_token_code, inputs, swap_view.progress)
     return swap_prompt, swap_token_box
 
 
@@ -165,6 +182,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                         for p, t, a, b, w in engine.examples("mix_tokens")])
         with gr.Column(scale=3):
             mix_view = PairView("mix", lab.stops, "As written", "Mixed")
+            code = CodePanel("mix")
 
     def mix_tokens(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
                    preview_every, previews, scheduler, learned, request: gr.Request):
@@ -173,17 +191,32 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                w = number(weight, "weight")
-                if not 0 <= w <= 1:
-                    raise ValueError(f"weight must be from 0 to 1, got {w}")
+                w = mix_weight(weight)
                 position = engine.position_of(prompt, token, learned)
                 runs = engine.edit_token(prompt, "", settings, position, [(word_a, w), (word_b, 1 - w)], learned,
                                          should_stop=flag.is_set)
             yield from mix_view.stream(runs, flag, f"token {position} → {w:g} x {word_a!r} + {1 - w:g} x {word_b!r}")
 
-    mix_go.click(mix_tokens, [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned],
-                 mix_view.outputs, api_name="mix_tokens", **lab.options)
+    @lab.writers.add("mix_tokens")
+    def mix_tokens_code(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
+                        preview_every, previews, scheduler, learned):
+        """The run as a script: both images, side by side."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        w = mix_weight(weight)
+        return Scripts(engine).edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
+                                          [(word_a, w), (word_b, 1 - w)], learned, "Two tokens mixed")
+
+    inputs = [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned]
+    run = mix_go.click(mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
+    code.after(run, mix_tokens_code, inputs, mix_view.progress)
     return mix_prompt, mix_token_box
+
+
+def mix_weight(weight) -> float:
+    w = number(weight, "weight")
+    if not 0 <= w <= 1:
+        raise ValueError(f"weight must be from 0 to 1, got {w}")
+    return w
 
 
 @dataclass(frozen=True)
@@ -225,6 +258,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             form = inversion_form(lab)
         with gr.Column(scale=3):
             ti_view = PairView("ti", lab.stops, "Without the learned embeddings", "With them")
+            code = CodePanel("ti")
     wire_loading(lab, form)
 
     def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
@@ -235,11 +269,8 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                if not learned:
-                    raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
+                check_learned(learned, token, learned_token)
                 if token:
-                    if learned_token not in learned:
-                        raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
                     position = engine.position_of(prompt, token, learned)
                     runs = engine.edit_token(prompt, "", settings, position, [(learned_token, 1.0)], learned,
                                              should_stop=flag.is_set)
@@ -250,9 +281,30 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                     about = "the learned tokens as plain text (left) and as learned (right)"
             yield from ti_view.stream(runs, flag, about)
 
-    form.go.click(textual_inversion, [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned],
-                  ti_view.outputs, api_name="textual_inversion", **lab.options)
+    @lab.writers.add("textual_inversion")
+    def textual_inversion_code(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
+                               preview_every, previews, scheduler, learned):
+        """The run as a script: with a token, both images side by side; without, the image with the learned
+        embeddings."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        check_learned(learned, token, learned_token)
+        scripts = Scripts(engine)
+        if token:
+            return scripts.edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
+                                      [(learned_token, 1.0)], learned, "A learned embedding in place of a token")
+        return scripts.txt2img(prompt, "", settings, learned, "Text to image with learned embeddings")
+
+    inputs = [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned]
+    run = form.go.click(textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
+    code.after(run, textual_inversion_code, inputs, ti_view.progress)
     return form.prompt, form.token
+
+
+def check_learned(learned: dict, token: str, learned_token: str) -> None:
+    if not learned:
+        raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
+    if token and learned_token not in learned:
+        raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
 
 
 def wire_loading(lab: Lab, form: InversionForm) -> None:
@@ -303,6 +355,7 @@ def build_mix_prompts(lab: Lab) -> None:
             gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
+            code = CodePanel("prompts")
             strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
                                elem_id="prompts-strip", object_fit="contain")
             sweep_gif = gr.File(label="The sweep as a GIF")
@@ -318,8 +371,16 @@ def build_mix_prompts(lab: Lab) -> None:
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
-    prompts_go.click(mix_prompts, [prompt_a, prompt_b, factor, *controls.inputs, lab.learned], prompts_view.outputs,
-                     api_name="mix_prompts", **lab.options)
+    @lab.writers.add("mix_prompts")
+    def mix_prompts_code(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
+                         previews, scheduler, learned):
+        """The run as a script."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).mix_prompts(prompt_a, prompt_b, number(factor, "mix factor"), "", settings, learned)
+
+    inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
+    run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
+    code.after(run, mix_prompts_code, inputs, prompts_view.progress)
     sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
                    [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
     prompts_view.wire(prompts_stop, stop_api=None)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.code import Scripts
 from core.engine import Engine
+from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, user_errors
 from ui.run_view import Controls, RunView
 from ui.send import Prompted
 from ui.stops import StopFlags
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
@@ -22,6 +24,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
             gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
         with gr.Column(scale=3):
             view = RunView("txt2img", stops, "Press Generate to watch the model denoise, step by step.", sendable=True)
+            code = CodePanel("txt2img")
 
     def check(prompt, negative_prompt, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -38,8 +41,16 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> Prompted:
                 run = engine.txt2img(prompt, negative_prompt, settings, should_stop=flag.is_set)
             yield from view.stream(run, flag)
 
+    @writers.add("txt2img")
+    def txt2img_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
+                     scheduler):
+        """The run as a script."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).txt2img(prompt, negative_prompt, settings)
+
     inputs = [prompt, negative_prompt, *controls.inputs]
-    generate.click(check, inputs, None, api_visibility="private").success(
+    run = generate.click(check, inputs, None, api_visibility="private").success(
         txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
+    code.after(run, txt2img_code, inputs, view.progress)
     view.wire(stop, stop_api="stop")
     return Prompted(view, prompt, negative_prompt, controls)

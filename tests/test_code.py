@@ -1,0 +1,124 @@
+"""Show the code: every tab's script, run on its own in a fresh Python outside the repository, makes the app's
+image (within 1/255) and final latents (within 1e-5)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.code import Scripts
+from core.engine import Engine
+from core.guidance import Guidance, Target
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "ui" / "assets" / "examples" / "red-heart.png"
+TEAL = ROOT / "core" / "toyworld" / "model" / "embeddings" / "teal.safetensors"
+
+
+def run_script(code: str, folder: Path) -> tuple[np.ndarray, torch.Tensor, str]:
+    """The script run as a user runs it: its own file, a fresh isolated Python (no PYTHONPATH, no script
+    folder on the path), outside the repository; returns its image, its latents and what it printed."""
+    assert "import core" not in code and "from core" not in code and "from ui" not in code
+    (folder / "script.py").write_text(code)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-I", "script.py", "out.png", "latents.pt"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = np.asarray(Image.open(folder / "out.png").convert("RGB")).astype(int)
+    return image, torch.load(folder / "latents.pt", weights_only=True), done.stdout
+
+
+def app_results(runs) -> tuple[np.ndarray, torch.Tensor]:
+    """The app's final images side by side, and their final latents."""
+    finals = [list(run.frames)[-1] for run in runs]
+    return (np.concatenate([np.asarray(f.image).astype(int) for f in finals], axis=1),
+            torch.cat([f.latents for f in finals]))
+
+
+def assert_same(code: str, runs, folder: Path) -> str:
+    folder.mkdir(exist_ok=True)
+    image, latents, printed = run_script(code, folder)
+    app_image, app_latents = app_results(runs)
+    assert image.shape == app_image.shape
+    assert np.abs(image - app_image).max() <= 1
+    assert (latents - app_latents.cpu()).abs().max().item() <= 1e-5
+    return printed
+
+
+def cases(engine: Engine, learned: dict | None = None) -> dict:
+    """(script, the app's runs) for each generating tab's engine call; with `learned` embeddings, the textual
+    inversion tab's two kinds of run too."""
+    scripts = Scripts(engine)
+    s = replace(engine.default_settings(), steps=8, seed=11, preview_every=0)
+    prompt, guidance = "a red circle on a white background", Guidance(scale=30.0, every=3)
+    out = {
+        "txt2img": (scripts.txt2img(prompt, "blue", s), lambda: [engine.txt2img(prompt, "blue", s)]),
+        "guided": (scripts.guided(prompt, "", replace(s, scheduler="euler"), guidance),
+                   lambda: [engine.guided(prompt, "", replace(s, scheduler="euler"), guidance)]),
+        "img2img": (scripts.img2img(prompt, "", str(EXAMPLE), 0.5, s),
+                    lambda: [engine.img2img(prompt, "", EXAMPLE, 0.5, s)]),
+        "swap_token": (scripts.edit_token(prompt, "", s, 2, [("blue", 1.0)]),
+                       lambda: engine.edit_token(prompt, "", s, 2, [("blue", 1.0)])),
+        "mix_prompts": (scripts.mix_prompts(prompt, "a blue star on a yellow background", 0.3, "", s),
+                        lambda: [engine.mix_prompts(prompt, "a blue star on a yellow background", 0.3, "", s)]),
+    }
+    if learned:
+        teal = "a <teal> circle on a white background"
+        out["textual_inversion"] = (scripts.txt2img(teal, "", s, learned),
+                                    lambda: [engine.txt2img(teal, "", s, learned=learned)])
+        out["learned_in_place"] = (scripts.edit_token("a green star on a black background", "", s, 2,
+                                                      [("<teal>", 1.0)], learned),
+                                   lambda: engine.edit_token("a green star on a black background", "", s, 2,
+                                                             [("<teal>", 1.0)], learned))
+    return out
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "guided", "img2img", "swap_token", "mix_prompts"])
+def test_the_script_of_each_tab_makes_the_apps_image_on_the_tiny_model(tiny_bundle, tmp_path, tab):
+    code, runs = cases(Engine(tiny_bundle))[tab]
+    assert_same(code, runs(), tmp_path)
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "guided", "img2img", "textual_inversion", "learned_in_place"])
+def test_the_script_of_each_tab_makes_the_apps_image_on_the_toy(toy_engine, tmp_path, tab):
+    code, runs = cases(toy_engine, toy_engine.load_learned(TEAL))[tab]
+    printed = assert_same(code, runs(), tmp_path)
+    if tab == "guided":
+        assert printed.count("loss") == 3  # steps 0, 3 and 6 of 8 are guided, each printing its loss
+
+
+@pytest.mark.parametrize("change", [{"scheduler": "ddim"}, {"scheduler": "dpm++"}, {"guidance_scale": 1.0}])
+def test_image_to_image_scripts_follow_the_sampler_and_the_guidance(tiny_bundle, tmp_path, change):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=8, seed=3, preview_every=0, **change)
+    assert_same(Scripts(engine).img2img("a cat", "", str(EXAMPLE), 0.6, s),
+                [engine.img2img("a cat", "", EXAMPLE, 0.6, s)], tmp_path)
+
+
+def test_mixing_two_tokens_and_guiding_accurately_or_by_colour(tiny_bundle, tmp_path):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=6, seed=5, preview_every=0)
+    parts = [("blue", 0.25), ("green", 0.75)]
+    assert_same(Scripts(engine).edit_token("a red cat", "", s, 2, parts),
+                engine.edit_token("a red cat", "", s, 2, parts), tmp_path / "mix")
+    guidance = Guidance(loss="color", scale=50.0, every=2, mode="accurate", target=Target(color=(1.0, 0.5, 0.0)))
+    assert_same(Scripts(engine).guided("a red cat", "", s, guidance), [engine.guided("a red cat", "", s, guidance)],
+                tmp_path / "guided")
+
+
+def test_the_script_says_what_it_cannot_write(tiny_bundle):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=6, scheduler="optim")
+    with pytest.raises(ValueError, match="the code is written for the samplers lms, euler, ddim, dpm\\+\\+; 'optim'"):
+        Scripts(engine).txt2img("a cat", "", s)
+    with pytest.raises(ValueError, match="position must be one of the prompt's tokens, from 1 to 2, got 5"):
+        Scripts(engine).edit_token("a cat", "", replace(s, scheduler="lms"), 5, [("dog", 1.0)])
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        Scripts(engine).txt2img("a cat", "", replace(s, steps=0, scheduler="lms"))
