@@ -83,6 +83,29 @@ def test_show_the_code_gives_the_last_runs_script(page):
     page.locator("#txt2img-code-box").get_by_text("Show the code").click()
 
 
+def test_a_link_reopens_the_experiment(page, app_url):
+    """The run's link opens the same tab with its settings; a hand-written one opens a text-lab sub-tab."""
+    box = page.locator("#txt2img-link textarea")
+    expect(box).to_have_value(re.compile(r"^http://.*\?tab=txt2img&"))  # the page makes the query a whole link
+    link = box.input_value()
+    assert link.startswith(app_url.rstrip("/")) and "tab=txt2img" in link and "steps=20" in link, link
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        other.goto(link.replace("steps=20", "steps=9"))
+        txt2img = other.locator("#tab-txt2img")
+        expect(txt2img.get_by_label("Prompt", exact=True)).to_have_value("a red circle on a white background")
+        expect(txt2img.get_by_label("number input for Steps")).to_have_value("9")
+        other.goto(app_url + "?tab=swap_token&prompt=a+blue+cat&token=blue&replacement=red&seed=5")
+        swap = other.locator("#text-swap")
+        expect(swap).to_be_visible()
+        expect(swap.get_by_label("Prompt", exact=True)).to_have_value("a blue cat")
+        other.get_by_text("Generation settings for every experiment on this tab").click()
+        expect(other.locator("#tab-text").get_by_label("Seed", exact=True)).to_have_value("5")
+        other.screenshot(path=SHOTS / "link-swap.png")
+    finally:
+        other.close()
+
+
 def test_scrubber_replays_the_run(page):
     status = page.locator("#txt2img-status")
     x0 = page.locator("#txt2img-x0 img")

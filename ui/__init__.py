@@ -53,7 +53,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
             with gr.Tab("Noise schedule", id="schedule", elem_id="tab-schedule"):
                 schedule.build(engine, concurrency)
             with gr.Tab("Text", id="text", elem_id="tab-text"):
-                learned = text_lab.build(engine, stops, concurrency, writers)
+                learned, text_tabs = text_lab.build(engine, stops, concurrency, writers)
             with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
                 from_guidance = guided.build(engine, stops, concurrency, writers)
             with gr.Tab("Attention", id="attention", elem_id="tab-attention"):
@@ -61,5 +61,5 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
             with gr.Tab("Inside a step", id="compare", elem_id="tab-compare"):
                 compare.build(engine, stops, concurrency)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
-        writers.wire(learned)
+        writers.wire(demo, learned, tabs, {"text": text_tabs})
     return demo

@@ -89,11 +89,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                elem_id="guided-plot")
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
                            beside_result="Unguided: the same seed and settings", sendable=True)
-            code = CodePanel("guided")
+            code = CodePanel(writers, "guided", ("guided",))
     inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
     run = wire_run(engine, controls, view, plot, generate, inputs, concurrency)
 
-    @writers.add("guided")
     def guided_code(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
                     width, height, preview_every, previews, scheduler):
         """The run as a script."""

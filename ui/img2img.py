@@ -39,7 +39,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             about = gr.Markdown("", elem_id="img2img-about", line_breaks=True)
             view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.",
                            sendable=True)
-            code = CodePanel("img2img")
+            code = CodePanel(writers, "img2img", ("img2img",))
 
     def check(image, prompt, negative_prompt, strength, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -68,7 +68,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     run = generate.click(check, inputs, None, api_visibility="private").success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
-    code.after(run, writers.add("img2img")(code_writer(engine, controls)), inputs, view.progress)
+    code.after(run, code_writer(engine, controls), inputs, view.progress)
     wire_plan(engine, strength, controls, plan)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)

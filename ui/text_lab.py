@@ -59,27 +59,28 @@ class Lab:
     writers: Writers
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> gr.State:
-    """Returns this session's learned embeddings."""
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> tuple[gr.State, gr.Tabs]:
+    """Returns this session's learned embeddings, and the sub-tabs (for links to them)."""
     learned = gr.State({})
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
         controls = Controls(engine)
     lab = Lab(engine, stops, controls, learned, {"concurrency_id": GENERATE, "concurrency_limit": concurrency},
               writers)
-    with gr.Tab("Tokens and embeddings", elem_id="text-tokens"):
-        build_tokens(lab)
-    with gr.Tab("Swap a token", elem_id="text-swap"):
-        swap = build_swap(lab)
-    with gr.Tab("Mix two tokens", elem_id="text-mix"):
-        mix = build_mix_tokens(lab)
-    with gr.Tab("Textual inversion", elem_id="text-ti"):
-        inversion = build_textual_inversion(lab)
-    with gr.Tab("Mix two prompts", elem_id="text-prompts"):
-        build_mix_prompts(lab)
+    with gr.Tabs() as sub_tabs:
+        with gr.Tab("Tokens and embeddings", id="tokens", elem_id="text-tokens"):
+            build_tokens(lab)
+        with gr.Tab("Swap a token", id="swap", elem_id="text-swap"):
+            swap = build_swap(lab)
+        with gr.Tab("Mix two tokens", id="mix", elem_id="text-mix"):
+            mix = build_mix_tokens(lab)
+        with gr.Tab("Textual inversion", id="ti", elem_id="text-ti"):
+            inversion = build_textual_inversion(lab)
+        with gr.Tab("Mix two prompts", id="prompts", elem_id="text-prompts"):
+            build_mix_prompts(lab)
     for prompt_box, picker in (swap, mix, inversion):  # the token pickers follow their prompts
         prompt_box.change(lambda p, s: gr.update(choices=token_choices(engine, p, s)), [prompt_box, learned], picker,
                           api_visibility="private", queue=False)
-    return learned
+    return learned, sub_tabs
 
 
 def build_tokens(lab: Lab) -> None:
@@ -135,7 +136,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                         example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
         with gr.Column(scale=3):
             swap_view = PairView("swap", lab.stops, "As written", "Swapped")
-            code = CodePanel("swap")
+            code = CodePanel(lab.writers, "swap_token", ("text", "swap"), "swap")
 
     def swap_token(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
                    previews, scheduler, learned, request: gr.Request):
@@ -149,7 +150,6 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                          should_stop=flag.is_set)
             yield from swap_view.stream(runs, flag, f"token {position} → {replacement!r}")
 
-    @lab.writers.add("swap_token")
     def swap_token_code(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
                         previews, scheduler, learned):
         """The run as a script: both images, side by side."""
@@ -182,7 +182,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                         for p, t, a, b, w in engine.examples("mix_tokens")])
         with gr.Column(scale=3):
             mix_view = PairView("mix", lab.stops, "As written", "Mixed")
-            code = CodePanel("mix")
+            code = CodePanel(lab.writers, "mix_tokens", ("text", "mix"), "mix")
 
     def mix_tokens(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
                    preview_every, previews, scheduler, learned, request: gr.Request):
@@ -197,7 +197,6 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                          should_stop=flag.is_set)
             yield from mix_view.stream(runs, flag, f"token {position} → {w:g} x {word_a!r} + {1 - w:g} x {word_b!r}")
 
-    @lab.writers.add("mix_tokens")
     def mix_tokens_code(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
                         preview_every, previews, scheduler, learned):
         """The run as a script: both images, side by side."""
@@ -258,7 +257,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             form = inversion_form(lab)
         with gr.Column(scale=3):
             ti_view = PairView("ti", lab.stops, "Without the learned embeddings", "With them")
-            code = CodePanel("ti")
+            code = CodePanel(lab.writers, "textual_inversion", ("text", "ti"), "ti")
     wire_loading(lab, form)
 
     def textual_inversion(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
@@ -281,7 +280,6 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                     about = "the learned tokens as plain text (left) and as learned (right)"
             yield from ti_view.stream(runs, flag, about)
 
-    @lab.writers.add("textual_inversion")
     def textual_inversion_code(prompt, token, learned_token, steps, guidance_scale, seed, width, height,
                                preview_every, previews, scheduler, learned):
         """The run as a script: with a token, both images side by side; without, the image with the learned
@@ -355,7 +353,7 @@ def build_mix_prompts(lab: Lab) -> None:
             gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
-            code = CodePanel("prompts")
+            code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
             strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
                                elem_id="prompts-strip", object_fit="contain")
             sweep_gif = gr.File(label="The sweep as a GIF")
@@ -371,7 +369,6 @@ def build_mix_prompts(lab: Lab) -> None:
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
-    @lab.writers.add("mix_prompts")
     def mix_prompts_code(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                          previews, scheduler, learned):
         """The run as a script."""

@@ -24,7 +24,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
         with gr.Column(scale=3):
             view = RunView("txt2img", stops, "Press Generate to watch the model denoise, step by step.", sendable=True)
-            code = CodePanel("txt2img")
+            code = CodePanel(writers, "txt2img", ("txt2img",))
 
     def check(prompt, negative_prompt, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
@@ -41,7 +41,6 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                 run = engine.txt2img(prompt, negative_prompt, settings, should_stop=flag.is_set)
             yield from view.stream(run, flag)
 
-    @writers.add("txt2img")
     def txt2img_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                      scheduler):
         """The run as a script."""
