@@ -2,8 +2,10 @@
 
 Screenshots land in tests/screenshots/ to be looked at.
 """
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,38 @@ def test_a_link_reopens_the_experiment(page, app_url):
         other.screenshot(path=SHOTS / "link-swap.png")
     finally:
         other.close()
+
+
+def test_the_history_reopens_a_run_with_its_settings(page):
+    """The session's history holds the run above; clicking it puts the run's settings back."""
+    history = page.locator("#history")
+    expect(history.locator("img")).to_have_count(1)
+    expect(history).to_contain_text("txt2img: a red circle on a white background · seed")
+    tab = page.locator("#tab-txt2img")
+    tab.get_by_label("Prompt", exact=True).fill("a green square")
+    set_number(page, "Steps", 7)
+    history.locator("img").first.click()
+    expect(tab.get_by_label("Prompt", exact=True)).to_have_value("a red circle on a white background")
+    expect(tab.get_by_label("number input for Steps")).to_have_value("20")
+    history.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "history.png")
+
+
+def test_a_run_downloads_as_a_zip_of_its_images_settings_and_code(page, tmp_path):
+    box = page.locator("#txt2img-code-box")
+    box.get_by_text("Show the code").click()
+    with page.expect_download() as download:
+        box.locator("#txt2img-zip").click()
+    box.get_by_text("Show the code").click()
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert re.fullmatch(r"sdlens-txt2img-seed\d+\.zip", path.name)
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        settings = json.loads(archive.read("settings.json"))
+        script = archive.read("script.py").decode()
+    assert {"settings.json", "script.py", "result.png", "steps/001-x0.png", "steps/020-x_t.png"} <= names
+    assert settings["tab"] == "txt2img" and settings["steps"] == 20 and f"seed = {settings['seed']}" in script
 
 
 def test_scrubber_replays_the_run(page):

@@ -14,7 +14,8 @@ from ui.upkeep import Upkeep
 
 TITLE = "SD Lens: look inside Stable Diffusion"
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
-# Galleries: captions under the thumbnails and the download button above them, not over them.
+# Galleries: captions under the thumbnails and the download button above them, not over them; the history
+# keeps its thumbnails small, ten to a row, however few there are.
 CSS = """
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
@@ -23,6 +24,7 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 .pixels .thumbnail-item img { min-height: 0; flex: 1; }
 .pixels .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto 0;
                          background: none; color: var(--body-text-color); box-shadow: none; }
+#history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
 """
 # Runs in the browser: the upscaling choice is a page style, no round trip to the server.
 UPSCALE_JS = "(choice) => { document.body.classList.toggle('smooth-upscale', choice === 'smooth'); return []; }"
@@ -35,8 +37,8 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
     in gradio's temp folder, after an hour) and refuses runs while their disk is nearly full."""
     upkeep = upkeep or Upkeep(Path(get_upload_folder()))
     stops = StopFlags(admit=upkeep.check_space)
-    writers = Writers()
     with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
+        writers = Writers()
         gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")

@@ -4,11 +4,17 @@ own named parameters."""
 from __future__ import annotations
 
 import inspect
+import json
+import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from ui.common import user_errors
 
@@ -18,6 +24,9 @@ UNLINKED = ("learned", "image")  # session state and uploads: a link cannot carr
 # The query string the server writes, made a whole link in the browser (the page knows its own address,
 # a gradio.live one included).
 FULL_LINK = "(query) => query ? window.location.origin + window.location.pathname + query : ''"
+
+HISTORY = 20            # runs a session's history keeps
+THUMBNAIL = 128         # pixels on the longer side of a history thumbnail
 
 Writer = Callable[..., str]  # a tab's named parameters (those of its endpoint) -> the script of that run
 
@@ -46,44 +55,112 @@ class CodePanel:
                                    placeholder="appears when a run ends")
             self.code = gr.Code(IDLE, language="python", label=LABEL, interactive=False, max_lines=40,
                                 buttons=["copy", "download"], elem_id=f"{elem}-code")
+            self.download = gr.DownloadButton("Download this run (.zip): its images, settings and code",
+                                              size="sm", elem_id=f"{elem}-zip")
 
-    def after(self, run: gr.events.Dependency, writer: Writer, inputs: list, progress: gr.JSON) -> None:
-        """Once `run` succeeds, its script and its link: `writer` of the run's `inputs`, with the seed the run
-        reported (a random seed is drawn by the run)."""
+    def after(self, run: gr.events.Dependency, writer: Writer, inputs: list, view) -> None:
+        """Once `run` succeeds, its script, its link and its place in the session's history: `writer` of the
+        run's `inputs`, with the seed the run reported in `view.progress` (a random seed is drawn by the run);
+        the history shows `view.final`."""
         self.writers.experiments[self.tab] = Experiment(writer, inputs, self.place)
-        tab = self.tab
+        tab, history = self.tab, self.writers.history
+
+        kept = len(view.kept)
 
         def show(*values):
-            *given, reported = values
+            given, (reported, runs), shown = values[:len(inputs)], values[len(inputs):-kept], values[-kept:]
             arguments = inspect.signature(writer).bind(*given).arguments
             if reported and reported.get("seed") is not None:
                 arguments["seed"] = reported["seed"]
             with user_errors():
                 script = writer(**arguments)
             linked = {name: value for name, value in arguments.items() if name not in UNLINKED}
-            return script, "?" + urlencode({"tab": tab, **linked})
+            runs = history.add(runs, tab, linked, next(v for c, v in zip(view.kept, shown) if c is view.final))
+            with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
+                # gradio copies the zip into its own (expiring) cache before this generator resumes
+                archive = Path(folder) / f"sdlens-{tab}-seed{arguments.get('seed')}.zip"
+                write_archive(archive, {"tab": tab, **linked}, script, view.files(*shown))
+                yield script, "?" + urlencode({"tab": tab, **linked}), runs, history.shown(runs), str(archive)
 
-        run.success(show, [*inputs, progress], [self.code, self.link], api_visibility="private", queue=False).then(
-            None, self.link, self.link, js=FULL_LINK)
+        run.success(show, [*inputs, view.progress, history.state, *view.kept],
+                    [self.code, self.link, history.state, history.gallery, self.download],
+                    api_visibility="private", queue=False).then(None, self.link, self.link, js=FULL_LINK)
+
+
+def write_archive(path: Path, settings: dict, script: str, files: list[tuple[str, object]]) -> None:
+    """A run's download: settings.json (what its link carries), script.py, and its images (arrays, or files
+    that are still in the cache)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("settings.json", json.dumps(settings, indent=2) + "\n")
+        archive.writestr("script.py", script)
+        for name, image in files:
+            if isinstance(image, str):
+                if Path(image).exists():
+                    archive.write(image, name)
+            elif image is not None:
+                with archive.open(name, "w") as out:
+                    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(out, format="png")
+
+
+class History:
+    """A session's last runs, newest first: a thumbnail and the settings each, shown as a gallery."""
+
+    def __init__(self):
+        self.state = gr.State([])  # [{"tab": ..., "settings": {...}, "thumbnail": array, "caption": ...}]
+        self.gallery = gr.Gallery(label=f"Your last {HISTORY} runs: click one to reopen its tab with its settings",
+                                  columns=10, height=190, allow_preview=False, object_fit="contain",
+                                  elem_id="history", elem_classes="pixels", render=False)
+
+    @staticmethod
+    def add(runs: list, tab: str, settings: dict, image) -> list:
+        if image is None:  # a run stopped before its end
+            return runs
+        thumbnail = Image.fromarray(np.asarray(image, dtype=np.uint8))
+        thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+        caption = " · ".join(str(v) for k, v in settings.items() if k in ("prompt", "prompt_a")) or tab
+        entry = {"tab": tab, "settings": settings, "thumbnail": np.asarray(thumbnail),
+                 "caption": f"{tab}: {caption} · seed {settings.get('seed')}"}
+        return [entry, *runs][:HISTORY]
+
+    @staticmethod
+    def shown(runs: list) -> list:
+        return [(entry["thumbnail"], entry["caption"]) for entry in runs]
 
 
 class Writers:
-    """Every tab that writes its runs as code, by the name of its endpoint: served as `/code`, and reopened
-    from a link."""
+    """Every tab that writes its runs as code, by the name of its endpoint: served as `/code`, reopened from a
+    link or from the session's history."""
 
     def __init__(self):
+        """Within the page's Blocks, before the tabs: the history's gallery is placed by `wire`."""
         self.experiments: dict[str, Experiment] = {}
+        self.history = History()
 
     def wire(self, demo: gr.Blocks, learned: gr.State, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]) -> None:
-        """`/code`, and the page load that applies a link; `learned` is the session's learned embeddings (for
-        the tabs that take them), `tabs` the page's tabs and `sub_tabs` the tabs inside some of them, by id."""
+        """`/code`, the page load that applies a link, and the history (placed here, at the end of the page);
+        `learned` is the session's learned embeddings (for the tabs that take them), `tabs` the page's tabs and
+        `sub_tabs` the tabs inside some of them, by id."""
         with gr.Row(visible=False):
             tab, parameters, script = gr.Textbox(), gr.JSON(), gr.Code(language="python")
         gr.Button(visible=False).click(self.code, [tab, parameters, learned], script, api_name="code", queue=False)
         shown = list({id(c): c for e in self.experiments.values() for c in e.inputs if not isinstance(c, gr.State)}
                      .values())
-        demo.load(self.opener(tabs, sub_tabs), None, [tabs, *sub_tabs.values(), *shown], api_visibility="private",
-                  queue=False)
+        outputs = [tabs, *sub_tabs.values(), *shown]
+
+        def open_link(request: gr.Request) -> dict:
+            """A link's tab opened, and its settings put in that tab's inputs."""
+            query = dict(request.query_params)
+            return self.reopen(query.pop("tab", ""), query, tabs, sub_tabs)
+
+        def open_run(runs: list, selected: gr.SelectData) -> dict:
+            """A run of the history: its tab opened with its settings."""
+            entry = runs[selected.index]
+            return self.reopen(entry["tab"], entry["settings"], tabs, sub_tabs)
+
+        demo.load(open_link, None, outputs, api_visibility="private", queue=False)
+        with gr.Accordion("History", open=True):
+            self.history.gallery.render()
+        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private", queue=False)
 
     def code(self, tab: str, parameters: dict, session_learned: dict):
         """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (every one of that
@@ -104,30 +181,26 @@ class Writers:
             extra = {"learned": session_learned} if "learned" in self.experiments[tab].names() else {}
             return writer(**parameters, **extra)
 
-    def opener(self, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]):
-        """The page-load handler: a link's tab opened, and its settings put in that tab's inputs."""
-
-        def open_link(request: gr.Request) -> dict:
-            query = dict(request.query_params)
-            experiment = self.experiments.get(query.get("tab", ""))
-            if experiment is None:
-                return {}
-            top, *inner = experiment.place
-            updates = {tabs: gr.Tabs(selected=top)} | ({sub_tabs[top]: gr.Tabs(selected=inner[0])} if inner else {})
-            for name, component in zip(experiment.names(), experiment.inputs):
-                if name in query and name not in UNLINKED:
-                    updates[component] = linked_value(component, name, query[name])
-            return updates
-
-        return open_link
+    def reopen(self, tab: str, settings: dict, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]) -> dict:
+        """Updates that open `tab` (and its sub-tab) and put `settings` in its inputs; none for an unknown tab."""
+        experiment = self.experiments.get(tab)
+        if experiment is None:
+            return {}
+        top, *inner = experiment.place
+        updates = {tabs: gr.Tabs(selected=top)} | ({sub_tabs[top]: gr.Tabs(selected=inner[0])} if inner else {})
+        for name, component in zip(experiment.names(), experiment.inputs):
+            if name in settings and name not in UNLINKED:
+                updates[component] = linked_value(component, name, settings[name])
+        return updates
 
 
-def linked_value(component, name: str, text: str):
-    """A link's value for an input, as the input takes it; a number that is not one is left as it was."""
+def linked_value(component, name: str, value):
+    """A link's (or the history's) value for an input, as the input takes it; a number that is not one is left
+    as it was."""
     if not isinstance(component, (gr.Number, gr.Slider)):
-        return text
+        return value
     try:
-        return float(text)
-    except ValueError:
-        gr.Warning(f"The link's {name}={text!r} is not a number: {name} is left as it was")
+        return float(value)
+    except (TypeError, ValueError):
+        gr.Warning(f"The link's {name}={value!r} is not a number: {name} is left as it was")
         return gr.skip()

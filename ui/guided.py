@@ -100,7 +100,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         return Scripts(engine).guided(prompt, negative_prompt, settings,
                                       guidance_of(loss, color, level, loss_scale, every, mode))
 
-    code.after(run, guided_code, inputs, view.progress)
+    code.after(run, guided_code, inputs, view)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls)
 

@@ -68,7 +68,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     run = generate.click(check, inputs, None, api_visibility="private").success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
-    code.after(run, code_writer(engine, controls), inputs, view.progress)
+    code.after(run, code_writer(engine, controls), inputs, view)
     wire_plan(engine, strength, controls, plan)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)

@@ -3,6 +3,7 @@ result, a scrubber over the finished run, its x0 video, and Stop."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -178,6 +179,24 @@ class RunView:
     def stop_flag(self, request: gr.Request):
         return stop_flag(self.stops, request)
 
+    @property
+    def final(self) -> gr.Image:
+        """The run's result, as a history thumbnail shows it."""
+        return self.result
+
+    @property
+    def kept(self) -> list:
+        """What a run's download is made of (read by `files`)."""
+        return [self.result, self.history]
+
+    @staticmethod
+    def files(result, last_run) -> list[tuple[str, object]]:
+        """A run's download: the result, and each preview step's x_t and x0 while they are in the cache."""
+        frames = last_run[1] if last_run else []
+        return [("result.png", result)] + [
+            (f"steps/{k + 1:03d}-{part}.png", path) for k, (_, _, x_t, x0) in enumerate(frames)
+            for part, path in (("x_t", x_t), ("x0", x0))]
+
     def cached(self, image: Image.Image | None) -> str | None:
         """The image as the PNG file gradio would make of it in its cache, which expires with the cache: the
         session's history keeps this path rather than the pixels (at 512 px, 1.5 MB a step)."""
@@ -268,6 +287,7 @@ class PairView:
 
     def __init__(self, name: str, stops: StopFlags, left: str, right: str):
         self.stops = stops
+        self.names = tuple(re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") for label in (left, right))
         with gr.Row():
             self.left = image_panel(f"{left}: predicted x0", f"{name}-left")
             self.right = image_panel(f"{right}: predicted x0", f"{name}-right")
@@ -278,6 +298,19 @@ class PairView:
     @property
     def outputs(self) -> list:
         return [self.left, self.right, self.status, self.progress]
+
+    @property
+    def final(self) -> gr.Image:
+        """The edited run's image, as a history thumbnail shows it."""
+        return self.right
+
+    @property
+    def kept(self) -> list:
+        return [self.left, self.right]
+
+    def files(self, left, right) -> list[tuple[str, object]]:
+        """A pair's download: both final images."""
+        return [(f"{self.names[0]}.png", left), (f"{self.names[1]}.png", right)]
 
     def stream(self, runs: tuple[Run, Run], flag: threading.Event, about: str) -> Iterator[dict]:
         """Both runs a step at a time; the final images replace the previews on the last step, and the last

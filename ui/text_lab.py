@@ -159,7 +159,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned]
     run = swap_go.click(swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
-    code.after(run, swap_token_code, inputs, swap_view.progress)
+    code.after(run, swap_token_code, inputs, swap_view)
     return swap_prompt, swap_token_box
 
 
@@ -207,7 +207,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned]
     run = mix_go.click(mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
-    code.after(run, mix_tokens_code, inputs, mix_view.progress)
+    code.after(run, mix_tokens_code, inputs, mix_view)
     return mix_prompt, mix_token_box
 
 
@@ -294,7 +294,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned]
     run = form.go.click(textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
-    code.after(run, textual_inversion_code, inputs, ti_view.progress)
+    code.after(run, textual_inversion_code, inputs, ti_view)
     return form.prompt, form.token
 
 
@@ -377,7 +377,7 @@ def build_mix_prompts(lab: Lab) -> None:
 
     inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
     run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
-    code.after(run, mix_prompts_code, inputs, prompts_view.progress)
+    code.after(run, mix_prompts_code, inputs, prompts_view)
     sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
                    [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
     prompts_view.wire(prompts_stop, stop_api=None)
