@@ -192,8 +192,9 @@ def encode_embeddings(token_embeds):
 def _learned_encoding(recipe: Recipe) -> str:
     """`encode` and `token_embeddings` for prompts that use learned tokens: each is written as a stand-in word,
     whose embedding is then replaced by the token's vectors (the notebook's way)."""
-    words = " ".join([recipe.prompt, recipe.negative_prompt, recipe.mix[0] if recipe.mix else ""]).split()
-    stand_ins = [word for word in STAND_INS if word not in words][: len(recipe.learned)]
+    texts = " ".join([recipe.prompt, recipe.negative_prompt, recipe.mix[0] if recipe.mix else ""])
+    stand_ins = [word for word in STAND_INS if not re.search(rf"\b{word}\b", texts, re.IGNORECASE)]
+    stand_ins = stand_ins[: len(recipe.learned)]
     if len(stand_ins) < len(recipe.learned):
         raise ValueError(f"the code can stand in for at most {len(STAND_INS)} learned tokens at once")
     pairs = ", ".join(f"{name!r}: {word!r}" for name, word in zip(recipe.learned, stand_ins))

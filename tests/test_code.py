@@ -122,3 +122,11 @@ def test_the_script_says_what_it_cannot_write(tiny_bundle):
         Scripts(engine).edit_token("a cat", "", replace(s, scheduler="lms"), 5, [("dog", 1.0)])
     with pytest.raises(ValueError, match="steps must be a whole number"):
         Scripts(engine).txt2img("a cat", "", replace(s, steps=0, scheduler="lms"))
+
+
+def test_a_learned_token_stands_in_as_a_word_the_prompts_do_not_use(toy_engine):
+    """The script writes a learned token as a one-token word, then puts the learned vector in its place: a word
+    the prompts use (in any case, beside any punctuation) would be replaced too."""
+    s = replace(toy_engine.default_settings(), steps=4, seed=1)
+    code = Scripts(toy_engine).txt2img("a <teal> Puppy, with a kitten.", "", s, toy_engine.load_learned(TEAL))
+    assert "stand_ins = {'<teal>': 'banana'}" in code
