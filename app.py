@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loading {args.model} ...", flush=True)
     try:
         bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
+        engine = Engine(bundle)  # checks the folder's recommended settings against the model
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loaded {bundle.describe()}", flush=True)
     print(f"Cache folder: {cache} (files and idle sessions expire after {args.cache_max_age} s)", flush=True)
     upkeep = Upkeep(cache, max_age=args.cache_max_age, min_free_mb=args.min_free_mb)
-    demo = build_app(Engine(bundle), concurrency=args.concurrency, notice=notice, upkeep=upkeep)
+    demo = build_app(engine, concurrency=args.concurrency, notice=notice, upkeep=upkeep)
     demo.queue(max_size=args.queue_size)
     try:
         launch(demo, args, upkeep)

@@ -29,37 +29,6 @@ DIFFERENCE_GAIN = 4  # the VAE's error map is |input - reconstruction| times thi
 NOISE_ROW = 6  # noised images in the schedule tab's row
 MAX_SWEEP = 12  # images in a prompt-mix sweep
 
-NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights
-    "txt2img": [  # (prompt, negative prompt, guidance)
-        ["A watercolor painting of an otter", "", 7.5],
-        ["A picture of a puppy", "", 7.5],
-        ["A colorful dancer, nat geo photo", "blue", 7.5],
-    ],
-    "guided": [  # (prompt, loss, loss scale, target color for the color loss)
-        ["A campfire (oil on canvas)", "blue", 200, "#0000ff"],
-        ["A watercolor painting of an otter", "color", 200, "#0000ff"],
-    ],
-    "swap_token": [  # (prompt, the token to replace, the word to put there)
-        ["A picture of a puppy", "puppy", "cat"],
-        ["A watercolor painting of an otter", "otter", "panda"],
-    ],
-    "mix_tokens": [  # (prompt, the token to replace, word A, word B, weight of A)
-        ["A picture of a puppy", "puppy", "cat", "panda", 0.4],
-    ],
-    "mix_prompts": [  # (prompt A, prompt B, factor)
-        ["A mouse", "A leopard", 0.5],
-    ],
-    "textual_inversion": [  # (prompt, the token to replace with the learned one, or "")
-        ["A picture of a puppy", "puppy"],
-    ],
-    "img2img": [  # (prompt, strength), beside ui's example images in their order
-        ["A colorful dancer, nat geo photo", 0.8],
-        ["An oil painting of a man on a bench", 0.6],
-        ["A watercolor painting of an otter", 0.5],
-    ],
-}
-
-
 def free_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -171,23 +140,25 @@ class Engine:
         self.bundle = bundle
         vae.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
         self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
+        check_settings(bundle, self.default_settings())  # the folder's recommendations must be runnable here
+        loss_guidance.check_guidance(self.default_guidance(), self.default_settings().scheduler)
 
     def default_settings(self) -> Settings:
         """Settings for this model: its native size, and any defaults its folder recommends."""
         size = self.bundle.native_size
-        return replace(Settings(height=size, width=size), **self.bundle.defaults.get("settings", {}))
+        return replace(Settings(height=size, width=size), **self.bundle.defaults.settings)
 
     def setting_note(self, name: str) -> str | None:
         """What this model's folder says about one of its settings (e.g. where its guidance scale breaks)."""
-        return self.bundle.defaults.get("notes", {}).get(name)
+        return self.bundle.defaults.notes.get(name)
 
     def default_guidance(self) -> Guidance:
         """Loss guidance settings for this model: the notebook's, with any its folder recommends."""
-        return replace(Guidance(), **self.bundle.defaults.get("guidance", {}))
+        return replace(Guidance(), **self.bundle.defaults.guidance)
 
     def examples(self, tab: str) -> list[list]:
         """Example inputs for a tab that fit this model: its folder's own, else the notebook's."""
-        return self.bundle.defaults.get("examples", {}).get(tab, NOTEBOOK_EXAMPLES[tab])
+        return self.bundle.defaults.examples_for(tab)
 
     def check_txt2img(self, prompt: str, negative_prompt: str, settings: Settings) -> Settings:
         """Raise ValueError for bad inputs; return the settings with a random seed drawn."""
@@ -412,7 +383,7 @@ class Engine:
 
     def example_embeddings(self) -> list[Path]:
         """Learned embeddings shipped with the model (its folder's `embeddings/`)."""
-        return [Path(p) for p in self.bundle.defaults.get("embeddings", [])]
+        return list(self.bundle.defaults.embeddings)
 
     # --- images in: image to image, the VAE, the noise schedule ---
 

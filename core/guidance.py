@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from core.vae import decode
-from core.models import ModelBundle
 from core.sampler import HookResult, StepState
+
+if TYPE_CHECKING:  # annotations only: core.models imports core.defaults, which imports the sampler
+    from core.models import ModelBundle
 
 MODES = {  # how the gradient reaches the latents, and what that costs per guided step
     "cheap": "the notebook's: through the VAE decoder only, the UNet's noise prediction held fixed "

@@ -6,7 +6,6 @@ loaded once by the app and passed down; nothing here keeps models in module glob
 """
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +15,8 @@ import torch
 from diffusers import AutoencoderKL, LMSDiscreteScheduler, UNet2DConditionModel
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from core.defaults import ModelDefaults
 
 HUB_PROBE_SECONDS = 5.0
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
@@ -41,7 +42,7 @@ class ModelBundle:
     scheduler_config: dict         # each run builds its own scheduler from this (schedulers keep state)
     device: torch.device
     dtype: torch.dtype
-    defaults: dict = field(default_factory=dict)  # settings the model prefers (e.g. its native size)
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)  # what the model's folder recommends
     source: str = ""               # where the weights load from: a Hub id, or the folder's absolute path
 
     @property
@@ -116,16 +117,6 @@ def _check_local_folder(folder: Path) -> None:
         )
 
 
-def _read_defaults(folder: Path) -> dict:
-    """Optional `lens_defaults.json` beside model_index.json: settings the model prefers, notes on them shown
-    beside their controls, example inputs, and learned embeddings made for it (paths relative to the folder)."""
-    path = folder / "lens_defaults.json"
-    defaults = json.loads(path.read_text()) if path.is_file() else {}
-    if "embeddings" in defaults:
-        defaults["embeddings"] = [str(folder / name) for name in defaults["embeddings"]]
-    return defaults
-
-
 def hub_reachable() -> bool:
     """One quick connection to the Hub. Offline, huggingface_hub retries every file for minutes instead."""
     if hub_constants.HF_HUB_OFFLINE:
@@ -183,7 +174,7 @@ def load_bundle(source: str, device: str = "auto", dtype: str = "auto") -> Model
         scheduler_config=scheduler_config,
         device=dev,
         dtype=dt,
-        defaults=_read_defaults(local) if is_local else {},
+        defaults=ModelDefaults.read(local) if is_local else ModelDefaults(),
         source=str(local.resolve()) if is_local else source,
     )
 

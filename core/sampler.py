@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TYPE_CHECKING
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -18,7 +18,9 @@ from PIL import Image
 
 from core import schedule
 from core.vae import decode, fast_decode, to_pil
-from core.models import ModelBundle
+
+if TYPE_CHECKING:  # annotations only: core.models imports core.defaults, which imports the sampler
+    from core.models import ModelBundle
 
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0

@@ -4,13 +4,15 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.models import ModelBundle
+if TYPE_CHECKING:  # annotations only: core.models imports core.defaults, which imports the sampler
+    from core.models import ModelBundle
 
 PREVIEW_FIT_IMAGES = 16    # synthetic images decoded once per model to fit the fast preview decoder, and as many to judge it
 PREVIEW_FIT_SEED = 0       # seeds the images the linear map is fitted on

@@ -1,15 +1,19 @@
 """Loading model bundles, and the app's one-line startup errors."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
+import core.toyworld
 from core import models
+from core.defaults import EXAMPLE_FIELDS, ModelDefaults
 from core.engine import Engine
 from core.models import (SD_V1, TOY, ModelLoadError, auto_choice, load_bundle, load_model, resolve_device,
                          resolve_dtype)
@@ -79,6 +83,21 @@ def test_startup_errors_are_one_line(closed_hub, args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("defaults, message", [
+    ({"settings": {"cfg": 3}}, "lens_defaults.json settings: unknown key 'cfg'; allowed: steps, guidance_scale"),
+    ({"settings": {"steps": 5000}}, "steps must be a whole number from 1 to 200, got 5000"),
+])
+def test_a_bad_defaults_file_stops_the_start_with_one_line(tiny_sd_dir, tmp_path, defaults, message):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "lens_defaults.json").write_text(json.dumps(defaults))
+    proc = subprocess.run([sys.executable, "app.py", "--model", str(folder), "--port", str(free_port())], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
 def test_auth_needs_a_colon():
     proc = subprocess.run([sys.executable, "app.py", "--auth", "justaname"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
@@ -99,7 +118,7 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
         "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5"},
-        "examples": {"txt2img": [["a red circle", "", 3.0]]},
+        "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]},
     }))
     engine = Engine(load_bundle(str(folder), device="cpu"))
     settings = engine.default_settings()
@@ -117,6 +136,43 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
         "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
     assert infos(plain, "Guidance scale (CFG)") == {"1 turns classifier-free guidance off"}
     assert "euler holds at 7.5" in infos(engine, "Sampler") and "euler holds at 7.5" not in infos(plain, "Sampler")
+
+
+def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
+    folder = Path(core.toyworld.__file__).parent / "model"
+    defaults = ModelDefaults.read(folder)
+    assert defaults.embeddings == (folder / "embeddings" / "teal.safetensors",)
+    assert set(defaults.examples) == set(EXAMPLE_FIELDS)
+    assert all(len(row) == len(EXAMPLE_FIELDS[tab]) for tab, rows in defaults.examples.items() for row in rows)
+    assert isinstance(defaults.settings["guidance_scale"], float)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"setings": {}}, "unknown key 'setings'; allowed: settings, notes, guidance, embeddings, examples"),
+    ({"settings": {"cfg": 3}}, "settings: unknown key 'cfg'; allowed: steps, guidance_scale"),
+    ({"settings": {"steps": "20"}}, "settings: steps must be int, got '20'"),
+    ({"settings": {"steps": 2.5}}, "settings: steps must be int, got 2.5"),
+    ({"guidance": {"target": "#fff"}}, "guidance: unknown key 'target'"),
+    ({"notes": {"steps": 3}}, "notes must be text"),
+    ({"embeddings": ["missing.safetensors"]}, "embeddings: there is no file"),
+    ({"examples": {"txt2img": [["a red circle", "", 3.0]]}}, "each txt2img record has exactly the keys "
+                                                             "prompt, negative_prompt, guidance_scale"),
+    ({"examples": {"txt2im": []}}, "examples: unknown key 'txt2im'"),
+])
+def test_a_bad_defaults_file_is_refused_naming_the_entry(tiny_sd_dir, tmp_path, entry, message):
+    folder = tmp_path / "bad-defaults"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "lens_defaults.json").write_text(json.dumps(entry))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_bundle(str(folder), device="cpu")
+
+
+def test_defaults_out_of_range_for_the_model_are_refused_at_load(tiny_sd_dir, tmp_path):
+    folder = tmp_path / "big-defaults"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "lens_defaults.json").write_text(json.dumps({"settings": {"steps": 5000}}))
+    with pytest.raises(ValueError, match="steps must be a whole number from 1 to 200, got 5000"):
+        Engine(load_bundle(str(folder), device="cpu"))
 
 
 def test_auto_prefers_real_sd_on_a_gpu_and_the_toy_elsewhere():

@@ -1,7 +1,9 @@
 """The toy world's procedural data: reproducible, captioned truthfully, drawn in the named colours or their shades."""
 import json
-from dataclasses import replace
 import random
+import re
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import core.toyworld
 from core.engine import Engine
 from core.models import load_bundle
 from core.sampler import Settings
@@ -117,6 +120,11 @@ def test_training_recipe_runs_and_the_engine_loads_its_model(tmp_path):
     measured = train(PRESETS["tiny"], tmp_path / "toy")
     recipe = json.loads((tmp_path / "toy" / "training.json").read_text())
     assert recipe["recipe"]["unet_channels"] == [32, 32] and recipe["vae_psnr_db"] == round(measured["vae_psnr_db"], 2)
+    assert re.fullmatch("[0-9a-f]{40}", recipe["commit"]) and recipe["recipe"]["unet_steps"] == 6
+    assert set(recipe["minutes"]) == {"vae", "unet", "vae decoder"}
+    defaults = json.loads((tmp_path / "toy" / "lens_defaults.json").read_text())
+    shipped = json.loads((Path(core.toyworld.__file__).parent / "model" / "lens_defaults.json").read_text())
+    assert defaults == {**shipped, "embeddings": []}  # the shipped defaults, less the embeddings not learned yet
     bundle = load_bundle(str(tmp_path / "toy"), device="cpu", dtype="float32")
     assert bundle.vae_scale_factor == 8 and bundle.latent_channels == 4 and bundle.native_size == 64
     assert len(bundle.tokenizer) == 49408 and bundle.tokenizer("puppy").input_ids[1] == 6829

@@ -31,6 +31,7 @@ import copy
 import json
 import math
 import random
+import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,62 +42,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from core.defaults import FILE
 from core.models import TOKENIZER_DIR
 from core.schedule import SD_V1_SCHEDULE
 from core.sd_folder import Shape, make_text_encoder, make_unet, make_vae, sd_pipeline
 from core.toyworld.data import SHADE_SPREAD, SIZE, caption, make_dataset, off_palette_images
 
 HERE = Path(__file__).resolve().parent
-
-
-SIZE_NOTE = "this model was trained at 64 px: at 128 px it draws the shape two to four times, or as merged blobs"
-# What the app starts from with this model (core.models reads lens_defaults.json beside model_index.json).
-# CFG 3: with LMS's 4th-order steps, guidance 7.5 makes this model's latents blow up (see the model card).
-LENS_DEFAULTS = {
-    # previews: the toy's VAE decodes a preview in about 20 ms (a 30-step run with them stays under a second),
-    # and its latents are too nonlinear for the fast linear preview map to show more than rough colours
-    "settings": {"guidance_scale": 3.0, "previews": "full"},
-    # shown beside the setting's control (evaluate.py, LMS 30 steps, 66 prompts x 2 seeds: colour 97.7% at 3,
-    # 54.5% at 4, 18.9% at 5, 12.1% at 7.5; Euler at 7.5 99.2%)
-    "notes": {"guidance_scale": "this model: 3. With LMS it breaks above 3 (half its images at 4, nearly all at "
-                                "the notebook's 7.5); Euler holds at 7.5",
-              "width": SIZE_NOTE, "height": SIZE_NOTE},
-    "guidance": {"scale": 20.0},  # loss guidance: strong enough to see, gentle enough to keep most shapes
-    "embeddings": ["embeddings/teal.safetensors"],  # made by core.toyworld.textual_inversion
-    "examples": {
-        "txt2img": [
-            ["a red circle on a white background", "", 3.0],
-            ["a picture of a small blue star on yellow", "", 3.0],
-            ["a large green heart on a black background", "", 3.0],
-            ["a purple cross, orange background", "purple", 3.0],
-        ],
-        "guided": [
-            ["a red circle on a white background", "blue", 20.0, "#0000ff"],
-            ["a green heart on a pink background", "blue", 20.0, "#0000ff"],
-            ["a red circle on a white background", "color", 20.0, "#ffff00"],
-        ],
-        "swap_token": [  # (prompt, the token to replace, the word to put there)
-            ["a red circle on a white background", "red", "blue"],
-            ["a yellow star on a black background", "star", "heart"],
-        ],
-        "mix_tokens": [  # (prompt, the token to replace, word A, word B, weight of A)
-            ["a red circle on a white background", "red", "red", "blue", 0.5],
-            ["a green square on a white background", "square", "square", "circle", 0.5],
-        ],
-        "mix_prompts": [  # (prompt A, prompt B, factor)
-            ["a red circle on a white background", "a blue star on a yellow background", 0.5],
-        ],
-        "textual_inversion": [  # (prompt, the token to replace with the learned one, or "")
-            ["a <teal> circle on a white background", ""],
-            ["a green star on a black background", "green"],
-        ],
-        "img2img": [
-            ["a yellow star on a black background", 0.5],
-            ["a red heart on a pink background", 0.6],
-            ["a blue star on a yellow background", 0.7],
-        ],
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -424,12 +376,22 @@ def save(out: Path, vae, text_encoder, unet, tokenizer, cfg: TrainConfig, minute
     pipe.save_pretrained(out, safe_serialization=True)
     write_lens_defaults(out)
     (out / "training.json").write_text(json.dumps(
-        {"recipe": cfg.recipe(), "minutes": {k: round(v, 1) for k, v in minutes.items()},
+        {"recipe": cfg.recipe(), "commit": source_commit(), "minutes": {k: round(v, 1) for k, v in minutes.items()},
          "vae_psnr_db": round(psnr, 2)}, indent=2) + "\n")
 
 
 def write_lens_defaults(out: Path) -> None:
-    (out / "lens_defaults.json").write_text(json.dumps(LENS_DEFAULTS, indent=2) + "\n")
+    """What the app starts from with this model: the shipped model's lens_defaults.json (its one source), less
+    the learned embeddings this folder does not have yet (core.toyworld.textual_inversion makes them)."""
+    shipped = json.loads((HERE / "model" / FILE).read_text())
+    shipped["embeddings"] = [name for name in shipped.get("embeddings", []) if (out / name).is_file()]
+    (out / FILE).write_text(json.dumps(shipped, indent=2) + "\n")
+
+
+def source_commit() -> str:
+    """The git commit of the recipe's source, or "" outside a git checkout."""
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def train(cfg: TrainConfig, out: Path, checkpoints: Path | None = None) -> dict:

@@ -1,0 +1,143 @@
+"""What a model folder recommends to the app: the optional `lens_defaults.json` beside model_index.json.
+
+    {"settings":   {"guidance_scale": 3.0},              # Settings fields the page starts from
+     "notes":      {"guidance_scale": "this model: 3"},  # shown under that setting's control
+     "guidance":   {"scale": 20.0},                      # Guidance fields the guidance tab starts from
+     "embeddings": ["embeddings/teal.safetensors"],      # learned tokens the text lab offers, beside the file
+     "examples":   {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]}}
+
+Every part is optional. The file is checked when the model loads: a key or value the app would not use is an
+error naming it, not a setting silently ignored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from core.guidance import Guidance
+from core.sampler import Settings
+
+FILE = "lens_defaults.json"
+
+# Each tab's example record: its fields, in the order of the controls the tab's examples fill.
+EXAMPLE_FIELDS = {
+    "txt2img": ("prompt", "negative_prompt", "guidance_scale"),
+    "guided": ("prompt", "loss", "scale", "color"),
+    "swap_token": ("prompt", "token", "replacement"),
+    "mix_tokens": ("prompt", "token", "word_a", "word_b", "weight"),
+    "mix_prompts": ("prompt_a", "prompt_b", "factor"),
+    "textual_inversion": ("prompt", "token"),  # token: the word the learned token replaces, or ""
+    "img2img": ("prompt", "strength"),  # beside ui's example images, in their order
+}
+
+NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; rows in EXAMPLE_FIELDS' order
+    "txt2img": (("A watercolor painting of an otter", "", 7.5),
+                ("A picture of a puppy", "", 7.5),
+                ("A colorful dancer, nat geo photo", "blue", 7.5)),
+    "guided": (("A campfire (oil on canvas)", "blue", 200, "#0000ff"),
+               ("A watercolor painting of an otter", "color", 200, "#0000ff")),
+    "swap_token": (("A picture of a puppy", "puppy", "cat"),
+                   ("A watercolor painting of an otter", "otter", "panda")),
+    "mix_tokens": (("A picture of a puppy", "puppy", "cat", "panda", 0.4),),
+    "mix_prompts": (("A mouse", "A leopard", 0.5),),
+    "textual_inversion": (("A picture of a puppy", "puppy"),),
+    "img2img": (("A colorful dancer, nat geo photo", 0.8),
+                ("An oil painting of a man on a bench", 0.6),
+                ("A watercolor painting of an otter", 0.5)),
+}
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """A model's recommendations, checked; `ModelDefaults()` is a model that recommends nothing."""
+
+    settings: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+    notes: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    guidance: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+    embeddings: tuple[Path, ...] = ()
+    examples: Mapping[str, tuple[tuple, ...]] = field(default_factory=lambda: _frozen({}))
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelDefaults:
+        """The folder's lens_defaults.json, checked; no file recommends nothing. ValueError names a bad entry."""
+        path = folder / FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+        return cls.parse(data, folder, where=str(path))
+
+    @classmethod
+    def parse(cls, data: Any, folder: Path, where: str = FILE) -> ModelDefaults:
+        _keys(where, data, ("settings", "notes", "guidance", "embeddings", "examples"))
+        notes = data.get("notes", {})
+        _keys(f"{where} notes", notes, _names(Settings))
+        if not all(isinstance(note, str) for note in notes.values()):
+            raise ValueError(f"{where} notes must be text, got {notes!r}")
+        return cls(settings=_frozen(_values(f"{where} settings", data.get("settings", {}), Settings())),
+                   notes=_frozen(notes),
+                   guidance=_frozen(_values(f"{where} guidance", data.get("guidance", {}), Guidance())),
+                   embeddings=_embeddings(where, data.get("embeddings", []), folder),
+                   examples=_frozen(_examples(where, data.get("examples", {}))))
+
+    def examples_for(self, tab: str) -> list[list]:
+        """The tab's example rows (the model's, else the notebook's), each in EXAMPLE_FIELDS' order."""
+        return [list(row) for row in self.examples.get(tab, NOTEBOOK_EXAMPLES[tab])]
+
+
+def _names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
+def _keys(where: str, data: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object with keys from {', '.join(allowed)}, got {data!r}")
+    for key in data:
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+
+def _values(where: str, data: Any, plain: Any) -> dict:
+    """`data`'s entries, each a field of the dataclass `plain` with a value of that field's default's type."""
+    scalars = tuple(f.name for f in fields(plain) if isinstance(getattr(plain, f.name), (int, float, str)))
+    _keys(where, data, scalars)
+    for key, value in data.items():
+        kind = type(getattr(plain, key))
+        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not fits or isinstance(value, bool):
+            raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    return {key: float(value) if type(getattr(plain, key)) is float else value for key, value in data.items()}
+
+
+def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{where} embeddings must be a list of file names, got {names!r}")
+    paths = tuple(folder / name for name in names)
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{where} embeddings: there is no file {path}")
+    return paths
+
+
+def _examples(where: str, data: Any) -> dict[str, tuple[tuple, ...]]:
+    _keys(f"{where} examples", data, tuple(EXAMPLE_FIELDS))
+    rows = {}
+    for tab, records in data.items():
+        names = EXAMPLE_FIELDS[tab]
+        if not isinstance(records, list) or not records:
+            raise ValueError(f"{where} examples: {tab} must be a non-empty list of records, got {records!r}")
+        for record in records:
+            if not isinstance(record, dict) or set(record) != set(names):
+                raise ValueError(f"{where} examples: each {tab} record has exactly the keys "
+                                 f"{', '.join(names)}, got {record!r}")
+        rows[tab] = tuple(tuple(record[name] for name in names) for record in records)
+    return rows
