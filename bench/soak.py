@@ -181,24 +181,30 @@ def verdict(rows: list[tuple], args: argparse.Namespace) -> list[str]:
     return problems
 
 
+COUNTS = (  # the whole-number options, each at least 1: (flag, default, help)
+    ("--clients", 8, "clients sending runs at once"),
+    ("--runs", 1000, "text-to-image runs in all"),
+    ("--every", 100, "a row every this many runs"),
+    ("--steps", 30, "steps a run, each previewed"),
+    ("--session-runs", 1, "runs a session makes before its client leaves (1: every run a new visitor)"),
+    ("--concurrency", 2, "the app's --concurrency"),
+    ("--cache-max-age", 120, "the app's --cache-max-age, in seconds"),
+)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clients", type=int, default=8, help="clients sending runs at once")
-    p.add_argument("--runs", type=int, default=1000, help="text-to-image runs in all")
-    p.add_argument("--every", type=int, default=100, help="a row every this many runs")
-    p.add_argument("--steps", type=int, default=30, help="steps a run, each previewed")
-    p.add_argument("--session-runs", type=int, default=1,
-                   help="runs a session makes before its client leaves (1: every run a new visitor)")
-    p.add_argument("--concurrency", type=int, default=2, help="the app's --concurrency")
-    p.add_argument("--cache-max-age", type=int, default=120, help="the app's --cache-max-age, in seconds")
+    for flag, default, about in COUNTS:
+        p.add_argument(flag, type=int, default=default, help=about)
     p.add_argument("--warmup", type=int, default=100, help="runs before the RSS it is measured against")
     p.add_argument("--max-rss-growth", type=float, default=50, help="MB the RSS may grow after the warm-up")
     p.add_argument("--age-slack", type=float, default=60,
                    help="seconds a file may outlive the cache age (the sweep's interval and a slow machine)")
     args = p.parse_args()
-    for name in ("clients", "runs", "every", "steps", "session_runs", "concurrency", "cache_max_age"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for flag, _, _ in COUNTS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
     return args
 
 

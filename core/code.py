@@ -71,6 +71,7 @@ class Recipe:
     guidance: Guidance | None = None            # loss guidance
     image: str | None = None                    # image to image: the image's path ...
     strength: float | None = None               # ... and the strength
+    lms_order: str = "run"                      # ... and how LMS counts its order (core.schedule.LMS_ORDERS)
 
 
 def script(bundle: ModelBundle, recipe: Recipe) -> str:
@@ -361,10 +362,13 @@ def _loop(recipe: Recipe) -> str:
         guide = ("\n        if i % loss_every == 0:\n            latents = guide(scheduler, latents, t, noise_pred, "
                  "text_embeddings, scheduler.sigmas[i].item())")
     order = ""
-    if s.scheduler == "lms" and recipe.image is not None:
+    if s.scheduler == "lms" and recipe.image is not None and recipe.lms_order == "run":
         order = f", order=min(i + 1, {LMS_MAX_ORDER})"
         guide += ("\n        # LMS extrapolates from up to 4 past steps; a run that starts mid-schedule has only i + 1"
                   "\n        # of its own (diffusers' LMS counts from the schedule's start and would use 4 at once)")
+    elif s.scheduler == "lms" and recipe.image is not None:
+        guide += ("\n        # diffusers' LMS counts its order from the schedule's start: from a mid-schedule start it"
+                  "\n        # applies 4th-order coefficients at once, to the one or two derivatives this run has")
     return f'''
 
 def predict_noise(scheduler, latents, t, text_embeddings):
@@ -418,8 +422,8 @@ class Scripts:
     def _script(self, recipe: Recipe) -> str:
         return script(self.engine.bundle, recipe)
 
-    def txt2img(self, prompt: str, negative_prompt: str, settings: Settings, learned: dict | None = None,
-                title: str = "Text to image") -> str:
+    def txt2img(self, prompt: str, negative_prompt: str, settings: Settings, *,
+                learned: dict | None = None, title: str = "Text to image") -> str:
         settings = self.engine.check_txt2img(prompt, negative_prompt, settings)
         return self._script(Recipe(title, prompt, negative_prompt, settings,
                                    learned=used(learned, prompt, negative_prompt)))
@@ -428,15 +432,16 @@ class Scripts:
         settings = self.engine.check_guided(prompt, negative_prompt, settings, guidance)
         return self._script(Recipe("Loss guidance", prompt, negative_prompt, settings, guidance=guidance))
 
-    def img2img(self, prompt: str, negative_prompt: str, image: str, strength: float, settings: Settings) -> str:
+    def img2img(self, prompt: str, negative_prompt: str, image: str, strength: float, settings: Settings, *,
+                lms_order: str = "run") -> str:
         width, height = self.engine.fit_image(image).image.size
         settings = self.engine.check_txt2img(prompt, negative_prompt, replace(settings, width=width, height=height))
-        self.engine.img2img_plan(strength, settings.steps, settings.scheduler)
+        self.engine.img2img_plan(strength, settings.steps, settings.scheduler, lms_order)
         return self._script(Recipe("Image to image", prompt, negative_prompt, settings,
-                                   image=str(Path(image).resolve()), strength=strength))
+                                   image=str(Path(image).resolve()), strength=strength, lms_order=lms_order))
 
     def edit_token(self, prompt: str, negative_prompt: str, settings: Settings, position: int,
-                   parts: list[tuple[str, float]], learned: dict | None = None,
+                   parts: list[tuple[str, float]], *, learned: dict | None = None,
                    title: str = "A token's embedding edited") -> str:
         """Swap or mix: `parts` are (word, token id written as a number, or learned token; weight)."""
         engine, learned = self.engine, learned or {}
@@ -450,7 +455,7 @@ class Scripts:
         return self._script(Recipe(title, prompt, negative_prompt, settings, Edit(position, ingredients, about),
                                    learned=chosen))
 
-    def mix_prompts(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str, settings: Settings,
+    def mix_prompts(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str, settings: Settings, *,
                     learned: dict | None = None) -> str:
         if not 0.0 <= factor <= 1.0:
             raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")

@@ -4,8 +4,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from core.models import ModelBundle
 
 MIN_INPUT_SIDE = 16             # pixels; smaller inputs carry too little to show anything
 MAX_INPUT_PIXELS = 40_000_000   # read from the header before decoding, so a "pixel bomb" is never decoded
@@ -76,3 +80,9 @@ def fit(image: Image.Image, size: int, max_side: int, factor: int) -> Fitted:
     if len(steps) == 1:
         steps.append("used as it is")
     return Fitted(rgb, ", ".join(steps))
+
+
+def fit_to(bundle: ModelBundle, source: str | Path | Image.Image) -> Fitted:
+    """An uploaded image opened and fitted to the model: native size on the shorter side, sides a multiple of
+    the VAE factor."""
+    return fit(open_image(source), bundle.native_size, bundle.max_side, bundle.vae_scale_factor)

@@ -6,7 +6,7 @@ per-step hooks (loss guidance), and how often to decode a preview. The loop yiel
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, TYPE_CHECKING
@@ -66,6 +66,7 @@ class Start:
 
     latents: torch.Tensor          # (1, 4, h, w), clean latents scaled by the VAE's scaling factor
     step: int                      # 0-based index of the first step to run
+    lms_order: str = "run"         # a key of schedule.LMS_ORDERS: where LMS starts counting its order
 
 
 @dataclass(frozen=True)
@@ -185,21 +186,46 @@ def _decode_frame(bundle: ModelBundle, x_t: torch.Tensor, x0: torch.Tensor, fina
     return x_t_image, x0_image, decoded[-1] if final is not None else None
 
 
+class Frames(Iterator[Frame]):
+    """A run's frames, one per `next()`; `start` holds the latents the run denoises first, known before its
+    first step (image to image shows them decoded)."""
+
+    def __init__(self, start: torch.Tensor, frames: Generator[Frame, None, None]):
+        self.start, self._frames = start, frames
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """End the run here: its observers are detached (a page closed mid-run)."""
+        self._frames.close()
+
+
 def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
            hooks: Sequence[Hook] = (), observers: Sequence[Observer] = (),
-           should_stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
-    """Check the inputs now, then return the generator that denoises one step per `next()`.
+           should_stop: Callable[[], bool] = lambda: False) -> Frames:
+    """Check the inputs and make the starting latents now, then return the frames: one step per `next()`.
 
     `should_stop` is asked before every step; when it says yes the run ends there.
     """
     check_settings(bundle, settings)
     if start is not None and not 0 <= start.step < settings.steps:
         raise ValueError(f"start step must be from 0 to {settings.steps - 1}, got {start.step}")
+    if start is not None and start.lms_order not in schedule.LMS_ORDERS:
+        raise ValueError(f"lms_order must be one of {', '.join(schedule.LMS_ORDERS)}, got {start.lms_order!r}")
+    # 1. this run's own scheduler, and what it denoises first: pure noise, or the image's latents noised to the
+    # first timestep
+    first = start.step if start else 0
+    scheduler = schedule.make_scheduler(bundle.scheduler_config, settings.scheduler, settings.steps, bundle.device, first)
+    with torch.no_grad():
+        latents = start_latents(bundle, settings, scheduler, start)
     # Without hooks nothing needs autograd at all; a hook (loss guidance) builds its own graph inside its step.
     mode = torch.no_grad() if hooks else torch.inference_mode()
     observers = tuple(observers)
-    return _attached(bundle, settings, observers,
-                     mode(_denoise)(bundle, cond, settings, start, tuple(hooks), observers, should_stop))
+    counted_from = first if start is not None and start.lms_order == "diffusers" else 0  # LMS's order
+    denoising = mode(_denoise)(bundle, cond, settings, scheduler, latents, (first, counted_from), tuple(hooks),
+                               observers, should_stop)
+    return Frames(latents, _attached(bundle, settings, observers, denoising))
 
 
 def _attached(bundle: ModelBundle, settings: Settings, observers: tuple[Observer, ...],
@@ -218,16 +244,13 @@ def _watching(observers: tuple[Observer, ...], cond_index: int) -> ExitStack:
     return stack
 
 
-def _denoise(bundle: ModelBundle, cond: Conditioning, settings: Settings, start: Start | None, hooks: tuple[Hook, ...],
-             observers: tuple[Observer, ...], should_stop: Callable[[], bool]) -> Iterator[Frame]:
-    # 1. this run's own scheduler
-    first = start.step if start else 0
-    scheduler = schedule.make_scheduler(bundle.scheduler_config, settings.scheduler, settings.steps, bundle.device, first)
+def _denoise(bundle: ModelBundle, cond: Conditioning, settings: Settings, scheduler: SchedulerMixin,
+             latents: torch.Tensor, begin: tuple[int, int], hooks: tuple[Hook, ...], observers: tuple[Observer, ...],
+             should_stop: Callable[[], bool]) -> Iterator[Frame]:
+    # 2. the steps left from `first` on; LMS counts its order from `counted_from`
+    first, counted_from = begin
     timesteps = scheduler.timesteps[first:]
     sigmas = schedule.sigmas(scheduler)
-
-    # 2. starting latents: pure noise, or the image's latents noised to the first timestep
-    latents = start_latents(bundle, settings, scheduler, start)
 
     # 3. classifier-free guidance runs the UNet on [uncond, cond] as one batch
     guided = settings.guidance_scale != 1.0
@@ -260,7 +283,7 @@ def _denoise(bundle: ModelBundle, cond: Conditioning, settings: Settings, start:
             result = hook(state)
             if result is not None:
                 latents, loss, note = result.latents, result.loss, result.note
-        next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, taken)
+        next_latents, x0 = schedule.step(scheduler, noise_pred, t, latents, counted_from + taken)
         _check_finite(next_latents, index, settings)
         early = schedule.stopped_early(scheduler)
         note, last = early or note, early is not None or index == settings.steps - 1

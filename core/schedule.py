@@ -48,6 +48,10 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}
 VARIANCE_EXPLODING = (LMSDiscreteScheduler, EulerDiscreteScheduler)  # x_t = x0 + sigma * noise
 LMS_MAX_ORDER = 4  # LMSDiscreteScheduler's default order
+LMS_ORDERS = {  # how a run that starts mid-schedule (image to image) counts LMS's order
+    "run": "from the run's own first step: 1, 2, 3, then 4 (this app)",
+    "diffusers": "from the schedule's start, as diffusers' LMS does: order 4 at once, with one derivative stored",
+}
 # SD v1's noise schedule, the one its models were trained with. steps_offset is given because without it
 # diffusers' pipelines rewrite the config, with a warning.
 SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -74,9 +78,10 @@ def step(scheduler: SchedulerMixin, noise_pred: torch.Tensor, t: torch.Tensor, l
          taken: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One scheduler step: returns (latents for the next step, predicted x0).
 
-    `taken` counts the steps this run has already made. LMS extrapolates from its stored derivatives;
-    stock diffusers counts its order from the start of the schedule, which is wrong for a run that starts
-    mid-schedule (image to image), so the order here grows with the run's own history.
+    `taken` counts the steps LMS's order grows with. LMS extrapolates from its stored derivatives, so the
+    sampling loop counts the run's own steps; stock diffusers counts from the start of the schedule, which for
+    a run that starts mid-schedule (image to image) applies 4th-order coefficients to a single derivative
+    (LMS_ORDERS' "diffusers", offered so that the difference can be seen).
     """
     if isinstance(scheduler, LMSDiscreteScheduler):
         out = scheduler.step(noise_pred, t, latents, order=min(taken + 1, LMS_MAX_ORDER))

@@ -66,6 +66,12 @@ def encode(bundle: ModelBundle, images: torch.Tensor) -> torch.Tensor:
     return posterior.mean * vae.config.scaling_factor
 
 
+@torch.no_grad()
+def image_latents(bundle: ModelBundle, image: Image.Image) -> torch.Tensor:
+    """A PIL image's latents, scaled by the VAE's scaling factor: (1, 4, H/8, W/8)."""
+    return encode(bundle, from_pil(image))
+
+
 def from_pil(image: Image.Image) -> torch.Tensor:
     """A PIL RGB image -> (1, 3, H, W) in [0, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255  # (H, W, 3)

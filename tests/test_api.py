@@ -163,7 +163,7 @@ def test_img2img_at_strength_zero_returns_the_round_trip(app_url, tiny_bundle):
     outputs = list(img2img(client, strength=0.0))
     assert outputs[-1][I2I_X0] is None and outputs[-1][I2I_X0 - 1] is None  # no step: x_t and x0 cleared
     served = Image.open(image_paths(outputs, I2I_RESULT)[-1]).convert("RGB")
-    alone = Engine(tiny_bundle).vae_view(str(EXAMPLE)).reconstruction
+    alone = Engine(tiny_bundle).views.vae_view(str(EXAMPLE)).reconstruction
     assert list(served.getdata()) == list(alone.getdata())
 
 

@@ -174,7 +174,7 @@ def test_layers_by_place_and_resolution(toy_engine, tiny_bundle):
     assert len(attention.check_layers(toy_engine.bundle, attention.Layers(places=("mid",)))) == 1
     settings = replace(toy_engine.default_settings(), steps=2)
     every = list(toy_engine.attention(PROMPT, "", settings).frames)[-1].observed["attention"].maps
-    mid = list(toy_engine.attention(PROMPT, "", settings, attention.Layers(places=("mid",))).frames)
+    mid = list(toy_engine.attention(PROMPT, "", settings, layers=attention.Layers(places=("mid",))).frames)
     assert not torch.allclose(every, mid[-1].observed["attention"].maps, atol=1e-3)
 
 
@@ -189,7 +189,7 @@ def test_layers_by_place_and_resolution(toy_engine, tiny_bundle):
 ])
 def test_bad_layer_choices_say_what_the_model_has(toy_engine, layers, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        toy_engine.attention(PROMPT, "", toy_engine.default_settings(), layers)
+        toy_engine.attention(PROMPT, "", toy_engine.default_settings(), layers=layers)
 
 
 def test_entries_and_positions(toy_engine):
@@ -237,7 +237,7 @@ def toy_last_step(toy_engine):
     def last_step(prompt, seed, places=attention.PLACES):
         if (prompt, seed, places) not in runs:
             settings = replace(toy_engine.default_settings(), seed=seed, steps=20, preview_every=0)
-            last = list(toy_engine.attention(prompt, "", settings, attention.Layers(places)).frames)[-1]
+            last = list(toy_engine.attention(prompt, "", settings, layers=attention.Layers(places)).frames)[-1]
             runs[prompt, seed, places] = last.observed["attention"], shape_mask(last.image, prompt)
         return runs[prompt, seed, places]
 

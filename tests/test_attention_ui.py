@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 from core.engine import Engine
 from core.sampler import Settings
 from tests.conftest import free_port, start_app
-from tests.test_browser import ARGS, CHROMIUM, RUN_TIMEOUT_MS, SHOTS, set_number
+from tests.test_browser import ARGS, CHROMIUM, RUN_TIMEOUT_MS, SHOTS, record_images, set_number
 from tests.test_pictures import PICTURES
 
 # What /attention returns (gradio_client leaves out the State): RunView's outputs, then the tab's own.
@@ -69,18 +69,6 @@ def test_map_video_before_any_run_says_what_to_do(app_url):
         Client(app_url, verbose=False).predict(token=1, opacity=0.5, fps=8, api_name="/attention_map_video")
 
 
-# Records every image the chosen token's panel shows, so frames that flash by are counted too.
-RECORD_LARGE = """() => {
-  window.largeSources = [];
-  const panel = document.querySelector('#attention-beside');
-  const note = () => panel.querySelectorAll('img').forEach(img => {
-    if (img.src && window.largeSources.at(-1) !== img.src) window.largeSources.push(img.src);
-  });
-  new MutationObserver(note).observe(panel, {subtree: true, childList: true, attributes: true,
-                                             attributeFilter: ['src']});
-}"""
-
-
 @pytest.fixture(scope="module")
 def toy_page():
     """The Attention tab of the app on the toy model, as README shows it."""
@@ -108,12 +96,12 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     tab.get_by_label("Seed", exact=True).fill("2")
     set_number(tab, "Steps", 20)
     tab.get_by_label("Token shown large", exact=True).fill("3")
-    page.evaluate(RECORD_LARGE)
+    page.evaluate(record_images("#attention-beside"))
     tab.get_by_role("button", name="Generate").click()
     status = page.locator("#attention-status")
     expect(status).to_contain_text("step 20 / 20", timeout=RUN_TIMEOUT_MS)
     expect(status).to_contain_text("done")
-    assert len(set(page.evaluate("window.largeSources"))) >= 15  # 20 streamed; a few may arrive together
+    assert len(set(page.evaluate("window.shown"))) >= 15  # 20 streamed; a few may arrive together
     grid = page.locator("#attention-grid .thumbnail-item")
     expect(grid).to_have_count(10)
     expect(grid.nth(3)).to_contain_text("3 heart</w> · ")

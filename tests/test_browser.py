@@ -17,16 +17,19 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 RUN_TIMEOUT_MS = 120_000
 
-# Records every image the x0 panel shows, so frames that flash by are counted too.
-RECORD_X0 = """() => {
-  window.x0Sources = [];
-  const panel = document.querySelector('#txt2img-x0');
+
+def record_images(panel: str) -> str:
+    """JavaScript that records in window.shown every image the element `panel` (a CSS selector) shows, so that
+    frames that flash by are counted too."""
+    return """() => {
+  window.shown = [];
+  const panel = document.querySelector('%s');
   const note = () => panel.querySelectorAll('img').forEach(img => {
-    if (img.src && window.x0Sources.at(-1) !== img.src) window.x0Sources.push(img.src);
+    if (img.src && window.shown.at(-1) !== img.src) window.shown.push(img.src);
   });
   new MutationObserver(note).observe(panel, {subtree: true, childList: true, attributes: true,
                                              attributeFilter: ['src']});
-}"""
+}""" % panel
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,11 @@ def test_generate_streams_distinct_frames(page):
     status = page.locator("#txt2img-status")
     page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")
     set_number(page, "Steps", 20)
-    page.evaluate(RECORD_X0)
+    page.evaluate(record_images("#txt2img-x0"))
     page.get_by_role("button", name="Generate").click()
     expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     expect(status).to_contain_text("step 20 / 20")
-    sources = page.evaluate("window.x0Sources")
+    sources = page.evaluate("window.shown")
     assert len(set(sources)) >= 15  # 20 streamed; the page may coalesce a few that arrive together
     expect(page.locator("#txt2img-result img")).to_have_count(1)
     expect(page.get_by_text("Scrub through the run")).to_be_visible()
@@ -224,12 +227,12 @@ def test_img2img_states_the_strength_shows_the_start_and_streams(page):
     expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 30 steps: skip the first 15 steps")
     set_number(tab, "Steps", 20)
     expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 20 steps: skip the first 10 steps")
-    page.evaluate(RECORD_X0.replace("#txt2img-x0", "#img2img-x0"))
+    page.evaluate(record_images("#img2img-x0"))
     tab.get_by_role("button", name="Generate").click()
     status = page.locator("#img2img-status")
     expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     expect(status).to_contain_text("step 20 / 20")
-    assert len(set(page.evaluate("window.x0Sources"))) >= 8  # 10 steps run, a few may coalesce
+    assert len(set(page.evaluate("window.shown"))) >= 8  # 10 steps run, a few may coalesce
     for panel in ("#img2img-fitted", "#img2img-start", "#img2img-result"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
     expect(page.locator("#img2img-about")).to_contain_text("Input: 64x64 RGB, used as it is")

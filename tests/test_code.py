@@ -71,12 +71,12 @@ def cases(engine: Engine, learned: dict | None = None) -> dict:
     }
     if learned:
         teal = "a <teal> circle on a white background"
-        out["textual_inversion"] = (scripts.txt2img(teal, "", s, learned),
+        out["textual_inversion"] = (scripts.txt2img(teal, "", s, learned=learned),
                                     lambda: [engine.txt2img(teal, "", s, learned=learned)])
         out["learned_in_place"] = (scripts.edit_token("a green star on a black background", "", s, 2,
-                                                      [("<teal>", 1.0)], learned),
+                                                      [("<teal>", 1.0)], learned=learned),
                                    lambda: engine.edit_token("a green star on a black background", "", s, 2,
-                                                             [("<teal>", 1.0)], learned))
+                                                             [("<teal>", 1.0)], learned=learned))
     return out
 
 
@@ -94,12 +94,15 @@ def test_the_script_of_each_tab_makes_the_apps_image_on_the_toy(toy_engine, tmp_
         assert printed.count("loss") == 3  # steps 0, 3 and 6 of 8 are guided, each printing its loss
 
 
-@pytest.mark.parametrize("change", [{"scheduler": "ddim"}, {"scheduler": "dpm++"}, {"guidance_scale": 1.0}])
-def test_image_to_image_scripts_follow_the_sampler_and_the_guidance(tiny_bundle, tmp_path, change):
+@pytest.mark.parametrize("change, lms_order", [({"scheduler": "ddim"}, "run"), ({"scheduler": "dpm++"}, "run"),
+                                               ({"guidance_scale": 1.0}, "run"), ({"scheduler": "lms"}, "diffusers")])
+def test_image_to_image_scripts_follow_the_sampler_the_guidance_and_the_lms_order(tiny_bundle, tmp_path, change,
+                                                                                  lms_order):
     engine = Engine(tiny_bundle)
     s = replace(engine.default_settings(), steps=8, seed=3, preview_every=0, **change)
-    assert_same(Scripts(engine).img2img("a cat", "", str(EXAMPLE), 0.6, s),
-                [engine.img2img("a cat", "", EXAMPLE, 0.6, s)], tmp_path)
+    code = Scripts(engine).img2img("a cat", "", str(EXAMPLE), 0.6, s, lms_order=lms_order)
+    assert ("order=min(i + 1" in code) == (s.scheduler == "lms" and lms_order == "run")
+    assert_same(code, [engine.img2img("a cat", "", EXAMPLE, 0.6, s, lms_order=lms_order)], tmp_path)
 
 
 def test_mixing_two_tokens_and_guiding_accurately_or_by_colour(tiny_bundle, tmp_path):
@@ -128,5 +131,5 @@ def test_a_learned_token_stands_in_as_a_word_the_prompts_do_not_use(toy_engine):
     """The script writes a learned token as a one-token word, then puts the learned vector in its place: a word
     the prompts use (in any case, beside any punctuation) would be replaced too."""
     s = replace(toy_engine.default_settings(), steps=4, seed=1)
-    code = Scripts(toy_engine).txt2img("a <teal> Puppy, with a kitten.", "", s, toy_engine.load_learned(TEAL))
+    code = Scripts(toy_engine).txt2img("a <teal> Puppy, with a kitten.", "", s, learned=toy_engine.load_learned(TEAL))
     assert "stand_ins = {'<teal>': 'banana'}" in code

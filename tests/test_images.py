@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import EulerDiscreteScheduler, LMSDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from core import images, schedule, vae
@@ -48,7 +48,13 @@ def test_strength_plan_follows_diffusers(engine):
     assert plan.first == 30 - int(30 * 0.6) == 12
     assert (plan.timestep, plan.sigma) == (table.timesteps[12], table.sigmas[12])
     assert plan.describe() == ("strength 0.6 with 30 steps: skip the first 12 steps, start at timestep "
-                               f"{table.timesteps[12]:.0f}, sigma {table.sigmas[12]:.2f} (18 steps run)")
+                               f"{table.timesteps[12]:.0f}, sigma {table.sigmas[12]:.2f} (18 steps run); LMS's order "
+                               "counted from the run's own first step: 1, 2, 3, then 4 (this app)")
+    assert "as diffusers' LMS does" in engine.img2img_plan(0.6, 30, "lms", "diffusers").describe()
+    assert "LMS" not in engine.img2img_plan(0.6, 30, "euler").describe()
+    assert "LMS" not in engine.img2img_plan(1.0, 30, "lms").describe()  # from pure noise: no mid-schedule start
+    with pytest.raises(ValueError, match="lms_order must be one of run, diffusers, got 'stock'"):
+        engine.img2img_plan(0.6, 30, "lms", "stock")
 
 
 def test_frames_streamed_are_the_steps_after_the_start(engine, picture):
@@ -62,7 +68,7 @@ def test_frames_streamed_are_the_steps_after_the_start(engine, picture):
 def test_strength_zero_gives_back_the_input_through_the_vae(engine, picture):
     run = engine.img2img("a red circle", "", picture, 0.0, SMALL)
     assert list(run.frames) == []
-    round_trip = vae.to_pil(vae.decode(engine.bundle, engine.image_latents(picture)))[0]
+    round_trip = vae.to_pil(vae.decode(engine.bundle, vae.image_latents(engine.bundle, picture)))[0]
     assert run.source.start.tobytes() == round_trip.tobytes()
 
 
@@ -80,12 +86,27 @@ def test_img2img_equals_the_diffusers_pipeline(engine, tiny_sd_dir, picture):
                                                           requires_safety_checker=False)
     pipe.scheduler = EulerDiscreteScheduler.from_config(engine.bundle.scheduler_config)
     settings = replace(SMALL, scheduler="euler")
-    clean = engine.image_latents(picture)
+    clean = vae.image_latents(engine.bundle, picture)
     ref = pipe("a red circle", image=clean, strength=0.5, num_inference_steps=settings.steps,
                guidance_scale=settings.guidance_scale, generator=torch.Generator("cpu").manual_seed(settings.seed),
                output_type="latent").images
     ours = list(engine.img2img("a red circle", "", picture, 0.5, settings).frames)[-1].latents
     assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def test_lms_as_diffusers_counts_its_order_equals_the_stock_pipeline(engine, tiny_sd_dir, picture):
+    """The "as diffusers" choice is diffusers' img2img with its own LMS; the app's count differs from it."""
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, feature_extractor=None,
+                                                          requires_safety_checker=False)
+    pipe.scheduler = LMSDiscreteScheduler.from_config(engine.bundle.scheduler_config)
+    settings = replace(SMALL, scheduler="lms")
+    ref = pipe("a red circle", image=vae.image_latents(engine.bundle, picture), strength=0.5,
+               num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+               generator=torch.Generator("cpu").manual_seed(settings.seed), output_type="latent").images
+    stock = list(engine.img2img("a red circle", "", picture, 0.5, settings, lms_order="diffusers").frames)[-1]
+    ours = list(engine.img2img("a red circle", "", picture, 0.5, settings).frames)[-1]
+    assert (stock.latents - ref).abs().max().item() <= 1e-5
+    assert (ours.latents - ref).abs().max().item() > 1e-2
 
 
 def test_low_strength_on_the_toy_model_keeps_the_layout(toy_engine):
@@ -103,20 +124,20 @@ def test_low_strength_on_the_toy_model_keeps_the_layout(toy_engine):
 # --- the VAE ---
 
 def test_vae_view_shapes_factor_and_edits(engine, picture):
-    view = engine.vae_view(picture)
+    view = engine.views.vae_view(picture)
     assert view.compression == "64x64x3 -> 8x8x4: 48x fewer numbers"
     assert len(view.channels) == 4 and all(im.size == (8, 8) and low <= high for im, low, high in view.channels)
     assert view.reconstruction.size == (64, 64) and view.edited is None
-    same = engine.vae_view(picture, channel=2, scale=1.0)
+    same = engine.views.vae_view(picture, channel=2, scale=1.0)
     assert pixel_difference(same.edited, view.reconstruction) <= 1  # decoded in one batch: rounding apart
-    zeroed = engine.vae_view(picture, channel=2, scale=0.0)
+    zeroed = engine.views.vae_view(picture, channel=2, scale=0.0)
     assert pixel_difference(zeroed.edited, view.reconstruction) > 10
     with pytest.raises(ValueError, match="channel must be from 0 to 3, got 4"):
-        engine.vae_view(picture, channel=4)
+        engine.views.vae_view(picture, channel=4)
 
 
 def test_toy_vae_reconstructs_its_world(toy_engine, picture):
-    view = toy_engine.vae_view(picture)
+    view = toy_engine.views.vae_view(picture)
     assert view.psnr > 25  # dB; the shipped VAE measures 29 on held-out images
     assert abs(view.psnr - vae.psnr(vae.from_pil(view.reconstruction), vae.from_pil(picture))) < 0.2
 
@@ -124,13 +145,13 @@ def test_toy_vae_reconstructs_its_world(toy_engine, picture):
 # --- the noise schedule ---
 
 def test_lms_table_is_the_notebooks(engine):
-    table = engine.schedule_table(15, "lms")
+    table = engine.views.schedule_table(15, "lms")
     assert table.sigmas[:4] == pytest.approx([14.6146, 9.6826, 6.6780, 4.7746], abs=1e-4)
     assert table.sigmas[-1] == pytest.approx(0.0292, abs=1e-4)
     assert table.timesteps[:3] == pytest.approx([999, 927.6429, 856.2857], abs=1e-3) and table.timesteps[-1] == 0
     assert table.init_noise_sigma == pytest.approx(14.6146, abs=1e-4)
     assert table.input_scales[0] == pytest.approx(1 / (14.6146**2 + 1) ** 0.5, rel=1e-4)
-    assert engine.schedule_table(15, "ddim").input_scales == [1.0] * 15
+    assert engine.views.schedule_table(15, "ddim").input_scales == [1.0] * 15
 
 
 def test_add_noise_at_any_step_uses_that_steps_sigma(engine):
@@ -142,15 +163,15 @@ def test_add_noise_at_any_step_uses_that_steps_sigma(engine):
 
 
 def test_noise_row_uses_one_noise_at_growing_levels(engine, picture):
-    row = engine.noise_row(picture, 15, "lms", index=7, seed=3)
+    row = engine.views.noise_row(picture, 15, "lms", index=7, seed=3)
     assert [i for i, *_ in row.row] == [0, 3, 6, 8, 11, 14]
-    assert row.chosen[0] == 7 and row.chosen[2] == pytest.approx(engine.schedule_table(15, "lms").sigmas[7])
-    clean = engine.image_latents(picture)
+    assert row.chosen[0] == 7 and row.chosen[2] == pytest.approx(engine.views.schedule_table(15, "lms").sigmas[7])
+    clean = vae.image_latents(engine.bundle, picture)
     noise = initial_noise(engine.bundle, replace(SMALL, seed=3))
     expected = vae.to_pil(vae.decode(engine.bundle, clean + row.chosen[2] * noise))[0]
     assert row.chosen[3].tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="step must be from 0 to 14"):
-        engine.noise_row(picture, 15, "lms", index=15, seed=3)
+        engine.views.noise_row(picture, 15, "lms", index=15, seed=3)
 
 
 # --- images users bring ---

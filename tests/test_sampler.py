@@ -176,6 +176,18 @@ def test_start_step_runs_the_rest_of_the_schedule(tiny_bundle):
     assert frames[-1].image is not None
 
 
+def test_the_loop_reports_the_latents_it_starts_from_before_its_first_step(tiny_bundle):
+    clean = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, "lms", SMALL.steps, tiny_bundle.device, 5)
+    noised = scheduler.add_noise(clean, initial_noise(tiny_bundle, SMALL), scheduler.timesteps[5:6])
+    frames = sample(tiny_bundle, conditioning(tiny_bundle), SMALL, start=Start(clean, 5))
+    assert torch.equal(frames.start, noised)  # as diffusers' img2img noises it, before any UNet call
+    pure = sample(tiny_bundle, conditioning(tiny_bundle), SMALL)
+    assert torch.equal(pure.start, initial_noise(tiny_bundle, SMALL) * scheduler.init_noise_sigma)
+    first = next(frames)  # the first step denoises exactly those latents
+    assert torch.equal(first.x_t, scheduler.scale_model_input(noised, scheduler.timesteps[5]))
+
+
 def test_hooks_replace_latents_and_report_loss(tiny_bundle):
     seen = []
 

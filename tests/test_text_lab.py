@@ -114,7 +114,7 @@ def test_token_ids_and_positions(engine):
 
 
 def test_token_view_lists_tokens_and_proves_the_encoder(engine):
-    view = engine.token_view("A picture of a puppy.")
+    view = engine.views.token_view("A picture of a puppy.")
     assert [token for _, token, *_ in view.rows] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
     assert view.padding == 69 and view.max_diff == 0.0 and view.max_diff_without_mask > 1e-3
     assert view.token_heat.size == (HIDDEN * 4, 8 * 4)

@@ -150,7 +150,7 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
                                              previews, scheduler)
                 opacity = attention.check_opacity(number(opacity, "opacity"))
                 token = attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
-                run = engine.attention(prompt, negative_prompt, settings, read_layers(parts, cells),
+                run = engine.attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells),
                                        should_stop=flag.is_set)
             kept, latest, base = [], {}, [None]  # base: the picture the maps lie over (the latest x0)
 

@@ -162,7 +162,7 @@ class Round:
 def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag: threading.Event) -> Iterator[Round]:
     """Each round advances every run one step; the last round carries every result."""
     sigmas = pd.DataFrame([(label, i + 1, sigma) for label, run in zip(labels, runs) for i, sigma in
-                           enumerate(engine.schedule_table(run.settings.steps, run.settings.scheduler).sigmas)],
+                           enumerate(engine.views.schedule_table(run.settings.steps, run.settings.scheduler).sigmas)],
                           columns=["sampler", "step", "sigma"])
     seeds = {run.settings.seed for run in runs}
     about = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds " + ", ".join(labels)

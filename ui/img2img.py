@@ -14,16 +14,27 @@ from ui.stops import StopFlags
 DEFAULT_STRENGTH = 0.6
 
 
+def _inputs(engine: Engine) -> tuple:
+    """The run's own inputs: the image, the prompts, the strength and how LMS counts its order."""
+    image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
+                      height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
+    prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
+    negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
+    strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                         info="0 keeps the image, 1 ignores it")
+    lms_order = gr.Radio([("from the run's start (this app)", "run"),
+                          ("from the schedule's start (as diffusers)", "diffusers")], value="run",
+                         label="LMS counts its order", elem_id="img2img-lms-order",
+                         info="LMS only. diffusers' LMS applies order 4 from the first step of a "
+                              "mid-schedule start, with one derivative stored: compare the two")
+    return image, prompt, negative_prompt, strength, lms_order
+
+
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
     defaults = engine.default_settings()
     with gr.Row():
         with gr.Column(scale=2):
-            image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
-                              height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
-            prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
-            negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
-                                 info="0 keeps the image, 1 ignores it")
+            image, prompt, negative_prompt, strength, lms_order = _inputs(engine)
             plan = gr.Markdown(engine.img2img_plan(DEFAULT_STRENGTH, defaults.steps, defaults.scheduler).describe(),
                                elem_id="img2img-plan")
             with gr.Row():
@@ -41,57 +52,59 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                            sendable=True)
             code = CodePanel(writers, "img2img", ("img2img",))
 
-    def check(image, prompt, negative_prompt, strength, *numbers):
+    def check(image, prompt, negative_prompt, strength, lms_order, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
         with user_errors():
             engine.fit_image(given(image, "input image"))
             settings = engine.check_txt2img(prompt, negative_prompt, controls.settings(*numbers))
-            engine.img2img_plan(number(strength, "strength"), settings.steps, settings.scheduler)
+            engine.img2img_plan(number(strength, "strength"), settings.steps, settings.scheduler, lms_order)
 
-    def img2img(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, previews,
-                scheduler, request: gr.Request):
+    def img2img(image, prompt, negative_prompt, strength, lms_order, steps, guidance_scale, seed, preview_every,
+                previews, scheduler, request: gr.Request):
         """Noise the image's latents to the step the strength gives, then denoise them toward the prompt,
         streaming x_t and the predicted x0 of every preview step."""
         with view.stop_flag(request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, preview_every,
                                              previews, scheduler)
-                run = engine.img2img(prompt, negative_prompt, given(image, "input image"), number(strength, "strength"), settings,
-                                     should_stop=flag.is_set)
+                run = engine.img2img(prompt, negative_prompt, given(image, "input image"), number(strength, "strength"),
+                                     settings, lms_order=lms_order, should_stop=flag.is_set)
             source = run.source
             shown = {fitted: source.image, begin: source.start, about: f"{source.plan.describe()}\nInput: {source.note}"}
             yield shown
             round_trip = source.start if source.plan.first == run.settings.steps else None  # strength 0: no step
             yield from view.stream(run, flag, final=lambda: shown, result=round_trip)
 
-    inputs = [image, prompt, negative_prompt, strength, *controls.inputs]
+    inputs = [image, prompt, negative_prompt, strength, lms_order, *controls.inputs]
     run = generate.click(check, inputs, None, api_visibility="private").success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
     code.after(run, code_writer(engine, controls), inputs, view)
-    wire_plan(engine, strength, controls, plan)
+    wire_plan(engine, (strength, lms_order), controls, plan)
     view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)
 
 
 def code_writer(engine: Engine, controls: Controls):
-    def img2img_code(image, prompt, negative_prompt, strength, steps, guidance_scale, seed, preview_every, previews,
-                     scheduler):
+    def img2img_code(image, prompt, negative_prompt, strength, lms_order, steps, guidance_scale, seed, preview_every,
+                     previews, scheduler):
         """The run as a script (it reads the image from the path the app used)."""
         settings = controls.settings(steps, guidance_scale, seed, preview_every, previews, scheduler)
         return Scripts(engine).img2img(prompt, negative_prompt, given(image, "input image"),
-                                       number(strength, "strength"), settings)
+                                       number(strength, "strength"), settings, lms_order=lms_order)
 
     return img2img_code
 
 
-def wire_plan(engine: Engine, strength: gr.Slider, controls: Controls, plan: gr.Markdown) -> None:
-    """The plan follows the strength, the steps and the sampler."""
+def wire_plan(engine: Engine, start: tuple[gr.Slider, gr.Radio], controls: Controls, plan: gr.Markdown) -> None:
+    """The plan follows the strength, the LMS order, the steps and the sampler."""
+    strength, lms_order = start
 
-    def describe_plan(strength, steps, scheduler):
+    def describe_plan(strength, lms_order, steps, scheduler):
         """What the strength means for these settings, in words (cheap: no model runs)."""
         with user_errors():
-            return engine.img2img_plan(number(strength, "strength"), whole(steps, "steps"), scheduler).describe()
+            return engine.img2img_plan(number(strength, "strength"), whole(steps, "steps"), scheduler,
+                                       lms_order).describe()
 
-    gr.on([strength.change, controls.steps.change, controls.scheduler.change], describe_plan,
-          [strength, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)
+    gr.on([strength.change, lms_order.change, controls.steps.change, controls.scheduler.change], describe_plan,
+          [strength, lms_order, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)

@@ -23,7 +23,7 @@ def build(engine: Engine, concurrency: int) -> None:
     def schedule(steps, scheduler):
         """The schedule as a table (index, timestep, sigma, scale_model_input factor) and a plot of sigma."""
         with user_errors():
-            numbers = engine.schedule_table(whole(steps, "steps"), scheduler)
+            numbers = engine.views.schedule_table(whole(steps, "steps"), scheduler)
         frame = pd.DataFrame({"step": range(len(numbers.timesteps)), "timestep": numbers.timesteps,
                               "sigma": numbers.sigmas, "1/sqrt(sigma²+1)": numbers.input_scales})
         return frame.round(4), frame[["step", "sigma"]], EXPLAIN.format(init=numbers.init_noise_sigma)
@@ -59,7 +59,7 @@ def build(engine: Engine, concurrency: int) -> None:
     def add_noise(image, steps, scheduler, step, seed):
         """An image's latents noised with the scheduler's add_noise to a step, decoded; and a row of steps."""
         with user_errors():
-            result = engine.noise_row(given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
+            result = engine.views.noise_row(given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
         index, timestep, sigma, picture = result.chosen
         gallery = [(pic, f"{i}: σ {s:.2f}") for i, _, s, pic in result.row]
         text = f"step {index} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"

@@ -27,7 +27,7 @@ SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
 def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str, str]]:
     """The prompt's own tokens as dropdown choices: label "2: red", value "2" (its position)."""
     try:
-        rows = engine.token_view(prompt, learned).rows[1:-1]
+        rows = engine.views.token_view(prompt, learned=learned).rows[1:-1]
     except ValueError:
         return []
     return [(f"{position}: {name.removesuffix('</w>')}", str(position)) for position, _, name, _, _ in rows]
@@ -57,6 +57,25 @@ class Lab:
     learned: gr.State
     options: dict
     writers: Writers
+
+    def edited(self, prompt: str, token: str, parts: list, settings, learned: dict, flag) -> tuple[int, tuple]:
+        """The token's position, and the runs of the prompt as written and with that token's embedding made of
+        `parts` ((word or learned token, weight) pairs), from the same seed."""
+        position = self.engine.position_of(prompt, token, learned=learned)
+        return position, self.engine.edit_token(prompt, "", settings, position, parts, learned=learned,
+                                                should_stop=flag.is_set)
+
+    def edit_script(self, prompt: str, token: str, parts: list, settings, learned: dict, title: str) -> str:
+        """The same pair of runs as a script: both images, side by side."""
+        position = self.engine.position_of(prompt, token, learned=learned)
+        return Scripts(self.engine).edit_token(prompt, "", settings, position, parts, learned=learned, title=title)
+
+
+def prompt_and_token(lab: Lab, tab: str, label: str, info: str | None = None) -> tuple[list, gr.Textbox, gr.Dropdown]:
+    """The tab's first example, a prompt box holding its prompt and a picker of that prompt's tokens."""
+    first = lab.engine.examples(tab)[0]
+    prompt = gr.Textbox(label="Prompt", value=first[0])
+    return first, prompt, token_picker(lab.engine, first[0], first[1], label, info)
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> tuple[gr.State, gr.Tabs]:
@@ -102,7 +121,7 @@ def build_tokens(lab: Lab) -> None:
         """A prompt's tokens (position, id, token, embedding norms), the embeddings as heat maps, and the
         proof that the encoder run by hand on them equals the text encoder."""
         with user_errors():
-            view = engine.token_view(prompt, learned)
+            view = engine.views.token_view(prompt, learned=learned)
         rows = [[position, "learned" if token is None else token, name, round(norm, 3), round(pos, 3)]
                 for position, token, name, norm, pos in view.rows]
         if view.padding:
@@ -123,12 +142,10 @@ def build_tokens(lab: Lab) -> None:
 def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
     """Returns the prompt box and its token picker."""
     engine, controls = lab.engine, lab.controls
-    first = engine.examples("swap_token")[0]
     with gr.Row():
         with gr.Column(scale=2):
-            swap_prompt = gr.Textbox(label="Prompt", value=first[0])
-            swap_token_box = token_picker(engine, first[0], first[1], "The token to replace",
-                                          "a word of the prompt, or its position")
+            first, swap_prompt, swap_token_box = prompt_and_token(lab, "swap_token", "The token to replace",
+                                                                  "a word of the prompt, or its position")
             replacement = gr.Textbox(label="Put this word there", value=first[2],
                                      info="one token, or a token id such as 2368")
             swap_go = go_and_stop(lab.stops, "Generate both")
@@ -145,17 +162,14 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                position = engine.position_of(prompt, token, learned)
-                runs = engine.edit_token(prompt, "", settings, position, [(replacement, 1.0)], learned,
-                                         should_stop=flag.is_set)
+                position, runs = lab.edited(prompt, token, [(replacement, 1.0)], settings, learned, flag)
             yield from swap_view.stream(runs, flag, f"token {position} → {replacement!r}")
 
     def swap_token_code(prompt, token, replacement, steps, guidance_scale, seed, width, height, preview_every,
                         previews, scheduler, learned):
         """The run as a script: both images, side by side."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
-        return Scripts(engine).edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
-                                          [(replacement, 1.0)], learned, "A token swapped")
+        return lab.edit_script(prompt, token, [(replacement, 1.0)], settings, learned, "A token swapped")
 
     inputs = [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned]
     run = swap_go.click(swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
@@ -166,11 +180,9 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
     """Returns the prompt box and its token picker."""
     engine, controls = lab.engine, lab.controls
-    first = engine.examples("mix_tokens")[0]
     with gr.Row():
         with gr.Column(scale=2):
-            mix_prompt = gr.Textbox(label="Prompt", value=first[0])
-            mix_token_box = token_picker(engine, first[0], first[1], "The token to replace with the mix")
+            first, mix_prompt, mix_token_box = prompt_and_token(lab, "mix_tokens", "The token to replace with the mix")
             with gr.Row():
                 word_a = gr.Textbox(label="Word A", value=first[2])
                 word_b = gr.Textbox(label="Word B", value=first[3])
@@ -192,9 +204,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
                 w = mix_weight(weight)
-                position = engine.position_of(prompt, token, learned)
-                runs = engine.edit_token(prompt, "", settings, position, [(word_a, w), (word_b, 1 - w)], learned,
-                                         should_stop=flag.is_set)
+                position, runs = lab.edited(prompt, token, [(word_a, w), (word_b, 1 - w)], settings, learned, flag)
             yield from mix_view.stream(runs, flag, f"token {position} → {w:g} x {word_a!r} + {1 - w:g} x {word_b!r}")
 
     def mix_tokens_code(prompt, token, word_a, word_b, weight, steps, guidance_scale, seed, width, height,
@@ -202,8 +212,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
         """The run as a script: both images, side by side."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
         w = mix_weight(weight)
-        return Scripts(engine).edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
-                                          [(word_a, w), (word_b, 1 - w)], learned, "Two tokens mixed")
+        return lab.edit_script(prompt, token, [(word_a, w), (word_b, 1 - w)], settings, learned, "Two tokens mixed")
 
     inputs = [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned]
     run = mix_go.click(mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
@@ -270,9 +279,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                              previews, scheduler)
                 check_learned(learned, token, learned_token)
                 if token:
-                    position = engine.position_of(prompt, token, learned)
-                    runs = engine.edit_token(prompt, "", settings, position, [(learned_token, 1.0)], learned,
-                                             should_stop=flag.is_set)
+                    position, runs = lab.edited(prompt, token, [(learned_token, 1.0)], settings, learned, flag)
                     about = f"token {position} → `{learned_token}`"
                 else:
                     runs = (engine.txt2img(prompt, "", settings, should_stop=flag.is_set),
@@ -286,11 +293,11 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
         embeddings."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
         check_learned(learned, token, learned_token)
-        scripts = Scripts(engine)
         if token:
-            return scripts.edit_token(prompt, "", settings, engine.position_of(prompt, token, learned),
-                                      [(learned_token, 1.0)], learned, "A learned embedding in place of a token")
-        return scripts.txt2img(prompt, "", settings, learned, "Text to image with learned embeddings")
+            return lab.edit_script(prompt, token, [(learned_token, 1.0)], settings, learned,
+                                   "A learned embedding in place of a token")
+        return Scripts(engine).txt2img(prompt, "", settings, learned=learned,
+                                       title="Text to image with learned embeddings")
 
     inputs = [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned]
     run = form.go.click(textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
@@ -366,14 +373,15 @@ def build_mix_prompts(lab: Lab) -> None:
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
                 f = number(factor, "mix factor")
-                run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned, should_stop=flag.is_set)
+                run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned=learned, should_stop=flag.is_set)
             yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
 
     def mix_prompts_code(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                          previews, scheduler, learned):
         """The run as a script."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
-        return Scripts(engine).mix_prompts(prompt_a, prompt_b, number(factor, "mix factor"), "", settings, learned)
+        return Scripts(engine).mix_prompts(prompt_a, prompt_b, number(factor, "mix factor"), "", settings,
+                                           learned=learned)
 
     inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
     run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
@@ -397,7 +405,7 @@ def sweep_handler(lab: Lab):
                 shown = []
                 yield [], None
                 for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),
-                                                      learned, should_stop=flag.is_set):
+                                                      learned=learned, should_stop=flag.is_set):
                     shown.append((image, f"{mix:.2f}"))
                     yield shown, None
             if not shown:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.engine import MAX_CHANNEL_SCALE, Engine
+from core.engine import Engine
+from core.views import MAX_CHANNEL_SCALE
 from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors
 from ui.run_view import PANEL, image_panel
 
@@ -39,7 +40,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
     def vae(image, channel, scale):
         """Encode an image to latents and decode it back: its channels, the reconstruction, the error."""
         with user_errors():
-            view = engine.vae_view(given(image), None if channel == NO_EDIT else int(channel), number(scale, "scale"))
+            view = engine.views.vae_view(given(image), None if channel == NO_EDIT else int(channel), number(scale, "scale"))
         gallery = [(picture, f"ch {i}: {low:.2f} … {high:.2f}")
                    for i, (picture, low, high) in enumerate(view.channels)]
         text = f"**{view.compression}** · PSNR {view.psnr:.2f} dB  \nInput: {view.note}"
