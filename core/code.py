@@ -16,10 +16,13 @@ import re
 import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from core import text
+from core.attention import Layers
+from core.compare import NO_BRANCHES
 from core.guidance import Guidance
 from core.models import ModelBundle
 from core.sampler import Settings
@@ -58,6 +61,33 @@ class Edit:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """The run once per entry, side by side: what varies, and each entry's value of it."""
+
+    kind: str                      # one of COMPARED
+    entries: tuple                 # guidance scales, (sampler, steps) pairs, or seeds
+
+
+class Compared(NamedTuple):
+    """How a script writes one kind of comparison."""
+
+    entries: str                   # the name of its list of entries
+    each: str                      # the loop's variables: the settings each run rebinds
+    what: str                      # what an entry is, in words
+    caption: str                   # an f-string naming a run
+    reader: str                    # the function that reads the rebound settings
+
+
+COMPARED = {
+    "scales": Compared("guidance_scales", "guidance_scale", "guidance scale", "guidance scale {guidance_scale}",
+                       "predict_noise"),
+    "samplers": Compared("samplers", "sampler, num_inference_steps", "sampler with its steps",
+                         "{sampler}:{num_inference_steps}", "make_scheduler"),
+    "seeds": Compared("seeds", "seed", "seed", "seed {seed}", "seed_noise"),
+}
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything a script needs to know about one run."""
 
@@ -72,23 +102,41 @@ class Recipe:
     image: str | None = None                    # image to image: the image's path ...
     strength: float | None = None               # ... and the strength
     lms_order: str = "run"                      # ... and how LMS counts its order (core.schedule.LMS_ORDERS)
+    comparison: Comparison | None = None        # the run once per entry of a comparison
+    attention: tuple[str, ...] = ()             # cross-attention layers whose maps are recorded (processor keys)
+    parts: bool = False                         # the last step taken apart into the UNet's two predictions
+
+    def samplers(self) -> list[str]:
+        """The samplers the script uses: the run's, or each one compared."""
+        if self.comparison and self.comparison.kind == "samplers":
+            return list(dict.fromkeys(name for name, _ in self.comparison.entries))
+        return [self.settings.scheduler]
 
 
 def script(bundle: ModelBundle, recipe: Recipe) -> str:
     """The run as a script: runnable as it is, and readable from top to bottom."""
-    if recipe.settings.scheduler not in SCHEDULER_CLASSES:
-        raise ValueError(f"the code is written for the samplers {', '.join(SCHEDULER_CLASSES)}; "
-                         f"{recipe.settings.scheduler!r} is this app's own")
+    for sampler in recipe.samplers():
+        if sampler not in SCHEDULER_CLASSES:
+            raise ValueError(f"the code is written for the samplers {', '.join(SCHEDULER_CLASSES)}; "
+                             f"{sampler!r} is this app's own")
     blocks = [_header(bundle, recipe), _settings(recipe), _load(recipe), _encoding(recipe)]
     if recipe.guidance:
         blocks.append(_guidance(recipe.guidance))
+    if recipe.attention:
+        blocks.append(_attention_taps(recipe))
     blocks += [_start(recipe), _loop(recipe), _ending(recipe)]
+    if recipe.attention:
+        blocks.append(ATTENTION_ENDING)
+    if recipe.parts:
+        blocks.append(_parts_ending(recipe))
     return re.sub(r"\n{4,}", "\n\n\n", "\n".join(blocks))  # two blank lines between definitions, as PEP 8 has it
 
 
 def _header(bundle: ModelBundle, recipe: Recipe) -> str:
     imports = ["import sys"] + (["import re"] if recipe.learned else [])
-    scheduler = SCHEDULER_CLASSES[recipe.settings.scheduler]
+    if recipe.attention or recipe.parts:
+        imports += ["from pathlib import Path"]
+    scheduler = ", ".join(SCHEDULER_CLASSES[name] for name in recipe.samplers())
     pil = "Image, ImageOps" if recipe.image is not None else "Image"
     return f'''"""{recipe.title} with {bundle.source}, as SD Lens ran it.
 
@@ -99,7 +147,7 @@ def _header(bundle: ModelBundle, recipe: Recipe) -> str:
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, {scheduler}, UNet2DConditionModel
+{"import torch.nn.functional as F" + chr(10) if recipe.attention else ""}from diffusers import AutoencoderKL, {scheduler}, UNet2DConditionModel
 from PIL import {pil}
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -119,7 +167,10 @@ def _settings(recipe: Recipe) -> str:
         lines += [f"image_path = {recipe.image!r}", f"strength = {recipe.strength!r}"]
     else:
         lines += [f"height, width = {s.height}, {s.width}"]
-    lines += [f"num_inference_steps = {s.steps}", f"guidance_scale = {s.guidance_scale!r}", f"seed = {s.seed}"]
+    varied = COMPARED[recipe.comparison.kind].each if recipe.comparison else ""  # set by the comparison's loop
+    lines += [f"{name} = {value!r}" for name, value in (("num_inference_steps", s.steps),
+                                                        ("guidance_scale", s.guidance_scale), ("seed", s.seed))
+              if name not in varied]
     if recipe.guidance:
         g = recipe.guidance
         lines += [f"loss_scale = {g.scale!r}", f"loss_every = {g.every}  # guide steps 0, {g.every}, "
@@ -129,6 +180,10 @@ def _settings(recipe: Recipe) -> str:
         lines += [f"position = {recipe.edit.position}  # {recipe.edit.about}",
                   f"parts = [{', '.join(f'({part!r}, {weight!r})' for part, weight in recipe.edit.parts)}]"
                   "  # (token id or learned token, weight)"]
+    if recipe.comparison:
+        compared = COMPARED[recipe.comparison.kind]
+        lines += [f"# The comparison: the run once per {compared.what}, side by side",
+                  f"{compared.entries} = {list(recipe.comparison.entries)!r}"]
     if recipe.learned:
         lines += ["# learned embeddings (textual inversion), as loaded in the app: {token: (vectors, hidden)}",
                   "learned = {", *(f"    {name!r}: {_tensor(vectors)}," for name, vectors in recipe.learned.items()), "}"]
@@ -142,17 +197,12 @@ def _tensor(vectors: torch.Tensor) -> str:
     return "torch.tensor([\n" + "\n".join(f"        [\n{row}\n        ]," for row in rows) + "\n    ])"
 
 
-def _load(recipe: Recipe) -> str:
-    scheduler = SCHEDULER_CLASSES[recipe.settings.scheduler]
-    overrides = "".join(f", {k}={v!r}" for k, v in OVERRIDES.get(recipe.settings.scheduler, {}).items())
-    return f'''# Load the parts of Stable Diffusion: CLIP's tokenizer and text encoder, the VAE and the UNet
-tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype).to(device)
-vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype).to(device)
-unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype).to(device)
-for part in (text_encoder, vae, unet):
-    part.requires_grad_(False)  # inference: no gradients for the weights
-
+def _make_scheduler(recipe: Recipe) -> str:
+    """`make_scheduler`: of the run's sampler, or of the one the comparison's loop has set."""
+    if not (recipe.comparison and recipe.comparison.kind == "samplers"):
+        scheduler = SCHEDULER_CLASSES[recipe.settings.scheduler]
+        overrides = "".join(f", {k}={v!r}" for k, v in OVERRIDES.get(recipe.settings.scheduler, {}).items())
+        return f'''
 
 def make_scheduler():
     """A fresh scheduler for one run (schedulers keep per-run state), set for the run's steps."""
@@ -160,6 +210,30 @@ def make_scheduler():
     scheduler.set_timesteps(num_inference_steps, device=device)
     return scheduler
 '''
+    classes = ", ".join(f"{name!r}: {SCHEDULER_CLASSES[name]}" for name in recipe.samplers())
+    overrides = {name: OVERRIDES[name] for name in recipe.samplers() if name in OVERRIDES}
+    return f'''
+samplers_by_name = {{{classes}}}
+overrides = {overrides!r}  # where a sampler departs from the model's scheduler config
+
+
+def make_scheduler():
+    """A fresh scheduler of the sampler being compared (schedulers keep per-run state), set for its steps."""
+    scheduler = samplers_by_name[sampler].from_pretrained(model, subfolder="scheduler", **overrides.get(sampler, {{}}))
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler
+'''
+
+
+def _load(recipe: Recipe) -> str:
+    return '''# Load the parts of Stable Diffusion: CLIP's tokenizer and text encoder, the VAE and the UNet
+tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype).to(device)
+vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype).to(device)
+unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype).to(device)
+for part in (text_encoder, vae, unet):
+    part.requires_grad_(False)  # inference: no gradients for the weights
+''' + _make_scheduler(recipe)
 
 
 TOKEN_IDS = '''
@@ -280,6 +354,98 @@ def guide(scheduler, latents, t, noise_pred, text_embeddings, sigma):
 '''
 
 
+def _attention_taps(recipe: Recipe) -> str:
+    layers = "".join(f"\n    {name!r}," for name in recipe.attention)
+    return f'''
+
+# The cross-attention layers whose maps are summed
+layers = [{layers}
+]
+step_weights = []  # this step's attention weights, one (pixels, 77) tensor per layer
+
+
+class AttentionTap:
+    """An attention processor that returns what the processor it wraps returns, and keeps the text-conditioned
+    sample's attention weights: softmax(q k^T x scale) over the 77 text positions, averaged over the heads."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        context = encoder_hidden_states[-1:]  # the batch is [uncond, text] (or [text]): the text sample is last
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states[-1:]))  # (heads, pixels, head_dim)
+        key = attn.head_to_batch_dim(attn.to_k(context))                # (heads, 77, head_dim)
+        step_weights.append(attn.get_attention_scores(query, key).mean(0))
+        return out
+
+
+unet.set_attn_processor({{name: AttentionTap(processor) if name in layers else processor
+                         for name, processor in unet.attn_processors.items()}})
+'''
+
+
+ATTENTION_ENDING = '''
+
+@torch.no_grad()
+def attention_maps(length, height, width):
+    """The last step's maps at the image size: one per token of the `length` from the start token to the end
+    token, then the padding as one; each layer's weights upsampled (summed per resolution first) and averaged
+    over the layers, so that at every pixel the entries sum to 1."""
+    sums = {}
+    for weights in step_weights:
+        h, w = height // factor, width // factor
+        while h * w != weights.shape[0]:  # the layer's grid: the latents halved as often as it sits deep
+            h, w = -(-h // 2), -(-w // 2)
+        entries = weights[:, :length]
+        if length < weights.shape[1]:  # the padding, summed as one entry
+            entries = torch.cat([entries, weights[:, length:].sum(1, keepdim=True)], 1)
+        entries = entries.T.reshape(-1, h, w).float()  # (entries, h, w)
+        sums[h, w] = sums[h, w] + entries if (h, w) in sums else entries
+    total = sum(F.interpolate(grid[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                for grid in sums.values())
+    return total / len(step_weights)
+
+
+factor = 2 ** (len(vae.config.block_out_channels) - 1)
+ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids  # start to end token
+maps = attention_maps(len(ids), pictures[0].height, pictures[0].width)
+low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+grays = ((maps - low) / (high - low).clamp_min(1e-12) * 255).round().to(torch.uint8)  # each map from its min to max
+maps_path = Path(sys.argv[1]).with_name(Path(sys.argv[1]).stem + "-maps.png")
+Image.fromarray(torch.cat(list(grays), 1).cpu().numpy(), mode="L").save(maps_path)
+print(f"the last step's maps of {' | '.join(tokenizer.convert_ids_to_tokens(ids))} (and the padding) "
+      f"written to {maps_path}")
+'''
+
+
+def _parts_ending(recipe: Recipe) -> str:
+    if recipe.settings.scheduler == "ddim":  # DDIM keeps no sigma table: sigma from alpha_bar at the timestep
+        sigma = "alpha_bar = make_scheduler().alphas_cumprod[int(t)]\nsigma = ((1 - alpha_bar) / alpha_bar).sqrt().item()"
+    else:
+        sigma = "sigma = make_scheduler().sigmas[-2].item()  # the last step's (the table ends with 0, the clean image)"
+    return f'''
+
+# The last step taken apart: what the UNet's two predictions, and their guided mix, each make of the image
+x_t, noise_uncond, noise_text, noise_guided, t = last_step
+{sigma}
+# x0 from the UNet's input at noise level sigma: x_t * sqrt(sigma^2 + 1) - sigma * noise
+uncond_x0, text_x0, guided_x0 = (x_t * (sigma**2 + 1) ** 0.5 - sigma * noise
+                                 for noise in (noise_uncond, noise_text, noise_guided))
+parts = [to_image(latents) for latents in (uncond_x0, text_x0, guided_x0, noise_guided)]  # the noise as latents
+strip = Image.new("RGB", (sum(p.width for p in parts), parts[0].height))
+for k, part in enumerate(parts):
+    strip.paste(part, (k * part.width, 0))
+parts_path = Path(sys.argv[1]).with_name(Path(sys.argv[1]).stem + "-parts.png")
+strip.save(parts_path)
+distance = (text_x0 - uncond_x0).float().pow(2).mean().sqrt().item()
+print(f"the last step's unconditional | text | guided x0 | noise written to {{parts_path}}; "
+      f"the two predictions' x0 are {{distance:.4f}} apart (RMS)")
+'''
+
+
 def _start(recipe: Recipe) -> str:
     """`seed_noise`, and for image to image `image_latents`, the fitted image and the first step."""
     noise = '''
@@ -349,14 +515,19 @@ def _loop(recipe: Recipe) -> str:
     s = recipe.settings
     start, first = _first_latents(recipe)
     timesteps = "scheduler.timesteps" if first == "0" else f"scheduler.timesteps[{first}:]"
-    cfg = s.guidance_scale != 1.0
-    if cfg:
-        predict = '''    context = torch.cat([uncond_embeddings, text_embeddings])  # both branches in one batch
+    scales = recipe.comparison is not None and recipe.comparison.kind == "scales"
+    one_branch = "    return unet(x_t, t, encoder_hidden_states=text_embeddings).sample  # guidance 1: one branch"
+    if scales:
+        predict = f"    if guidance_scale == 1:\n    {one_branch}\n"
+    if scales or s.guidance_scale != 1.0:
+        predict = (predict if scales else "") + '''    context = torch.cat([uncond_embeddings, text_embeddings])  # both branches in one batch
     noise_pred = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=context).sample
     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)  # classifier-free guidance'''
+    guided = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)  # classifier-free guidance{keep}
+    return guided'''.replace("{keep}", "\n    last_step[:] = [x_t, noise_pred_uncond, noise_pred_text, guided, t]"
+                                        "  # kept for the parts" if recipe.parts else "")
     else:
-        predict = "    return unet(x_t, t, encoder_hidden_states=text_embeddings).sample  # guidance 1: one branch"
+        predict = one_branch
     guide = ""
     if recipe.guidance:
         guide = ("\n        if i % loss_every == 0:\n            latents = guide(scheduler, latents, t, noise_pred, "
@@ -369,11 +540,13 @@ def _loop(recipe: Recipe) -> str:
     elif s.scheduler == "lms" and recipe.image is not None:
         guide += ("\n        # diffusers' LMS counts its order from the schedule's start: from a mid-schedule start it"
                   "\n        # applies 4th-order coefficients at once, to the one or two derivatives this run has")
-    return f'''
+    clear = "\n    step_weights.clear()  # the maps kept are the last step's" if recipe.attention else ""
+    kept = "\nlast_step = []  # the last step's UNet input, noise predictions and timestep\n" if recipe.parts else ""
+    return kept + f'''
 
 def predict_noise(scheduler, latents, t, text_embeddings):
     """The UNet's noise prediction for the latents at timestep t."""
-    x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees
+    x_t = scheduler.scale_model_input(latents, t)  # what the UNet sees{clear}
 {predict}
 
 
@@ -399,16 +572,28 @@ def to_image(latents):
     return Image.fromarray((image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8))
 
 
-finals = [denoise(text_embeddings) for _, text_embeddings in runs]
+{runs}
 pictures = [to_image(latents) for latents in finals]
 sheet = Image.new("RGB", (sum(p.width for p in pictures), pictures[0].height))  # side by side, as on the page
 for k, picture in enumerate(pictures):
     sheet.paste(picture, (k * picture.width, 0))
 sheet.save(sys.argv[1])
-print(f"{' | '.join(name for name, _ in runs)} written to {sys.argv[1]}")
+print(f"{' | '.join(names)} written to {sys.argv[1]}")
 if len(sys.argv) > 2:
     torch.save(torch.cat(finals).cpu(), sys.argv[2])
-'''
+'''.replace("{runs}", _runs(recipe))
+
+
+def _runs(recipe: Recipe) -> str:
+    """The lines that make `finals` (each run's final latents) and `names`."""
+    if not recipe.comparison:
+        return ("names = [name for name, _ in runs]\n"
+                "finals = [denoise(text_embeddings) for _, text_embeddings in runs]")
+    compared = COMPARED[recipe.comparison.kind]
+    return f'''names, finals = [], []
+for {compared.each} in {compared.entries}:  # each run rebinds the settings {compared.reader} reads
+    names.append(f"{compared.caption}")
+    finals.append(denoise(runs[0][1]))'''
 
 
 class Scripts:
@@ -462,6 +647,34 @@ class Scripts:
         settings = self.engine.check_txt2img(prompt_a, negative_prompt, settings)
         return self._script(Recipe("Two prompts mixed", prompt_a, negative_prompt, settings, mix=(prompt_b, factor),
                                    learned=used(learned, prompt_a, prompt_b, negative_prompt)))
+
+
+    def attention(self, prompt: str, negative_prompt: str, settings: Settings, *,
+                  layers: Layers = Layers()) -> str:
+        """Text to image that keeps the last step's cross-attention maps, summed over `layers`."""
+        settings, chosen = self.engine.check_attention(prompt, negative_prompt, settings, layers)
+        return self._script(Recipe("Cross-attention maps", prompt, negative_prompt, settings,
+                                   attention=tuple(layer.name for layer in chosen)))
+
+    def cfg_parts(self, prompt: str, negative_prompt: str, settings: Settings) -> str:
+        """Text to image that also takes its last step apart: the unconditional, text and guided x0 and the noise."""
+        settings = self.engine.check_txt2img(prompt, negative_prompt, settings)
+        if settings.guidance_scale == 1.0:
+            raise ValueError(NO_BRANCHES)
+        return self._script(Recipe("Guidance taken apart", prompt, negative_prompt, settings, parts=True))
+
+    def compare(self, prompt: str, negative_prompt: str, settings: Settings, changes: list[dict]) -> str:
+        """The prompt run once per change of the settings: guidance scales, samplers (with their steps) or
+        seeds, as `Engine.parse_scales`, `parse_samplers` or `parse_seeds` give them."""
+        changed = self.engine.check_comparison(prompt, negative_prompt, settings, changes)
+        if "guidance_scale" in changes[0]:
+            comparison = Comparison("scales", tuple(each.guidance_scale for each in changed))
+        elif "scheduler" in changes[0]:
+            comparison = Comparison("samplers", tuple((each.scheduler, each.steps) for each in changed))
+        else:
+            comparison = Comparison("seeds", tuple(each.seed for each in changed))
+        return self._script(Recipe(f"The {comparison.kind} compared", prompt, negative_prompt, changed[0],
+                                   comparison=comparison))
 
 
 def used(learned: dict | None, *texts: str) -> dict:

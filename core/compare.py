@@ -15,6 +15,8 @@ from core.models import ModelBundle
 from core.sampler import Frame
 
 MAX_ENTRIES = 12  # scales, samplers or seeds in one comparison
+NO_BRANCHES = ("guidance scale 1 runs the UNet on the prompt alone: there are no two predictions to take apart; "
+               "choose a scale other than 1")
 
 
 def x0_of(x_t: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:
@@ -40,8 +42,7 @@ class CfgParts:
 def branch_x0s(frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
     """(uncond x0, text x0) latents of a guided frame, each (1, 4, h, w)."""
     if frame.branches is None:
-        raise ValueError("guidance scale 1 runs the UNet on the prompt alone: there are no two predictions to "
-                         "take apart; choose a scale other than 1")
+        raise ValueError(NO_BRANCHES)
     uncond, text = frame.branches
     return x0_of(frame.x_t, frame.sigma, uncond), x0_of(frame.x_t, frame.sigma, text)
 

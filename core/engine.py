@@ -155,11 +155,16 @@ class Engine:
         """The prompt run once per change of the settings (a guidance scale, a sampler and its steps, a seed):
         each run is exactly the text-to-image run with the settings so changed, from the same seed unless the
         change is the seed."""
+        changed = self.check_comparison(prompt, negative_prompt, settings, changes)
+        return [self.txt2img(prompt, negative_prompt, each, should_stop=should_stop) for each in changed]
+
+    def check_comparison(self, prompt: str, negative_prompt: str, settings: Settings,
+                         changes: list[dict]) -> list[Settings]:
+        """Each run's settings: `settings` (a random seed drawn once, for every run) with the entry's change."""
         if not 1 <= len(changes) <= compare.MAX_ENTRIES:
             raise ValueError(f"a comparison takes from 1 to {compare.MAX_ENTRIES} entries, got {len(changes)}")
         settings = self.check_txt2img(prompt, negative_prompt, settings)
-        changed = [self.check_txt2img(prompt, negative_prompt, replace(settings, **change)) for change in changes]
-        return [self.txt2img(prompt, negative_prompt, each, should_stop=should_stop) for each in changed]
+        return [self.check_txt2img(prompt, negative_prompt, replace(settings, **change)) for change in changes]
 
     @staticmethod
     def parse_scales(text: str) -> list[dict]:

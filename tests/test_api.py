@@ -277,11 +277,17 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     swap_parameters = {k: v for k, v in TXT2IMG_PARAMETERS.items() if k != "negative_prompt"}
     swap = client.predict("swap_token", swap_parameters | {"token": "red", "replacement": "blue"}, api_name="/code")
     assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap
+    sweep = client.predict("cfg_sweep", TXT2IMG_PARAMETERS | {"entries": "1, 5"}, api_name="/code")
+    assert "guidance_scales = [1.0, 5.0]" in sweep and "for guidance_scale in guidance_scales:" in sweep
+    maps = client.predict("attention", TXT2IMG_PARAMETERS | {"parts": ["up"], "cells": [16], "opacity": 0.5, "token": 1},
+                          api_name="/code")
+    assert "step_weights.append(" in maps and "'down_blocks" not in maps and "'up_blocks" in maps
 
 
 @pytest.mark.parametrize("tab, parameters, message", [
     ("vae", {}, "tab must be one of txt2img, img2img, swap_token, mix_tokens, textual_inversion, mix_prompts, "
-                "guided, got 'vae'"),
+                "guided, attention, cfg_parts, cfg_sweep, compare_samplers, compare_seeds, got 'vae'"),
+    ("compare_samplers", {**TXT2IMG_PARAMETERS, "entries": "lms, optim"}, "'optim' is this app's own"),
     ("txt2img", {"prompt": "a cat"}, "txt2img takes prompt, negative_prompt, steps, guidance_scale, seed, width, "
                                      "height, preview_every, previews, scheduler; missing: negative_prompt"),
     ("txt2img", {**TXT2IMG_PARAMETERS, "strength": 1}, "unknown: strength"),

@@ -356,3 +356,30 @@ def test_prompt_mix_sweep(page):
     expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
     expect(page.get_by_text(re.compile(r"sdlens-prompt-sweep.*\.gif"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=SHOTS / "text-prompts.png", full_page=True)
+
+
+def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_url):
+    """Inside a step: the scales compared, their script (one run per scale), and a link back to the sub-tab."""
+    page.get_by_role("tab", name="Inside a step", exact=True).click()
+    page.get_by_role("tab", name="Scales", exact=True).click()
+    tab = page.locator("#compare-scales")
+    tab.get_by_label("Scales").fill("1, 4")  # its name includes the info under the label
+    tab.get_by_role("button", name="Compare").click()
+    expect(page.locator("#scales-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    box = page.locator("#cfg_sweep-code-box")
+    box.get_by_text("Show the code").click()
+    code = page.locator("#cfg_sweep-code")
+    expect(code).to_contain_text("guidance_scales = [1.0, 4.0]")  # the editor draws the lines in view only
+    expect(page.locator("#history")).to_contain_text("cfg_sweep: ")
+    code.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "code-compare.png")
+    link = page.locator("#cfg_sweep-link textarea").input_value()
+    assert "tab=cfg_sweep" in link and "entries=1%2C+4" in link, link
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        other.goto(link.replace("entries=1%2C+4", "entries=2%2C+6"))
+        scales = other.locator("#compare-scales")
+        expect(scales).to_be_visible()
+        expect(scales.get_by_label("Scales")).to_have_value("2, 6")
+    finally:
+        other.close()

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from core.attention import Layers
 from core.code import Scripts
 from core.engine import Engine
 from core.guidance import Guidance, Target
@@ -105,6 +107,46 @@ def test_image_to_image_scripts_follow_the_sampler_the_guidance_and_the_lms_orde
     assert_same(code, [engine.img2img("a cat", "", EXAMPLE, 0.6, s, lms_order=lms_order)], tmp_path)
 
 
+@pytest.mark.parametrize("kind, entries, names", [
+    ("scales", "1,4", "guidance scale 1.0 | guidance scale 4.0"),
+    ("samplers", "lms, euler:5, ddim", "lms:6 | euler:5 | ddim:6"),
+    ("seeds", "2,9", "seed 2 | seed 9")])
+def test_the_script_of_a_comparison_makes_each_of_its_runs(tiny_bundle, tmp_path, kind, entries, names):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=6, seed=4, guidance_scale=3.0, preview_every=0)
+    changes = {"scales": engine.parse_scales, "samplers": engine.parse_samplers, "seeds": engine.parse_seeds}[kind](
+        entries)
+    printed = assert_same(Scripts(engine).compare("a cat", "", s, changes),
+                          engine.compare_runs("a cat", "", s, changes), tmp_path)
+    assert printed.startswith(f"{names} written to")
+
+
+@pytest.mark.parametrize("layers", [Layers(), Layers(places=("up",)), Layers(places=("down", "mid"), cells=(16,))])
+def test_the_attention_script_makes_the_apps_image_and_its_last_maps(tiny_bundle, tmp_path, layers):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=5, seed=8, preview_every=0)
+    prompt = "a red cat on a mat"
+    run = engine.attention(prompt, "", s, layers=layers)
+    frames = list(run.frames)
+    printed = assert_same(Scripts(engine).attention(prompt, "", s, layers=layers), [SimpleNamespace(frames=frames)], tmp_path)
+    maps = np.asarray(Image.open(tmp_path / "out-maps.png")).astype(int)
+    app_maps = np.concatenate([np.asarray(gray) for gray in frames[-1].observed["attention"].images], axis=1)
+    assert maps.shape == app_maps.shape and np.abs(maps - app_maps).max() <= 1
+    assert "(and the padding)" in printed and "cat</w>" in printed
+
+
+@pytest.mark.parametrize("scheduler", ["lms", "ddim", "dpm++"])
+def test_the_parts_script_takes_the_apps_last_step_apart(tiny_bundle, tmp_path, scheduler):
+    engine = Engine(tiny_bundle)
+    s = replace(engine.default_settings(), steps=5, seed=6, preview_every=0, scheduler=scheduler)
+    frames = list(engine.txt2img("a red cat", "", s).frames)
+    printed = assert_same(Scripts(engine).cfg_parts("a red cat", "", s), [SimpleNamespace(frames=frames)], tmp_path)
+    parts = engine.cfg_parts(frames[-1])
+    app_parts = np.concatenate([np.asarray(p) for p in (parts.uncond, parts.text, parts.guided, parts.noise)], axis=1)
+    assert np.abs(np.asarray(Image.open(tmp_path / "out-parts.png")).astype(int) - app_parts).max() <= 1
+    assert f"are {parts.distance:.4f} apart" in printed
+
+
 def test_mixing_two_tokens_and_guiding_accurately_or_by_colour(tiny_bundle, tmp_path):
     engine = Engine(tiny_bundle)
     s = replace(engine.default_settings(), steps=6, seed=5, preview_every=0)
@@ -125,6 +167,10 @@ def test_the_script_says_what_it_cannot_write(tiny_bundle):
         Scripts(engine).edit_token("a cat", "", replace(s, scheduler="lms"), 5, [("dog", 1.0)])
     with pytest.raises(ValueError, match="steps must be a whole number"):
         Scripts(engine).txt2img("a cat", "", replace(s, steps=0, scheduler="lms"))
+    with pytest.raises(ValueError, match="guidance scale 1 runs the UNet on the prompt alone"):
+        Scripts(engine).cfg_parts("a cat", "", replace(s, scheduler="lms", guidance_scale=1.0))
+    with pytest.raises(ValueError, match="the code is written for the samplers lms, euler, ddim, dpm\\+\\+; 'optim'"):
+        Scripts(engine).compare("a cat", "", replace(s, scheduler="lms"), engine.parse_samplers("euler,optim"))
 
 
 def test_a_learned_token_stands_in_as_a_word_the_prompts_do_not_use(toy_engine):

@@ -59,9 +59,9 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
             with gr.Tab("Guidance", id="guided", elem_id="tab-guided"):
                 from_guidance = guided.build(engine, stops, concurrency, writers)
             with gr.Tab("Attention", id="attention", elem_id="tab-attention"):
-                attention.build(engine, stops, concurrency)
+                attention.build(engine, stops, concurrency, writers)
             with gr.Tab("Inside a step", id="compare", elem_id="tab-compare"):
-                compare.build(engine, stops, concurrency)
+                compare_tabs = compare.build(engine, stops, concurrency, writers)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
-        writers.wire(demo, learned, tabs, {"text": text_tabs})
+        writers.wire(demo, learned, tabs, {"text": text_tabs, "compare": compare_tabs})
     return demo

@@ -13,7 +13,9 @@ import pandas as pd
 from PIL import Image
 
 from core import attention, export
+from core.code import Scripts
 from core.engine import Engine
+from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept
 from ui.stops import StopFlags
@@ -111,7 +113,7 @@ def maps_panels() -> Maps:
     return Maps(opacity, token, grid, mass, grays, make_video, mp4, gif)
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             form = form_column(engine)
@@ -119,8 +121,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
             view = RunView("attention", stops, "Press Generate to watch where each token's attention lands.",
                            beside_result="The chosen token's map over x0")
             maps = maps_panels()
+            code = CodePanel(writers, "attention", ("attention",))
     history = gr.State(None)  # the last run's maps, step for step with view.history: [(gray files, shares, tokens)]
-    wire_run(engine, form, view, maps, history, concurrency)
+    wire_run(engine, form, view, maps, history, concurrency, code)
     wire_after_run(view, maps, history)
 
 
@@ -128,8 +131,10 @@ def read_layers(parts, cells) -> attention.Layers:
     return attention.Layers(tuple(parts or ()), tuple(whole(cell, "cells") for cell in cells or ()))
 
 
-def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.State, concurrency: int) -> None:
-    """Generate: the inputs checked before the run starts, then the run streamed with every token's map."""
+def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.State, concurrency: int,
+             code: CodePanel) -> None:
+    """Generate: the inputs checked before the run starts, then the run streamed with every token's map, then
+    its script."""
     controls = form.controls
     shown = [maps.grid, view.beside, maps.mass, maps.grays]
 
@@ -169,10 +174,18 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
 
             yield from view.stream(run, flag, extra=step_panels, final=final)
 
+    def attention_code(prompt, negative_prompt, parts, cells, opacity, token, steps, guidance_scale, seed, width,
+                       height, preview_every, previews, scheduler):
+        """The run as a script that also writes the last step's maps (the opacity and token only choose what the
+        page shows)."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells))
+
     inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.token, *controls.inputs]
-    form.generate.click(check, inputs, None, api_visibility="private").success(
+    run = form.generate.click(check, inputs, None, api_visibility="private").success(
         attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
         concurrency_id=GENERATE, concurrency_limit=concurrency)
+    code.after(run, attention_code, inputs, view)
     view.wire(form.stop, stop_api=None)
 
 

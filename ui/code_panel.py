@@ -61,7 +61,7 @@ class CodePanel:
     def after(self, run: gr.events.Dependency, writer: Writer, inputs: list, view) -> None:
         """Once `run` succeeds, its script, its link and its place in the session's history: `writer` of the
         run's `inputs`, with the seed the run reported in `view.progress` (a random seed is drawn by the run);
-        the history shows `view.final`."""
+        the history shows `view.thumbnail` of what the view keeps."""
         self.writers.experiments[self.tab] = Experiment(writer, inputs, self.place)
         tab, history = self.tab, self.writers.history
 
@@ -72,10 +72,12 @@ class CodePanel:
             arguments = inspect.signature(writer).bind(*given).arguments
             if reported and reported.get("seed") is not None:
                 arguments["seed"] = reported["seed"]
-            with user_errors():
+            try:
                 script = writer(**arguments)
+            except ValueError as err:  # a run the code cannot write (the optimiser sampler): the box says why
+                script = f"# No script for this run: {err}\n"
             linked = {name: value for name, value in arguments.items() if name not in UNLINKED}
-            runs = history.add(runs, tab, linked, next(v for c, v in zip(view.kept, shown) if c is view.final))
+            runs = history.add(runs, tab, linked, view.thumbnail(*shown))
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
                 # gradio copies the zip into its own (expiring) cache before this generator resumes
                 archive = Path(folder) / f"sdlens-{tab}-seed{arguments.get('seed')}.zip"

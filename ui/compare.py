@@ -12,10 +12,14 @@ from itertools import zip_longest
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from core import export
+from core.code import Scripts
 from core.engine import Engine, Run
+from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, user_errors
 from ui.run_view import PANEL, Controls, ended, progress, status_line, stop_flag, wire_stop
 from ui.stops import StopFlags
@@ -39,22 +43,25 @@ def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
     return prompt, negative_prompt, go
 
 
-def build(engine: Engine, stops: StopFlags, concurrency: int) -> None:
+def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> gr.Tabs:
+    """The tab's experiments; returns their tabs (a link or the history opens one of them)."""
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
         controls = Controls(engine)
     options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
-    with gr.Tab("Guidance taken apart", elem_id="compare-parts"):
-        build_parts(engine, stops, controls, options)
-    for kind, default, about in (
-            ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
-            ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler; `euler:15` gives one "
-                                                      "its own step count; `optim` may end early."),
-            ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
-        with gr.Tab(kind.capitalize(), elem_id=f"compare-{kind}"):
-            build_comparison(engine, stops, controls, options, kind, default, about)
+    with gr.Tabs() as tabs:
+        with gr.Tab("Guidance taken apart", id="compare-parts", elem_id="compare-parts"):
+            build_parts(engine, stops, controls, options, writers)
+        for kind, default, about in (
+                ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
+                ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler; `euler:15` gives "
+                                                          "one its own step count; `optim` may end early."),
+                ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
+            with gr.Tab(kind.capitalize(), id=f"compare-{kind}", elem_id=f"compare-{kind}"):
+                build_comparison(engine, stops, controls, options, Comparison(kind, default, about), writers)
+    return tabs
 
 
-def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: dict) -> None:
+def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: dict, writers: Writers) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("Each step, the UNet predicts the noise twice in one batch: without the prompt and with it. "
@@ -66,6 +73,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             plot = gr.LinePlot(x="step", y="distance", title="how far apart the two predictions' x0 are (RMS)",
                                height=220, elem_id="parts-plot")
             run_progress = gr.JSON(visible=False, label="Run progress")
+            code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
 
     def cfg_parts(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                   scheduler, request: gr.Request):
@@ -91,17 +99,57 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             yield (shown, status_line(frame, state, about, []), pd.DataFrame(distances, columns=["step", "distance"]),
                    progress(frame, state, run.settings.seed, []))
 
-    go.click(cfg_parts, [prompt, negative_prompt, *controls.inputs], [parts, status, plot, run_progress],
-             api_name="cfg_parts", **options)
+    def cfg_parts_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
+                       scheduler):
+        """The run as a script that also takes its last step apart."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).cfg_parts(prompt, negative_prompt, settings)
+
+    inputs = [prompt, negative_prompt, *controls.inputs]
+    run = go.click(cfg_parts, inputs, [parts, status, plot, run_progress], api_name="cfg_parts", **options)
+    code.after(run, cfg_parts_code, inputs, StripView(parts, run_progress))
 
 
-def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, options: dict, kind: str, default: str,
-                     about: str) -> None:
+@dataclass(frozen=True)
+class Comparison:
+    """One kind of comparison: what varies, its entries at first, and what the tab says about it."""
+
+    kind: str                      # scales, samplers or seeds
+    default: str
+    about: str
+
+    @property
+    def api_name(self) -> str:
+        return "cfg_sweep" if self.kind == "scales" else f"compare_{self.kind}"
+
+
+class StripView:
+    """A gallery's last images as the code panel keeps them: a comparison's results, or a step's parts."""
+
+    def __init__(self, strip: gr.Gallery, run_progress: gr.JSON):
+        self.progress, self.kept = run_progress, [strip]
+
+    @staticmethod
+    def thumbnail(strip):
+        """The images side by side, as the history shows them."""
+        images = [np.asarray(Image.open(path).convert("RGB")) for path, _ in strip or []]  # the gallery's files
+        return np.concatenate(images, axis=1) if images and len({i.shape for i in images}) == 1 else None
+
+    @staticmethod
+    def files(strip) -> list[tuple[str, object]]:
+        """A download: each image, named by its caption."""
+        return [(f"{k + 1:02d}-{caption}.png".replace(":", "-"), image) for k, (image, caption) in
+                enumerate(strip or [])]
+
+
+def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, options: dict, comparison: Comparison,
+                     writers: Writers) -> None:
+    kind = comparison.kind
     parse = {"scales": engine.parse_scales, "samplers": engine.parse_samplers, "seeds": engine.parse_seeds}[kind]
     with gr.Row():
         with gr.Column(scale=2):
-            gr.Markdown(about)
-            entries = gr.Textbox(label=kind.capitalize(), value=default, info="comma-separated, at most 12")
+            gr.Markdown(comparison.about)
+            entries = gr.Textbox(label=kind.capitalize(), value=comparison.default, info="comma-separated, at most 12")
             prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Compare")
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
@@ -114,6 +162,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
                                   title="the sigma schedules")] if kind == "samplers" else [])
             gif = gr.File(label="The runs as a GIF") if kind == "scales" else None
             run_progress = gr.JSON(visible=False, label="Run progress")
+            code = CodePanel(writers, comparison.api_name, ("compare", f"compare-{kind}"))
 
     def compare(prompt, negative_prompt, entries, steps, guidance_scale, seed, width, height, preview_every,
                 previews, scheduler, request: gr.Request):
@@ -134,9 +183,16 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
                 with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:  # gradio copies it into its cache
                     yield [*values, sweep_gif(update.strip, Path(folder)), update.progress]
 
+    def compare_code(prompt, negative_prompt, entries, steps, guidance_scale, seed, width, height, preview_every,
+                     previews, scheduler):
+        """The comparison as a script."""
+        settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
+        return Scripts(engine).compare(prompt, negative_prompt, settings, parse(entries))
+
     outputs = [strip, status, *plots, *([gif] if gif else []), run_progress]
-    go.click(compare, [prompt, negative_prompt, entries, *controls.inputs], outputs,
-             api_name="cfg_sweep" if kind == "scales" else f"compare_{kind}", **options)
+    inputs = [prompt, negative_prompt, entries, *controls.inputs]
+    run = go.click(compare, inputs, outputs, api_name=comparison.api_name, **options)
+    code.after(run, compare_code, inputs, StripView(strip, run_progress))
 
 
 def label_of(change: dict) -> str:
@@ -174,7 +230,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                      status_line(lead, state, about, []),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
                      {"state": state, "entries": labels, "steps": [frame.index + 1 if frame else 0 for frame in last],
-                      "seeds": [run.settings.seed for run in runs]})
+                      "seeds": [run.settings.seed for run in runs], "seed": runs[0].settings.seed})
 
     with user_errors():
         for frames in zip_longest(*(run.frames for run in runs)):

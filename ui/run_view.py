@@ -179,10 +179,10 @@ class RunView:
     def stop_flag(self, request: gr.Request):
         return stop_flag(self.stops, request)
 
-    @property
-    def final(self) -> gr.Image:
-        """The run's result, as a history thumbnail shows it."""
-        return self.result
+    @staticmethod
+    def thumbnail(result, last_run):
+        """The run's result, as the history shows it."""
+        return result
 
     @property
     def kept(self) -> list:
@@ -299,10 +299,10 @@ class PairView:
     def outputs(self) -> list:
         return [self.left, self.right, self.status, self.progress]
 
-    @property
-    def final(self) -> gr.Image:
-        """The edited run's image, as a history thumbnail shows it."""
-        return self.right
+    @staticmethod
+    def thumbnail(left, right):
+        """The edited run's image, as the history shows it."""
+        return right
 
     @property
     def kept(self) -> list:
