@@ -51,11 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (env SDLENS_DEVICE)")
     p.add_argument("--dtype", default=env("DTYPE", "auto"),
                    help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16 (env SDLENS_DTYPE)")
-    p.add_argument("--host", default=env("HOST", "127.0.0.1"),
-                   help="address to serve on; 0.0.0.0 for every interface (env SDLENS_HOST)")
+    p.add_argument("--host", default=env("HOST", "0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1"),
+                   help="address to serve on; 0.0.0.0 for every interface, the default on a Hugging Face Space "
+                        "(env SDLENS_HOST)")
     p.add_argument("--port", type=int, default=env("PORT", "7860"), help="port (env SDLENS_PORT)")
     p.add_argument("--share", action="store_true", default=env("SHARE", "") in ("1", "true", "yes"),
                    help="also serve through a public gradio.live link (env SDLENS_SHARE=1)")
+    p.add_argument("--no-safety-checker", action="store_true",
+                   default=env("NO_SAFETY_CHECKER", "") in ("1", "true", "yes"),
+                   help="no safety checker on public links (--share, or a Space) of real weights, for private use "
+                        "(env SDLENS_NO_SAFETY_CHECKER=1)")
     p.add_argument("--auth", default=env("AUTH"),
                    help="user:password that protects the page and the API (env SDLENS_AUTH)")
     p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "1"),
@@ -165,6 +170,19 @@ def limit_malloc_arenas() -> None:
         return
 
 
+def safety_checker(args: argparse.Namespace, bundle):
+    """diffusers' safety checker where real weights are served publicly (--share, or a Hugging Face Space,
+    which sets SPACE_ID) and it is not turned off; None for private use and for the toy world's shapes."""
+    from core.models import TOY_DIR
+    from core.safety import load_checker
+
+    public = args.share or "SPACE_ID" in os.environ
+    if not public or args.no_safety_checker or Path(bundle.source).resolve() == TOY_DIR.resolve():
+        return None
+    print("Loading the safety checker (public link of real weights; --no-safety-checker turns it off) ...", flush=True)
+    return load_checker(bundle.source, bundle.device, bundle.dtype)
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
     args = parse_args(argv)
@@ -187,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loading {args.model} ...", flush=True)
     try:
         bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
-        engine = Engine(bundle)  # checks the folder's recommended settings against the model
+        engine = Engine(bundle, safety_checker(args, bundle))  # checks the folder's recommended settings
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

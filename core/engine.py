@@ -17,6 +17,7 @@ from PIL import Image
 from core import attention, compare
 from core import guidance as loss_guidance
 from core import images, schedule, text, vae
+from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
 from core.sampler import (MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
@@ -88,8 +89,9 @@ class Run:
 
 
 class Engine:
-    def __init__(self, bundle: ModelBundle):
-        self.bundle = bundle
+    def __init__(self, bundle: ModelBundle, safety: Flagger | None = None):
+        """`safety`: a checker whose flagged pictures every run shows blurred (core.safety); None: no check."""
+        self.bundle, self.safety = bundle, safety
         vae.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
         self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
         check_settings(bundle, self.default_settings())  # the folder's recommendations must be runnable here
@@ -98,8 +100,9 @@ class Engine:
 
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
              source: Source | None = None) -> Run:
-        """A checked run: its frames freeing memory when it runs out."""
-        return Run(settings, notes, guarded(frames, settings, self.bundle.device), source)
+        """A checked run: its frames freeing memory when it runs out, and screened when there is a checker."""
+        frames = guarded(frames, settings, self.bundle.device)
+        return Run(settings, notes, screened(frames, self.safety) if self.safety else frames, source)
 
     def default_settings(self) -> Settings:
         """Settings for this model: its native size, and any defaults its folder recommends."""
@@ -144,7 +147,9 @@ class Engine:
     def cfg_parts(self, frame: Frame) -> compare.CfgParts:
         """A guided step taken apart: the unconditional, text and guided x0 and the noise prediction, decoded."""
         with torch.no_grad():
-            return compare.cfg_parts(self.bundle, frame)
+            parts = compare.cfg_parts(self.bundle, frame)
+        uncond, text_x0, guided = screened_pictures([parts.uncond, parts.text, parts.guided], self.safety)
+        return replace(parts, uncond=uncond, text=text_x0, guided=guided)
 
     @staticmethod
     def x0_movement(previous: Frame | None, frame: Frame) -> float:
