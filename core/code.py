@@ -167,7 +167,7 @@ def _settings(recipe: Recipe) -> str:
         lines += [f"image_path = {recipe.image!r}", f"strength = {recipe.strength!r}"]
     else:
         lines += [f"height, width = {s.height}, {s.width}"]
-    varied = COMPARED[recipe.comparison.kind].each if recipe.comparison else ""  # set by the comparison's loop
+    varied = COMPARED[recipe.comparison.kind].each.split(", ") if recipe.comparison else []  # the loop sets them
     lines += [f"{name} = {value!r}" for name, value in (("num_inference_steps", s.steps),
                                                         ("guidance_scale", s.guidance_scale), ("seed", s.seed))
               if name not in varied]

@@ -101,8 +101,8 @@ class Engine:
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
              source: Source | None = None) -> Run:
         """A checked run: its frames freeing memory when it runs out, and screened when there is a checker."""
-        frames = guarded(frames, settings, self.bundle.device)
-        return Run(settings, notes, screened(frames, self.safety) if self.safety else frames, source)
+        frames = screened(frames, self.safety) if self.safety else frames
+        return Run(settings, notes, guarded(frames, settings, self.bundle.device), source)
 
     def default_settings(self) -> Settings:
         """Settings for this model: its native size, and any defaults its folder recommends."""
@@ -375,5 +375,6 @@ class Engine:
             begin = frames.start
         with torch.no_grad():
             begin_image = vae.to_pil(vae.decode(self.bundle, begin))[0]
+        begin_image = screened_pictures([begin_image], self.safety)[0]  # at strength 0, the result too
         source = Source(fitted.image, fitted.note, begin_image, plan)
         return self._run(settings, notes, frames, source)

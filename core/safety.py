@@ -1,15 +1,15 @@
 """The safety checker for public demos of real weights: diffusers' `StableDiffusionSafetyChecker` looks at each
 picture a run shows, and the pictures it flags are shown blurred, with a note saying why.
 
-The checker is the model folder's own (`safety_checker/` and `feature_extractor/`, as SD v1.4 and v1.5 ship
-them) or CompVis/stable-diffusion-safety-checker. It only flags: the pictures are blurred here, not blacked out
-as the stock pipeline does, so that a class still sees that the run went on.
+The checker is the model's own (`safety_checker/` and `feature_extractor/` in its folder or Hub repo, as SD
+v1.4 and v1.5 ship them) or else CompVis/stable-diffusion-safety-checker. It only flags: a step with a flagged
+picture is shown blurred whole here, not blacked out as the stock pipeline does, so that a class still sees
+that the run went on.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,26 +26,27 @@ Flagger = Callable[[Sequence[Image.Image]], list[bool]]  # pictures -> whether e
 
 
 def load_checker(source: str, device: torch.device, dtype: torch.dtype) -> Flagger:
-    """diffusers' safety checker from the model folder's own subfolders, or from the Hub's checker."""
+    """diffusers' safety checker: the model's own (its folder's or Hub repo's subfolders), else the Hub's."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    folder = Path(source)
-    own = (folder / "safety_checker").is_dir() and (folder / "feature_extractor").is_dir()
-    checker_source, extractor_source = ((folder / "safety_checker", folder / "feature_extractor") if own
-                                        else (CHECKER_REPO, CHECKER_REPO))
-    try:
-        checker = StableDiffusionSafetyChecker.from_pretrained(checker_source, torch_dtype=dtype).to(device).eval()
-        extractor = CLIPImageProcessor.from_pretrained(extractor_source)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"the safety checker could not be loaded from {checker_source} ({err}); connect to the "
-                         "Hugging Face Hub, or pass --no-safety-checker for private use") from err
+    for place, parts in ((source, ("safety_checker", "feature_extractor")), (CHECKER_REPO, ("", ""))):
+        try:
+            checker = StableDiffusionSafetyChecker.from_pretrained(place, subfolder=parts[0], torch_dtype=dtype)
+            extractor = CLIPImageProcessor.from_pretrained(place, subfolder=parts[1])
+            break
+        except (OSError, ValueError) as err:
+            error = err
+    else:
+        raise ValueError(f"the safety checker could not be loaded from {source} or {CHECKER_REPO} ({error}); "
+                         "connect to the Hugging Face Hub, or pass --no-safety-checker for private use")
+    checker = checker.to(device).eval()
 
     @torch.no_grad()
     def flagged(pictures: Sequence[Image.Image]) -> list[bool]:
         pixels = extractor([p.convert("RGB") for p in pictures], return_tensors="pt").pixel_values
-        arrays = np.stack([np.asarray(p.convert("RGB"), dtype=np.float32) / 255 for p in pictures])
-        _, concepts = checker(images=arrays, clip_input=pixels.to(device, dtype))
+        # the checker blacks out the `images` it flags: stand-ins, as the pictures may differ in size
+        _, concepts = checker(images=[np.zeros(1) for _ in pictures], clip_input=pixels.to(device, dtype))
         return [bool(c) for c in concepts]
 
     return flagged
@@ -56,7 +57,7 @@ def blurred(picture: Image.Image) -> Image.Image:
 
 
 def screened(frames: Iterator[Frame], flagger: Flagger) -> Iterator[Frame]:
-    """The frames with every picture the checker flags blurred (x_t and x0 of a flagged step together); the
+    """The frames, each step with a picture the checker flags blurred whole (its x_t, x0 and result); the
     first flagged step's note says why."""
     told = False
     for frame in frames:

@@ -72,10 +72,11 @@ class CodePanel:
             arguments = inspect.signature(writer).bind(*given).arguments
             if reported and reported.get("seed") is not None:
                 arguments["seed"] = reported["seed"]
-            try:
-                script = writer(**arguments)
-            except ValueError as err:  # a run the code cannot write (the optimiser sampler): the box says why
-                script = f"# No script for this run: {err}\n"
+            with user_errors():
+                try:
+                    script = writer(**arguments)
+                except ValueError as err:  # a run the code cannot write (the optimiser sampler): the box says why
+                    script = f"# No script for this run: {err}\n"
             linked = {name: value for name, value in arguments.items() if name not in UNLINKED}
             runs = history.add(runs, tab, linked, view.thumbnail(*shown))
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:

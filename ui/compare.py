@@ -57,7 +57,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                                           "one its own step count; `optim` may end early."),
                 ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
             with gr.Tab(kind.capitalize(), id=f"compare-{kind}", elem_id=f"compare-{kind}"):
-                build_comparison(engine, stops, controls, options, Comparison(kind, default, about), writers)
+                build_comparison(engine, stops, controls, options, ComparisonTab(kind, default, about), writers)
     return tabs
 
 
@@ -111,7 +111,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
 
 
 @dataclass(frozen=True)
-class Comparison:
+class ComparisonTab:
     """One kind of comparison: what varies, its entries at first, and what the tab says about it."""
 
     kind: str                      # scales, samplers or seeds
@@ -142,7 +142,7 @@ class StripView:
                 enumerate(strip or [])]
 
 
-def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, options: dict, comparison: Comparison,
+def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, options: dict, comparison: ComparisonTab,
                      writers: Writers) -> None:
     kind = comparison.kind
     parse = {"scales": engine.parse_scales, "samplers": engine.parse_samplers, "seeds": engine.parse_seeds}[kind]
