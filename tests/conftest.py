@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,31 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     return build_random_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def add_small_safety_checker(folder: Path) -> Path:
+    """A random, small diffusers StableDiffusionSafetyChecker and its feature extractor in a model folder's
+    safety_checker/ and feature_extractor/, as SD v1.4 and v1.5 ship theirs."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2},
+                        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=8)
+    StableDiffusionSafetyChecker(config).save_pretrained(folder / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder / "feature_extractor")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir_with_checker(tiny_sd_dir, tmp_path_factory) -> Path:
+    """The tiny model with a safety checker of its own: what a public link of real weights loads."""
+    folder = tmp_path_factory.mktemp("tiny-sd-checked") / "model"
+    shutil.copytree(tiny_sd_dir, folder)
+    return add_small_safety_checker(folder)
 
 
 @pytest.fixture(scope="session")

@@ -32,9 +32,10 @@ def test_port_taken_is_one_line_before_loading_anything():
 
 
 @pytest.fixture(scope="module")
-def locked_app(tiny_sd_dir):
-    """Password from the environment, --share with no reachable share server, a 1 kB upload limit."""
-    proc, url, lines = start_app("--model", str(tiny_sd_dir), "--port", str(free_port()), "--share",
+def locked_app(tiny_sd_dir_with_checker):
+    """Password from the environment, --share with no reachable share server (so the model's own safety
+    checker loads, offline), a 1 kB upload limit."""
+    proc, url, lines = start_app("--model", str(tiny_sd_dir_with_checker), "--port", str(free_port()), "--share",
                                  "--max-upload", "1kb", until="(?i)public",
                                  env={"SDLENS_AUTH": "teacher:s3cret",
                                       "GRADIO_SHARE_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"})

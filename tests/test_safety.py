@@ -13,6 +13,7 @@ import app
 from core import safety
 from core.engine import Engine
 from core.models import TOY_DIR
+from tests.conftest import add_small_safety_checker
 
 
 def flag_all(pictures):
@@ -77,26 +78,10 @@ def test_the_checker_is_on_for_public_demos_of_real_weights(monkeypatch, tiny_bu
     assert (checker is flag_all) == on and loaded == ([bundle.source] if on else [])
 
 
-def small_checker_folder(folder):
-    """A model folder with a random, small StableDiffusionSafetyChecker and its feature extractor."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig, CLIPImageProcessor
-
-    config = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                     "num_attention_heads": 2},
-                        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-                        projection_dim=8)
-    StableDiffusionSafetyChecker(config).save_pretrained(folder / "safety_checker")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder / "feature_extractor")
-    return folder
-
-
 def test_diffusers_checker_loads_from_the_model_folder_and_flags_each_picture(tmp_path):
     import torch
 
-    flagger = safety.load_checker(str(small_checker_folder(tmp_path)), torch.device("cpu"), torch.float32)
+    flagger = safety.load_checker(str(add_small_safety_checker(tmp_path)), torch.device("cpu"), torch.float32)
     pictures = [Image.new("RGB", (side, side), color) for side, color in ((64, "red"), (512, "white"), (8, "black"))]
     flags = flagger(pictures)  # a step's fast x0 preview and its full-size result differ in size
     assert len(flags) == 3 and all(isinstance(flag, bool) for flag in flags)
