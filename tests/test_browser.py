@@ -54,6 +54,12 @@ def set_number(page, label, value):
     box.press("Enter")
 
 
+def test_the_page_opens_without_a_link_and_without_errors(page):
+    """A plain address applies no link: no input shows the error badge of a failed page load."""
+    expect(page.locator("#tab-txt2img").get_by_label("Prompt", exact=True)).to_be_visible()
+    expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
+
+
 def test_generate_streams_distinct_frames(page):
     status = page.locator("#txt2img-status")
     page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")

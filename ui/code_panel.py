@@ -185,10 +185,11 @@ class Writers:
             return writer(**parameters, **extra)
 
     def reopen(self, tab: str, settings: dict, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]) -> dict:
-        """Updates that open `tab` (and its sub-tab) and put `settings` in its inputs; none for an unknown tab."""
+        """Updates that open `tab` (and its sub-tab) and put `settings` in its inputs; none for an unknown tab
+        (or none given: the page opened without a link)."""
         experiment = self.experiments.get(tab)
         if experiment is None:
-            return {}
+            return {tabs: gr.skip()}  # an empty dict would be read as one value for all the outputs
         top, *inner = experiment.place
         updates = {tabs: gr.Tabs(selected=top)} | ({sub_tabs[top]: gr.Tabs(selected=inner[0])} if inner else {})
         for name, component in zip(experiment.names(), experiment.inputs):
