@@ -63,8 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(env SDLENS_NO_SAFETY_CHECKER=1)")
     p.add_argument("--auth", default=env("AUTH"),
                    help="user:password that protects the page and the API (env SDLENS_AUTH)")
-    p.add_argument("--concurrency", type=int, default=env("CONCURRENCY", "1"),
-                   help="generations that run at once; the rest wait in the queue (env SDLENS_CONCURRENCY)")
+    p.add_argument("--concurrency", type=int, default=env("CONCURRENCY"),
+                   help="generations that run at once; the rest wait in the queue; default 1, or one per engine "
+                        "worker (env SDLENS_CONCURRENCY)")
+    p.add_argument("--workers", type=int, default=env("WORKERS", "0"),
+                   help="engine workers in Ray actors, each with the model on its own device: a GPU each where "
+                        "there are GPUs, a share of the CPU cores otherwise; 0: none, the app runs the model "
+                        "itself (env SDLENS_WORKERS)")
+    p.add_argument("--ray", default=env("RAY"), metavar="ADDRESS",
+                   help="join the Ray cluster at ADDRESS (host:6379, ray://host:10001 or auto) for the engine "
+                        "workers; without it --workers starts Ray on this machine (env SDLENS_RAY)")
     p.add_argument("--queue-size", type=int, default=env("QUEUE_SIZE", "20"),
                    help="requests that may wait; more are turned away with a message (env SDLENS_QUEUE_SIZE)")
     p.add_argument("--max-upload", default=env("MAX_UPLOAD", "20mb"),
@@ -81,9 +89,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-free-mb", type=int, default=env("MIN_FREE_MB", "200"),
                    help="runs are refused while the cache folder's disk has less free space; 0: never "
                         "(env SDLENS_MIN_FREE_MB)")
-    args = p.parse_args(argv)
+    return checked(p, p.parse_args(argv))
+
+
+def checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The flags checked together (a bad one ends the start with argparse's one-line usage error), and the
+    defaults that depend on others filled in."""
     if args.auth is not None and ":" not in args.auth:
         p.error(f"--auth must be user:password, got {args.auth!r}")
+    if args.workers < 0:
+        p.error(f"--workers must be 0 or more, got {args.workers}")
+    if args.ray and args.workers == 0:
+        args.workers = 1
+    if args.concurrency is None:
+        args.concurrency = max(1, args.workers)
     if args.concurrency < 1:
         p.error(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.queue_size < 1:
@@ -170,17 +189,36 @@ def limit_malloc_arenas() -> None:
         return
 
 
+def wants_safety_checker(args: argparse.Namespace) -> bool:
+    """Public (--share, or a Hugging Face Space, which sets SPACE_ID) and not turned off."""
+    return (args.share or "SPACE_ID" in os.environ) and not args.no_safety_checker
+
+
 def safety_checker(args: argparse.Namespace, bundle):
     """diffusers' safety checker where real weights are served publicly (--share, or a Hugging Face Space,
     which sets SPACE_ID) and it is not turned off; None for private use and for the toy world's shapes."""
-    from core.models import TOY_DIR
+    from core.models import is_toy
     from core.safety import load_checker
 
-    public = args.share or "SPACE_ID" in os.environ
-    if not public or args.no_safety_checker or Path(bundle.source).resolve() == TOY_DIR.resolve():
+    if not wants_safety_checker(args) or is_toy(bundle):
         return None
     print("Loading the safety checker (public link of real weights; --no-safety-checker turns it off) ...", flush=True)
     return load_checker(bundle.source, bundle.device, bundle.dtype)
+
+
+def load_engine(args: argparse.Namespace):
+    """The engine and a notice when `auto` fell back: the model here, or in Ray actors with --workers/--ray."""
+    if args.workers:
+        from core.workers import WorkerSpec, Workers
+
+        print(f"Starting {args.workers} engine worker(s) on Ray {args.ray or '(local)'} ...", flush=True)
+        spec = WorkerSpec(args.model, args.device, args.dtype, threads=1, safety=wants_safety_checker(args))
+        return Workers(spec, args.workers, args.ray), None
+    from core.engine import Engine
+    from core.models import load_model
+
+    bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
+    return Engine(bundle, safety_checker(args, bundle)), notice  # the Engine checks the folder's settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,21 +235,19 @@ def main(argv: list[str] | None = None) -> int:
               "with --cache-dir", file=sys.stderr)
         return 2
     quiet_libraries()
-    from core.engine import Engine
-    from core.models import ModelLoadError, load_model
+    from core.models import ModelLoadError
     from ui import build_app
     from ui.upkeep import Upkeep
 
     print(f"Loading {args.model} ...", flush=True)
     try:
-        bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
-        engine = Engine(bundle, safety_checker(args, bundle))  # checks the folder's recommended settings
+        engine, notice = load_engine(args)
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if notice:
         print(f"Notice: {notice}", flush=True)
-    print(f"Loaded {bundle.describe()}", flush=True)
+    print(f"Loaded {engine.bundle.describe()}", flush=True)
     print(f"Cache folder: {cache} (files and idle sessions expire after {args.cache_max_age} s)", flush=True)
     upkeep = Upkeep(cache, max_age=args.cache_max_age, min_free_mb=args.min_free_mb)
     demo = build_app(engine, concurrency=args.concurrency, notice=notice, upkeep=upkeep)

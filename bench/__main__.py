@@ -4,11 +4,12 @@ For each model: our loop without previews against diffusers' StableDiffusionPipe
 steps and seed; previews every step (fast and full VAE) against none; peak memory. For the toy model also
 the HTTP API of an app this benchmark starts (`python app.py --model toy`) and stops, driven by
 gradio_client: time to the first frame, frames delivered per step, and the whole run against the engine
-alone. Times are medians over repeats; every row ends with its ratio. A measurement that fails becomes a
-row that says why, the others still run, the table is always printed, and the exit code is then 1.
+alone; and 8 runs sent at once to 1 and to 2 engine workers in Ray actors. Times are medians over repeats;
+every row ends with its ratio. A measurement that fails becomes a row that says why, the others still run,
+the table is always printed, and the exit code is then 1.
 
     python -m bench                       # CPU: the toy model and a tiny random SD at 512 px
-    python -m bench --quick               # one run each of the toy model's rows and the API's: a short check
+    python -m bench --quick               # one run each of the toy model's, the API's and the workers' rows
     python -m bench --device cuda         # adds an SD-v1-shaped model with random weights, float16, 512 px
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -157,6 +159,37 @@ def attention_rows(engine: Engine, repeats: int) -> list[tuple]:
              timed["maps"] / timed["none"])]
 
 
+def workers_rows(repeats: int) -> list[tuple]:
+    """8 toy runs sent at once to 1 and to 2 engine workers in Ray actors on this machine's CPUs (each worker
+    gets an equal share of the threads), and whether each image equals the same run alone."""
+    from core.workers import WorkerSpec, Workers
+
+    spec = WorkerSpec("toy", "cpu", "float32", threads=1, safety=False)
+    seeds = range(1, 9)
+    timed, equal = {}, 0
+    for count in (1, 2):
+        pool = Workers(spec, count)
+        try:
+            settings = replace(pool.default_settings(), steps=STEPS, preview_every=1)
+
+            def final(seed: int):
+                return list(pool.txt2img(PROMPT, "", replace(settings, seed=seed)).frames)[-1].image
+
+            def together() -> list:
+                with ThreadPoolExecutor(len(seeds)) as runs:
+                    return list(runs.map(final, seeds))
+
+            timed[count] = median_seconds({"together": together}, repeats)["together"]
+            if count == 2:
+                equal = sum(a.tobytes() == b.tobytes() for a, b in zip(together(), map(final, seeds)))
+        finally:
+            pool.close()
+    where = "toy, Ray CPU workers"
+    return [("8 runs at once: 1 worker / 2 workers (goal 1.4)", where, f"{timed[1]:.2f} s", f"{timed[2]:.2f} s",
+             timed[1] / timed[2]),
+            ("images equal to the run alone, 2 workers", where, f"{equal}", f"{len(seeds)}", equal / len(seeds))]
+
+
 def random_sd_rows(name: str, shape: Shape, folder: Path, device: str, dtype: str, repeats: int) -> list[tuple]:
     """A model of this shape with random weights, built into `folder`, measured at 512 px."""
     model = build_random_sd(folder, shape, latent_size=SIDE // shape.vae_scale_factor)
@@ -190,6 +223,7 @@ def measurements(args: argparse.Namespace, folder: Path) -> Iterator[Measurement
                lambda: random_sd_rows(name, SD_V1, folder / "sd", args.device, "float16", args.repeats))
     if device.type == "cpu":
         yield "HTTP API", API_WHERE, lambda: api_rows(toy(), args.repeats)
+        yield "Ray workers", "toy, Ray CPU workers", lambda: workers_rows(args.repeats)
 
 
 def measure(measurement: Measurement) -> tuple[list[tuple], bool]:
@@ -208,7 +242,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, help="timed runs of each figure (default 5, or 1 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="only the toy model's rows and the API's, one timed run each unless --repeats")
+                        help="only the toy model's, the API's and the workers' rows, one timed run each unless "
+                             "--repeats")
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5

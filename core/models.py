@@ -184,6 +184,11 @@ def auto_choice(device: torch.device) -> list[str]:
     return [SD_V1, TOY] if device.type == "cuda" else [TOY]
 
 
+def is_toy(bundle: ModelBundle) -> bool:
+    """Whether the bundle is the toy world shipped here (it needs no safety checker)."""
+    return Path(bundle.source).resolve() == TOY_DIR.resolve()
+
+
 def load_toy(device: str = "auto", dtype: str = "auto", folder: Path = TOY_DIR) -> ModelBundle:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"The toy world model is not in {folder}: train it with `python -m core.toyworld.train`")
