@@ -1,7 +1,10 @@
 """Ready for the public: share link, password, uploads and files, a full queue, faults, many users at once."""
+import functools
+import inspect
 import socket
 import subprocess
 import sys
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +20,7 @@ from core.sampler import Settings
 from tests.conftest import ROOT, free_port, start_app
 from tests.test_api import RESULT, STATUS, X0, image_paths, txt2img
 from ui import build_app
+from ui.common import GENERATE
 
 
 def test_port_taken_is_one_line_before_loading_anything():
@@ -170,3 +174,36 @@ def test_eight_users_at_once_each_get_their_own_images(tiny_sd_dir, tiny_bundle)
         served = Image.open(image_paths(outputs, RESULT)[-1]).convert("RGB")
         alone = list(engine.txt2img(prompt, "", Settings(steps=10, seed=seed, height=64, width=64)).frames)[-1]
         assert list(served.getdata()) == list(alone.image.getdata())
+
+
+def test_on_zero_gpu_every_event_that_runs_the_model_asks_for_the_gpu(tiny_bundle, monkeypatch):
+    """The `spaces` package's decorator wraps each event of the generation queue, and no other (here a stand-in
+    for ZeroGPU's that counts the calls it lets through); a run through a wrapped event streams as before. Off
+    ZeroGPU the real package leaves every handler as it is."""
+    plain = build_app(Engine(tiny_bundle))
+    assert not any(hasattr(event.fn, "zerogpu") for event in plain.fns.values())  # the real spaces, off ZeroGPU
+    asked = []
+
+    def gpu(fn, duration):
+        def regular(*args, **kwargs):
+            asked.append(fn.__name__)
+            return fn(*args, **kwargs)
+
+        def streaming(*args, **kwargs):
+            asked.append(fn.__name__)
+            yield from fn(*args, **kwargs)
+        wrapped = functools.wraps(fn)(streaming if inspect.isgeneratorfunction(fn) else regular)
+        wrapped.zerogpu = duration
+        return wrapped
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    demo = build_app(Engine(tiny_bundle)).queue()
+    wrapped = {event.name for event in demo.fns.values() if hasattr(event.fn, "zerogpu")}
+    generating = {event.name for event in demo.fns.values() if event.concurrency_id == GENERATE}
+    assert wrapped == generating and {"txt2img", "img2img", "guided", "vae", "cfg_parts"} <= wrapped
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        outputs = list(txt2img(Client(url, verbose=False), steps=4))
+    finally:
+        demo.close()
+    assert asked == ["txt2img"] and len(image_paths(outputs, X0)) == 4

@@ -9,6 +9,7 @@ from gradio.utils import get_upload_folder
 from core.engine import Engine
 from ui import attention, compare, guided, img2img, schedule, send, text_lab, txt2img, vae
 from ui.code_panel import Writers
+from ui.common import on_zero_gpu
 from ui.stops import StopFlags
 from ui.upkeep import Upkeep
 
@@ -64,4 +65,5 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
                 compare_tabs = compare.build(engine, stops, concurrency, writers)
         send.wire(tabs, [from_text, from_image, from_guidance], from_image, vae_image)
         writers.wire(demo, learned, tabs, {"text": text_tabs, "compare": compare_tabs})
+    on_zero_gpu(demo)
     return demo
