@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if notice:
         print(f"Notice: {notice}", flush=True)
-    print(f"Loaded {engine.bundle.describe()}", flush=True)
+    print(f"Loaded {engine.describe()}", flush=True)
     print(f"Cache folder: {cache} (files and idle sessions expire after {args.cache_max_age} s)", flush=True)
     upkeep = Upkeep(cache, max_age=args.cache_max_age, min_free_mb=args.min_free_mb)
     demo = build_app(engine, concurrency=args.concurrency, notice=notice, upkeep=upkeep)

@@ -104,6 +104,10 @@ class Engine:
         frames = screened(frames, self.safety) if self.safety else frames
         return Run(settings, notes, guarded(frames, settings, self.bundle.device), source)
 
+    def describe(self) -> str:
+        """The model and where it runs, in one line."""
+        return self.bundle.describe()
+
     def default_settings(self) -> Settings:
         """Settings for this model: its native size, and any defaults its folder recommends."""
         size = self.bundle.native_size

@@ -83,6 +83,9 @@ class Worker:
         self.engine = Engine(self.bundle, checker)
         self.stopped: deque[str] = deque(maxlen=MAX_STOPPED)  # a Stop may come before its run starts, or after
 
+    def describe(self) -> str:
+        return self.bundle.describe()
+
     def source(self) -> str:
         """The model as the app names it (what `auto` chose), for the app's own copy."""
         return TOY if is_toy(self.bundle) else self.bundle.source
@@ -125,8 +128,13 @@ class Workers(Engine):
             source = ray.get(self._actors[0].source.remote())  # waits for the first worker's model
         except ray.exceptions.RayActorError as err:
             raise ValueError(f"the engine workers could not load {spec.model!r}: {err}") from err
+        self._described = f"{ray.get(self._actors[0].describe.remote())} · {count} engine worker(s) on Ray"
         bundle, _ = load_model(source, device="cpu", dtype="float32")
         super().__init__(bundle)
+
+    def describe(self) -> str:
+        """The model as the workers hold it (their device), and how many there are."""
+        return self._described
 
     def _new_actor(self):
         actor = self._actor_class.remote(self.spec)

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import ray
+import torch
 from gradio_client import Client
 from PIL import Image
 
@@ -46,8 +47,11 @@ def test_every_kind_of_run_gives_the_engines_own_frames(workers, tiny_bundle):
     local = Engine(tiny_bundle)
     image = Engine(tiny_bundle).txt2img(PROMPT, "", SMALL).frames
     start = list(image)[-1].image
+    width = tiny_bundle.text_encoder.config.hidden_size
+    learned = {"<x>": torch.randn(1, width, generator=torch.Generator().manual_seed(0))}  # one session's token
     calls = {
         "txt2img": lambda e: e.txt2img(PROMPT, "", SMALL),
+        "txt2img, a learned token": lambda e: e.txt2img("a <x> circle", "", SMALL, learned=learned),
         "guided": lambda e: e.guided(PROMPT, "", SMALL, Guidance("blue", 20.0, every=2)),
         "attention": lambda e: e.attention(PROMPT, "", SMALL),
         "mix_prompts": lambda e: e.mix_prompts(PROMPT, "a blue square", 0.5, "", SMALL),
@@ -59,6 +63,7 @@ def test_every_kind_of_run_gives_the_engines_own_frames(workers, tiny_bundle):
         assert [f.index for f in theirs] == [f.index for f in ours], name
         assert [f.x0_image is None for f in theirs] == [f.x0_image is None for f in ours], name
         assert np.abs(pixels(theirs[-1].image) - pixels(ours[-1].image)).max() <= 1, name
+    assert workers.describe() == f"{tiny_bundle.describe()} · 2 engine worker(s) on Ray"  # the page's model line
     maps = list(workers.attention(PROMPT, "", SMALL).frames)[-1].observed["attention"]
     assert maps.maps.shape[1:] == (SMALL.height, SMALL.width) and maps.maps.device.type == "cpu"
 

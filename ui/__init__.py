@@ -40,7 +40,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
     stops = StopFlags(admit=upkeep.check_space)
     with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
         writers = Writers()
-        gr.Markdown(f"# {TITLE}\n**Model:** {engine.bundle.describe()}", elem_id="model-info")
+        gr.Markdown(f"# {TITLE}\n**Model:** {engine.describe()}", elem_id="model-info")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
         upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
