@@ -289,7 +289,9 @@ def start_ray(address: str | None):
                  logging_level="ERROR")
     except (ConnectionError, RuntimeError, OSError) as err:
         raise ValueError(f"the Ray cluster at {address!r} cannot be reached ({err}); check the address "
-                         "(ray status on the head node prints it), or leave --ray out to start Ray here") from err
+                         "(ray status on the head node prints it) and, for a cluster with token authentication "
+                         "(ray start's default), set RAY_AUTH_MODE=token with the head's ~/.ray/auth_token here; "
+                         "or leave --ray out to start Ray here") from err
     return ray
 
 
