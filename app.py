@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
 import io
 import logging
 import os
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write to the cache folder {args.cache_dir} ({err.strerror or err}); pick another "
               "with --cache-dir", file=sys.stderr)
         return 2
+    if os.environ.get("SPACES_ZERO_GPU"):
+        importlib.import_module("spaces")  # ZeroGPU's package goes before torch touches CUDA, as Spaces ask
     quiet_libraries()
     from core.models import ModelLoadError
     from ui import build_app

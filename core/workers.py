@@ -17,14 +17,15 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
+from core import images
 from core.engine import Engine, Run
 from core.models import TOY, is_toy, load_model
-from core.sampler import Frame, RunFailed
+from core.sampler import Frame, RunFailed, Settings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project, shipped to a cluster's workers as their working dir
 SHIPPED_EXCLUDES = [".venv", ".git", "tests", "ui/assets", "bench", "**/__pycache__"]
@@ -94,23 +95,23 @@ class Worker:
         self.stopped.append(run_id)
 
     def run(self, run_id: str, method: str, part: int | None, args: tuple, kwargs: dict) -> Iterator:
-        """The Engine call's run (`part` of a pair of runs), streamed: its Header, or the ValueError its inputs
-        raise, then each frame on the CPU."""
+        """The Engine call's run (`part` of a pair of runs), streamed: its Header, then each frame on the CPU; an
+        error (bad input, out of memory, a failure) is sent as the exception itself, the stream's last item."""
         try:
             run = getattr(self.engine, method)(*args, should_stop=lambda: run_id in self.stopped, **kwargs)
             run = run if part is None else run[part]
-        except ValueError as err:
-            yield err
-            return
-        yield Header(run.settings, run.notes, run.source)
-        try:
+            yield Header(run.settings, run.notes, run.source)
             for frame in run.frames:
                 yield tensors_to(frame, torch.device("cpu"))
-        except RunFailed as err:  # out of memory: the message says what to change
+        except Exception as err:  # the app raises it again: its message, not a Ray traceback, reaches the user
             yield err
 
     def cfg_parts(self, frame: Frame):
-        return self.engine.cfg_parts(tensors_to(frame, self.bundle.device))
+        """The step taken apart, or the exception that stopped it (as `run` sends errors)."""
+        try:
+            return self.engine.cfg_parts(tensors_to(frame, self.bundle.device))
+        except Exception as err:
+            return err
 
 
 class Workers(Engine):
@@ -157,6 +158,7 @@ class Workers(Engine):
         with self._lock:
             if self._actors[index] is actor:
                 log.warning("engine worker %d stopped; starting a new one in its place", index)
+                self._ray.kill(actor)  # if only unreachable for a while, it must not keep its GPU
                 self._actors[index] = self._new_actor()
 
     def _remote_run(self, method: str, part: int | None, args: tuple, kwargs: dict,
@@ -166,9 +168,9 @@ class Workers(Engine):
         for _ in range(len(self._actors) + 1):
             index = self._pick()
             actor, run_id = self._actors[index], f"run-{next(self._ids)}"
-            stream = actor.run.options(num_returns="streaming", concurrency_group="runs").remote(
-                run_id, method, part, args, kwargs)
             try:
+                stream = actor.run.options(num_returns="streaming", concurrency_group="runs").remote(
+                    run_id, method, part, args, kwargs)
                 header = self._ray.get(next(stream))
             except self._ray.exceptions.RayActorError:
                 self._release(index)
@@ -177,19 +179,27 @@ class Workers(Engine):
             except BaseException:
                 self._release(index)
                 raise
-            if isinstance(header, ValueError):
+            if isinstance(header, Exception):  # bad input (ValueError), or the run failed before its first step
                 self._release(index)
-                raise ValueError(str(header))
+                raise header
             frames = RemoteFrames(self, index, actor, run_id, stream, should_stop)
             return Run(header.settings, header.notes, frames, header.source)
         raise RunFailed("no engine worker could take the run: each one stopped as it started; see the terminal")
 
     def cfg_parts(self, frame: Frame):
+        """The step taken apart by the least busy worker."""
         index = self._pick()
+        actor = self._actors[index]
         try:
-            return self._ray.get(self._actors[index].cfg_parts.remote(frame))
+            parts = self._ray.get(actor.cfg_parts.remote(frame))
+        except self._ray.exceptions.RayActorError as err:
+            self._replace(index, actor)
+            raise RunFailed(DIED.format(reason=type(err).__name__)) from err
         finally:
             self._release(index)
+        if isinstance(parts, Exception):
+            raise parts
+        return parts
 
     def close(self) -> None:
         """Stop every worker (their runs end with them); Ray itself stays up."""
@@ -210,61 +220,89 @@ class Workers(Engine):
     def mix_prompts(self, *args, should_stop: Callable[[], bool] = lambda: False, **kwargs) -> Run:
         return self._remote_run("mix_prompts", None, args, kwargs, should_stop)
 
-    def img2img(self, *args, should_stop: Callable[[], bool] = lambda: False, **kwargs) -> Run:
-        return self._remote_run("img2img", None, args, kwargs, should_stop)
+    def img2img(self, prompt: str, negative_prompt: str, image, *args,
+                should_stop: Callable[[], bool] = lambda: False, **kwargs) -> Run:
+        """The image is opened here and sent as pixels: a worker on another machine cannot read the app's files."""
+        image = images.open_image(image)
+        return self._remote_run("img2img", None, (prompt, negative_prompt, image, *args), kwargs, should_stop)
 
-    def edit_token(self, *args, should_stop: Callable[[], bool] = lambda: False, **kwargs) -> tuple[Run, Run]:
-        """The pair of runs, each on a worker of its own when two are free."""
+    def edit_token(self, prompt: str, negative_prompt: str, settings: Settings, *args,
+                   should_stop: Callable[[], bool] = lambda: False, **kwargs) -> tuple[Run, Run]:
+        """The pair of runs, each on a worker of its own when two are free, from one seed drawn here."""
+        settings = self.check_txt2img(prompt, negative_prompt, settings)
+        args = (prompt, negative_prompt, settings, *args)
         return tuple(self._remote_run("edit_token", part, args, kwargs, should_stop) for part in (0, 1))
 
 
-class RemoteFrames(Iterator[Frame]):
-    """A run's frames as they arrive from its worker, while a watcher sends Stop the moment it is asked; like a run
-    here, a stopped run yields no frame after Stop. A run ended early, or never read, stops on its worker and
-    frees it (`close`, or when dropped)."""
+@dataclass
+class StopWatch:
+    """Sends Stop to a run's worker the moment its flag is set, until the run ends (a thread of its own, which
+    holds only this)."""
 
-    def __init__(self, workers: Workers, index: int, actor, run_id: str, stream, should_stop: Callable[[], bool]):
-        self.actor, self.run_id = actor, run_id
-        self._workers, self._index, self._should_stop = workers, index, should_stop
-        self._ended, self._finished = threading.Event(), False
-        self._frames = self._arriving(stream)
-        threading.Thread(target=self._watch, daemon=True, name=f"stop-{run_id}").start()
+    actor: object
+    run_id: str
+    should_stop: Callable[[], bool]
+    ended: threading.Event = field(default_factory=threading.Event)
 
-    def __next__(self) -> Frame:
-        return next(self._frames)
+    def start(self) -> None:
+        threading.Thread(target=self._watch, daemon=True, name=f"stop-{self.run_id}").start()
 
     def _watch(self) -> None:
-        while not self._ended.wait(STOP_POLL_S):
-            if self._should_stop():
+        while not self.ended.wait(STOP_POLL_S):
+            if self.should_stop():
                 stop(self.actor, self.run_id)
                 return
 
-    def _arriving(self, stream) -> Iterator[Frame]:
+
+class RemoteFrames(Iterator[Frame]):
+    """A run's frames as they arrive from its worker; like a run here, a stopped run yields no frame after Stop.
+    The worker is freed at the run's last frame, at an error, at `close` (the page stopped reading), or when
+    the frames are dropped unread; a run not read to its end is stopped on its worker."""
+
+    def __init__(self, workers: Workers, index: int, actor, run_id: str, stream, should_stop: Callable[[], bool]):
+        self.actor, self.run_id = actor, run_id
+        self._workers, self._index, self._stream = workers, index, stream
+        self._watch = StopWatch(actor, run_id, should_stop)
+        self._closing = threading.Lock()
+        self._watch.start()
+
+    def __next__(self) -> Frame:
+        if self._watch.ended.is_set():
+            raise StopIteration
         ray = self._workers._ray
         try:
-            for ref in stream:
-                item = ray.get(ref)
-                if isinstance(item, RunFailed):
-                    raise RunFailed(str(item))
-                if self._should_stop():  # frames the worker made before it heard Stop are not shown
-                    return
-                yield item
-            self._finished = True
+            item = ray.get(next(self._stream))
+        except StopIteration:
+            self.close(finished=True)
+            raise
         except ray.exceptions.RayActorError as err:
             self._workers._replace(self._index, self.actor)
+            self.close(finished=True)
             raise RunFailed(DIED.format(reason=type(err).__name__)) from err
-        finally:
+        if isinstance(item, Exception):
+            self.close(finished=True)
+            raise item
+        if self._watch.should_stop():  # frames the worker made before it heard Stop are not shown
             self.close()
+            raise StopIteration
+        if item.index + 1 == item.steps:  # the last step: the worker is done with this run
+            self.close(finished=True)
+        return item
 
-    def close(self) -> None:
-        if self._ended.is_set():
-            return
-        self._ended.set()
-        if not self._finished:
+    def close(self, finished: bool = False) -> None:
+        with self._closing:
+            if self._watch.ended.is_set():
+                return
+            self._watch.ended.set()
+        if not finished:
             stop(self.actor, self.run_id)  # stopped, or nobody reads on: the worker stops too
         self._workers._release(self._index)
 
-    __del__ = close
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit Ray may be gone: nothing left to stop
+            return
 
 
 def stop(actor, run_id: str) -> None:

@@ -89,17 +89,22 @@ def test_bad_input_raises_the_engines_message(workers, tiny_bundle):
     assert len(list(workers.txt2img(PROMPT, "", SMALL).frames)) == SMALL.steps  # and the workers go on
 
 
-def test_stop_ends_the_run_on_its_worker(workers):
-    """Stop after the second frame: the page gets no frame after it, and the worker itself stops well before the
-    end of a 200-step run (its own stream of frames ends: the header, the frames read, the step computing when the
-    Stop came, and any it had made ahead of the reader)."""
+def test_stop_reaches_the_worker_without_the_page_reading_on(workers, monkeypatch):
+    """Stop set while nobody reads: the watcher tells the worker at once; the page gets no frame after it."""
+    told = threading.Event()
+    monkeypatch.setattr("core.workers.stop", lambda actor, run_id: (told.set(), stop(actor, run_id)))
     flag = threading.Event()
-    shown = []
-    for frame in workers.txt2img(PROMPT, "", LONG, should_stop=flag.is_set).frames:
-        shown.append(frame)
-        if len(shown) == 2:
-            flag.set()
-    assert len(shown) == 2
+    frames = workers.txt2img(PROMPT, "", LONG, should_stop=flag.is_set).frames
+    first = next(frames)
+    flag.set()
+    assert told.wait(timeout=5)
+    assert first.index == 0 and list(frames) == []
+    assert workers._busy == [0, 0]
+
+
+def test_a_stopped_worker_makes_no_more_steps(workers):
+    """The worker's own stream of a 200-step run ends soon after Stop: the header, the frames read, the step
+    computing when the Stop came, and any it had made ahead of the reader."""
     actor = workers._actors[0]
     stream = actor.run.options(num_returns="streaming", concurrency_group="runs").remote(
         "direct", "txt2img", None, (PROMPT, "", LONG), {})
@@ -110,6 +115,35 @@ def test_stop_ends_the_run_on_its_worker(workers):
             stop(actor, "direct")
         ray.get(ref)
     assert made - 1 < LONG.steps // 2
+
+
+def test_a_run_read_to_its_last_frame_frees_its_worker(workers):
+    """As the page reads: up to the frame with the result, then no further (the stream's end is never asked)."""
+    for frame in workers.txt2img(PROMPT, "", SMALL).frames:
+        if frame.image is not None:
+            break
+    assert workers._busy == [0, 0]
+    unread = workers.edit_token(PROMPT, "", SMALL, 2, [("blue", 1.0)])  # a pair, dropped unread
+    del unread
+    assert workers._busy == [0, 0]
+
+
+def test_a_pair_and_a_comparison_share_one_seed_drawn_once(workers):
+    pair = workers.edit_token(PROMPT, "", replace(SMALL, seed=-1), 2, [("blue", 1.0)])
+    assert pair[0].settings.seed == pair[1].settings.seed != -1
+    runs = workers.compare_runs(PROMPT, "", replace(SMALL, seed=-1), [{"guidance_scale": g} for g in (1.0, 7.5)])
+    assert runs[0].settings.seed == runs[1].settings.seed != -1
+    assert [len(list(run.frames)) for run in (*pair, *runs)] == [SMALL.steps] * 4
+
+
+def test_a_step_taken_apart_by_a_worker(workers, tiny_bundle):
+    """cfg_parts on a worker equals the engine's here, and its refusal (scale 1) is the engine's message."""
+    frame = list(workers.txt2img(PROMPT, "", SMALL).frames)[-1]
+    theirs, ours = workers.cfg_parts(frame), Engine(tiny_bundle).cfg_parts(frame)
+    assert np.abs(pixels(theirs.guided) - pixels(ours.guided)).max() <= 1
+    plain = list(workers.txt2img(PROMPT, "", replace(SMALL, guidance_scale=1.0)).frames)[-1]
+    with pytest.raises(ValueError, match="^guidance scale 1 runs the UNet on the prompt alone"):
+        workers.cfg_parts(plain)
 
 
 def test_a_worker_killed_mid_run_fails_that_run_and_is_replaced(workers):
