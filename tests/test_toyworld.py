@@ -18,8 +18,9 @@ from core.models import load_bundle
 from core.sampler import Settings
 from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SHAPES, SIZE, Scene, caption, draw, make_dataset,
                                 off_palette_images, scene_shades, shade)
-from core.toyworld.evaluate import Reader, blue_grid, blueness, evaluate, prompt_grid, prompt_of
-from core.toyworld.train import PRESETS, Checkpoints, train
+from core.toyworld.evaluate import (Reader, blue_grid, blueness, box_iou, evaluate, evaluate_img2img, prompt_grid,
+                                     prompt_of)
+from core.toyworld.train import PRESETS, STAGE_FIELDS, Checkpoints, stage_of, train
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -142,7 +143,7 @@ def folder_weights(folder) -> dict:
             for name, tensor in load_file(part).items()}
 
 
-STAGES = ("vae", "unet", "vae decoder")
+STAGES = ("vae", "unet", "unet cycle 2", "vae decoder")
 
 
 @pytest.mark.parametrize("stop_in", STAGES)
@@ -166,23 +167,36 @@ def test_a_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, 
     resumed = train(cfg, tmp_path / "stopped" / "toy")
     log = capsys.readouterr().out
     assert f"{stop_in}: 6 steps, resumed at step 4" in log  # goes on from the checkpoint, not from the start
-    assert all(f"{done}: 6 steps" not in log for done in ("vae", "unet", "vae decoder")[:STAGES.index(stop_in)])
+    assert all(f"{done}: 6 steps" not in log for done in STAGES[:STAGES.index(stop_in)])
     a, b = folder_weights(tmp_path / "whole" / "toy"), folder_weights(tmp_path / "stopped" / "toy")
     assert a.keys() == b.keys() and len(a) > 100
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert resumed["vae_psnr_db"] == whole["vae_psnr_db"]
 
 
-def test_checkpoints_of_another_recipe_are_refused(tmp_path):
-    Checkpoints(tmp_path / "ckpt", PRESETS["tiny"])
-    with pytest.raises(ValueError, match=r"come from another recipe \(it differs in unet_steps\)"):
-        Checkpoints(tmp_path / "ckpt", replace(PRESETS["tiny"], unet_steps=7))
+def test_a_changed_recipe_retrains_the_stages_it_changes_and_only_those(tmp_path, capsys):
+    """A run after a change of the UNet's steps keeps the VAE and decoder stages and trains the UNet anew."""
+    cfg = PRESETS["tiny"]
+    train(cfg, tmp_path / "toy")
+    capsys.readouterr()
+    train(replace(cfg, unet_steps=7), tmp_path / "toy")
+    log = capsys.readouterr().out
+    assert "unet.pt: the recipe changed (unet_steps), so unet trains anew" in log
+    assert "unet: 7 steps\n" in log and "unet cycle 2: 7 steps\n" in log
+    assert "vae: 6 steps" not in log and "vae decoder: 6 steps" not in log
+
+
+def test_every_field_that_makes_weights_belongs_to_a_stage():
+    fields = set(PRESETS["full"].recipe()) - {"checkpoint_every", "unet_cycles"}
+    assert fields == set().union(*STAGE_FIELDS.values())
+    assert [stage_of(name) for name in ("unet cycle 2 step", "vae decoder", "unet step", "latents")] == \
+        ["unet", "vae decoder", "unet", "latents"]
 
 
 def test_the_recipe_is_the_second_edition_in_fixed_steps():
     full = PRESETS["full"]
     assert full.shade_spread == SHADE_SPREAD and full.text_from_timestep == 150 and full.free_colour > 0
-    assert (full.vae_steps, full.unet_steps, full.decoder_steps) == (5000, 3000, 1000)
+    assert (full.vae_steps, full.unet_steps, full.unet_cycles, full.decoder_steps) == (5000, 3000, 2, 1000)
 
 
 def test_blueness_is_how_much_blue_beats_red_and_green():
@@ -228,3 +242,32 @@ def test_evaluate_scores_a_faithful_and_a_stubborn_model():
                         seeds=1, reader=reader)
     assert stubborn["color"] == round(6 / 66, 3)  # only the blue prompts
     assert stubborn["shape"] == round(11 / 66, 3)  # only the square prompts
+
+
+class RecolouringEngine:
+    """Stands in for image to image: draws the prompt's scene, centred (as blue_grid's scenes are) or at `cx`;
+    `keep` returns the input unchanged."""
+
+    def __init__(self, cx: float = 0.5, keep: bool = False):
+        self.cx, self.keep = cx, keep
+
+    def img2img(self, prompt, negative_prompt, image, strength, settings):
+        color, shape, background = re.fullmatch(r"an? (\w+) (\w+) on a (\w+) background", prompt).groups()
+        drawn = image if self.keep else draw(Scene(shape, color, background, "medium", self.cx, 0.5, 0))
+        return SimpleNamespace(frames=iter([SimpleNamespace(image=drawn)]))
+
+
+def test_image_to_image_is_scored_on_layout_and_new_colour():
+    reader = Reader()
+    faithful = evaluate_img2img(RecolouringEngine(), Settings(), strengths=(0.3,), reader=reader)
+    assert faithful == {"0.3": {"layout": 1.0, "median_iou": 1.0, "new_colour": 1.0}}
+    unchanged = evaluate_img2img(RecolouringEngine(keep=True), Settings(), strengths=(0.3,), reader=reader)["0.3"]
+    assert (unchanged["layout"], unchanged["new_colour"]) == (1.0, 0.0)
+    moved = evaluate_img2img(RecolouringEngine(cx=0.2), Settings(), strengths=(0.3,), reader=reader)["0.3"]
+    assert moved["layout"] == 0.0 and moved["median_iou"] < 0.5 and moved["new_colour"] == 1.0
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0

@@ -18,7 +18,8 @@ photographs. Three stages:
    and every caption dropped below timestep 150 (by then the scene is decided and only its edges are left
    to sharpen), so that the conditional branch agrees with the unconditional one at low noise, where their
    disagreement multiplied by 7.5 makes LMS's 4th-order steps blow up (see the model card); with an
-   exponential moving average of both;
+   exponential moving average of both, in cycles of warmup + cosine, each restarting from the last one's
+   average;
 3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed: the
    crops of stage 1 are cheap but leave the decoder short of the whole-image context (+2 dB here), and
    a share of images in unnamed colours keeps it from snapping colours to the 11 named ones.
@@ -68,7 +69,8 @@ class TrainConfig:
     text_layers: int = 2
     unet_channels: tuple = (64, 128)
     unet_layers_per_block: int = 1
-    unet_steps: int = 3000
+    unet_steps: int = 3000            # steps of each cycle
+    unet_cycles: int = 2              # cycles of warmup + cosine, each from the last one's EMA weights
     unet_batch: int = 128
     unet_lr: float = 1e-3
     uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
@@ -95,6 +97,18 @@ class TrainConfig:
         """What makes the weights: every field but the device, as JSON values."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "device"}
 
+
+# The recipe fields each stage's result depends on. A changed field retrains the stages that depend on it, and
+# only those; `checkpoint_every` changes no weights, and `unet_cycles` only how many UNet cycles run.
+VAE_FIELDS = ("images", "held_out", "seed", "shade_spread", "free_colour", "vae_channels", "vae_steps", "vae_batch",
+              "vae_crop", "vae_lr", "kl_weight", "warmup_steps")
+STAGE_FIELDS = {
+    "vae": VAE_FIELDS,
+    "latents": VAE_FIELDS,
+    "unet": VAE_FIELDS + ("text_hidden", "text_layers", "unet_channels", "unet_layers_per_block", "unet_steps",
+                          "unet_batch", "unet_lr", "uncond_fraction", "text_from_timestep", "ema_decay"),
+    "vae decoder": VAE_FIELDS + ("decoder_steps", "decoder_batch", "decoder_lr", "decoder_off_palette"),
+}
 
 PRESETS = {
     "full": TrainConfig(),
@@ -149,20 +163,27 @@ class Progress:
 class Checkpoints:
     """A run's checkpoints: every stage's state each `every` steps, and its result once done.
 
-    The same command run again resumes from them and ends with the same weights as one run through. A folder
-    written by another recipe is refused, so that no run mixes two.
+    The same command run again resumes from them and ends with the same weights as one run through. When the
+    recipe has changed, the checkpoints of the stages it changes are removed (those stages train anew) and the
+    others are kept, so that no stage mixes two recipes.
     """
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         folder.mkdir(parents=True, exist_ok=True)
         recipe, written = folder / "recipe.json", json.dumps(cfg.recipe(), indent=2) + "\n"
+        self.folder, self.every = folder, cfg.checkpoint_every
         if recipe.exists() and recipe.read_text() != written:
             theirs = json.loads(recipe.read_text())
-            differ = sorted(k for k in set(theirs) | set(cfg.recipe()) if theirs.get(k) != cfg.recipe().get(k))
-            raise ValueError(f"the checkpoints in {folder} come from another recipe (it differs in "
-                             f"{', '.join(differ)}): remove the folder, or pass another --checkpoints")
+            self._drop_changed({k for k in set(theirs) | set(cfg.recipe()) if theirs.get(k) != cfg.recipe().get(k)})
         recipe.write_text(written)
-        self.folder, self.every = folder, cfg.checkpoint_every
+
+    def _drop_changed(self, changed: set) -> None:
+        for path in sorted(self.folder.glob("*.pt")):
+            stage = stage_of(path.stem.replace("-", " "))
+            differ = sorted(changed & set(STAGE_FIELDS[stage]))
+            if differ:
+                log(f"{path.name}: the recipe changed ({', '.join(differ)}), so {stage} trains anew")
+                path.unlink()
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name.replace(' ', '-')}.pt"
@@ -180,6 +201,11 @@ class Checkpoints:
         """Save a stage's result; its last step checkpoint is no longer needed."""
         self.save(name, result)
         self._path(f"{name} step").unlink(missing_ok=True)
+
+
+def stage_of(checkpoint: str) -> str:
+    """The stage a checkpoint belongs to: "unet cycle 2 step" -> "unet"."""
+    return checkpoint.removesuffix(" step").split(" cycle ")[0]
 
 
 def rng_state(rng: random.Random) -> torch.Tensor:
@@ -272,30 +298,37 @@ def encoded(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, checkpoi
 
 def train_unet(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, scenes: list, tokenizer: CLIPTokenizer,
                checkpoints: Checkpoints) -> tuple[UNet2DConditionModel, CLIPTextModel, float]:
-    """Stage 2: the text encoder and the UNet together; the EMA weights of both, and the stage's minutes."""
+    """Stage 2: the text encoder and the UNet together, in `unet_cycles` warm restarts; the EMA weights of
+    both, and the stage's minutes."""
     shape = cfg.shape()
     models = torch.nn.ModuleList([make_unet(shape, SIZE // shape.vae_scale_factor),
                                   make_text_encoder(shape, tokenizer)]).to(cfg.device)
-    done = checkpoints.load("unet")
-    if done is None:
-        loss_fn, gen, rng = denoising_loss(cfg, models, encoded(cfg, vae, images, checkpoints),
-                                           vae.config.scaling_factor, scenes, tokenizer)
-        stage = Stage("unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps, cfg.ema_decay)
-        ema, minutes = fit(models, loss_fn, stage, checkpoints, gen, rng)
-        done = {"weights": ema.state_dict(), "minutes": minutes}
-        checkpoints.finish("unet", done)
-    models.load_state_dict(done["weights"])
+    latents, minutes = None, 0.0
+    for cycle in range(cfg.unet_cycles):
+        name = "unet" if cycle == 0 else f"unet cycle {cycle + 1}"
+        done = checkpoints.load(name)
+        if done is None:
+            latents = latents if latents is not None else encoded(cfg, vae, images, checkpoints)
+            loss_fn, gen, rng = denoising_loss(cfg, models, latents, vae.config.scaling_factor, scenes, tokenizer,
+                                               seed=cfg.seed + cycle)
+            ema, cycle_minutes = fit(models, loss_fn, Stage(name, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps,
+                                                            cfg.ema_decay), checkpoints, gen, rng)
+            done = {"weights": ema.state_dict(), "minutes": cycle_minutes}
+            checkpoints.finish(name, done)
+        models.load_state_dict(done["weights"])
+        minutes += done["minutes"]
     models.eval().requires_grad_(False)
-    return models[0], models[1], done["minutes"]
+    return models[0], models[1], minutes
 
 
 def denoising_loss(cfg: TrainConfig, models: torch.nn.ModuleList, latents: dict, scale: float, scenes: list,
-                   tokenizer: CLIPTokenizer):
-    """SD's epsilon-prediction loss on a random batch; returns it with the two generators it draws from."""
+                   tokenizer: CLIPTokenizer, seed: int):
+    """SD's epsilon-prediction loss on a random batch; returns it with the two generators (seeded by `seed`)
+    it draws from."""
     unet, text_encoder = models
     alphas = DDPMScheduler(**SD_V1_SCHEDULE).alphas_cumprod.to(cfg.device)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    rng = random.Random(seed)
+    gen = torch.Generator(cfg.device).manual_seed(seed)
     means, stds = latents["means"], latents["stds"]
 
     def encode(texts: list[str]) -> torch.Tensor:
