@@ -3,6 +3,8 @@
     python -m core.toyworld.evaluate --model core/toyworld/model            # the notebook's settings
     python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
     python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the page's scale, against no loss
+    python -m core.toyworld.evaluate --model DIR --blue --scale 60   # ... at another scale
+    python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength
 
 Each image is read back without any learned model: the background is the median of the border, the
 shape's colour the median of the pixels that differ from it (by less where the image's contrast is low), both
@@ -31,6 +33,7 @@ NAMES = list(COLORS)
 # where that is less (shades of two names can lie 60 apart), but never under FAINTEST
 FOREGROUND, FAINTEST = 40.0, 15.0
 NEIGHBOURS = 5
+LAYOUT = 0.7  # box IoU with the input's shape above which an image to image result keeps the layout
 BLUER = 0.15  # a rise a person sees at once: a white ground turned pale blue (180, 200, 250) rises by 0.2
 
 
@@ -87,6 +90,13 @@ class Reader:
             return mask
         sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
         return regions == 1 + int(np.argmax(sizes))
+
+    def box(self, image: Image.Image) -> tuple[int, int, int, int]:
+        """The bounding box (left, top, right, bottom) of the image's shape; all 0 when it has none."""
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        ys, xs = np.nonzero(self._mask(pixels, np.median(border, axis=0)))
+        return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
 
     def read(self, image: Image.Image) -> Reading:
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (64, 64, 3)
@@ -169,6 +179,36 @@ def evaluate_blue(engine, settings, guidance, seeds: int = 2, reader: Reader | N
             "images": len(rises)}
 
 
+def box_iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def evaluate_img2img(engine, settings, strengths=(0.2, 0.3, 0.4, 0.6), reader: Reader | None = None,
+                     scenes: list[Scene] | None = None) -> dict:
+    """Drawn scenes (those of blue_grid) asked for another shape colour, at each strength: the share whose shape
+    keeps its place (box IoU with the input's at least LAYOUT), the median IoU, and the share in the new colour."""
+    reader = reader or Reader()
+    scenes = scenes or blue_grid()
+    results = {}
+    for strength in strengths:
+        ious, recoloured = [], 0
+        for i, scene in enumerate(scenes):
+            new = [c for c in COLORS if c not in (scene.color, scene.background)][i % (len(COLORS) - 2)]
+            drawn = draw(scene)
+            run = engine.img2img(prompt_of(replace(scene, color=new)), "", drawn, strength,
+                                 replace(settings, seed=i, preview_every=0))
+            image = list(run.frames)[-1].image
+            ious.append(box_iou(reader.box(drawn), reader.box(image)))
+            recoloured += reader.read(image).color == new
+        results[str(strength)] = {"layout": round(float(np.mean(np.array(ious) >= LAYOUT)), 3),
+                                  "median_iou": round(float(np.median(ious)), 3),
+                                  "new_colour": round(recoloured / len(scenes), 3)}
+    return results
+
+
 def main() -> None:
     from core.engine import Engine
     from core.models import load_bundle
@@ -181,13 +221,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--blue", action="store_true",
                         help="measure the blue loss (the page's default loss guidance) on 12 prompts instead")
+    parser.add_argument("--img2img", action="store_true",
+                        help="measure image to image on 12 drawn scenes asked for another colour instead")
+    parser.add_argument("--scale", type=float, help="with --blue: the loss scale, in place of the page's default")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
     settings = replace(engine.default_settings(), steps=args.steps, guidance_scale=args.guidance,
                        scheduler=args.scheduler)
     if args.blue:
         guidance = engine.default_guidance()
+        guidance = replace(guidance, scale=args.scale) if args.scale is not None else guidance
         result = {"loss": guidance.loss, "scale": guidance.scale, **evaluate_blue(engine, settings, guidance, args.seeds)}
+    elif args.img2img:
+        result = evaluate_img2img(engine, settings)
     else:
         result = evaluate(engine, settings, args.seeds)
     print(json.dumps({"steps": args.steps, "guidance_scale": args.guidance, "scheduler": args.scheduler, **result}))
