@@ -20,6 +20,7 @@ from core.engine import RANDOM_SEED, Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
 from core.schedule import SCHEDULERS
 from ui.common import number, user_errors, whole
+from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
@@ -206,6 +207,12 @@ class RunView:
             raise RunFailed(f"Cannot write to the cache folder {self.x0.GRADIO_CACHE} ({err.strerror or err}): free "
                             "some space there and run again; the app is still running") from err
 
+    def saved(self, frames: Iterator[Frame]) -> Iterator[tuple[Frame, tuple[str, str] | None]]:
+        """Each frame with the cache files of its x_t and x0 previews (None without previews)."""
+        for frame in frames:
+            previews = frame.x0_image is not None
+            yield frame, (self.cached(frame.x_t_image), self.cached(frame.x0_image)) if previews else None
+
     def stream(self, run: Run, flag: threading.Event, about: str = "",
                extra: Callable[[Frame], dict] = lambda frame: {}, final: Callable[[], dict] = dict,
                result=None) -> Iterator[dict]:
@@ -214,7 +221,8 @@ class RunView:
         `final` adds, because API clients get only the last message.
 
         Each step gives every panel a value (an image, or None to clear it): gradio handles an output left
-        unchanged as a component update, which costs more than the step of a small model.
+        unchanged as a component update, which costs more than the step of a small model. The run is read
+        ahead (the next step computed and its previews saved while gradio sends this one).
         """
         about, notes = f"seed {run.settings.seed}{about}", list(run.notes)
         for note in notes:
@@ -222,12 +230,12 @@ class RunView:
         shown, frame, image = [], None, result  # shown: what `history` keeps of every preview step
         clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)}  # the last run's frames
         with user_errors():
-            for frame in run.frames:
+            for frame, files in read_ahead(self.saved(run.frames)):
                 if frame.note:
                     gr.Warning(frame.note)
                     notes.append(frame.note)
-                if frame.x0_image is not None:
-                    x_t, x0 = self.cached(frame.x_t_image), self.cached(frame.x0_image)
+                if files is not None:
+                    x_t, x0 = files
                     shown.append((frame_caption(frame), video_caption(frame), x_t, x0))
                     clear |= {self.x_t: x_t, self.x0: x0}
                 image = frame.image or image
