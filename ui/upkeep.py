@@ -6,6 +6,9 @@ GRADIO_TEMP_DIR that app.py sets before gradio is imported), and keeps each sess
 sessions idle for longer. Runs are refused, with a message naming the folder, while its disk has too little
 space left.
 
+Each sweep also hands the memory that runs freed back to the system: glibc keeps freed memory for reuse,
+and under many clients its heaps fill with holes that count in the RSS long after a burst of runs.
+
 Gradio's own expiry (Blocks' delete_cache) is not enough: in gradio 6.31 its task dies for good of "Set changed
 size during iteration" as soon as a run adds a file while it looks, which concurrent runs soon do. It still
 deletes the app's files when the app stops.
@@ -13,9 +16,11 @@ deletes the app's files when the app stops.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -109,11 +114,24 @@ class Upkeep:
             try:
                 files = await anyio.to_thread.run_sync(self.sweep, app.get_blocks())
                 sessions = self.forget_idle_sessions(app.get_blocks())  # on the event loop, as gradio uses them
+                await anyio.to_thread.run_sync(release_freed_memory)
             except Exception:  # a failed sweep must not end the sweeping, nor the app
                 log.exception("cache sweep failed")
                 continue
             if files or sessions:
                 log.info("swept %d files and %d idle sessions", files, sessions)
+
+
+def release_freed_memory() -> bool:
+    """Returns the whole free pages of glibc's heaps to the system (malloc_trim); False where there is no
+    glibc (macOS, Windows, musl)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _remove_if_older(path: str, cutoff: float, remove) -> bool:
