@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib
 import io
 import logging
@@ -21,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core import heap
+
 # glibc's mallopt option for the number of memory arenas, and the limit the app sets
-M_ARENA_MAX, MALLOC_ARENAS = -8, 2
 DEFAULT_MODEL = "auto"  # SD v1.4 on a CUDA GPU (the toy if the Hub fails), else the toy world
 DEFAULT_CACHE_DIR = str(Path(tempfile.gettempdir()) / "sdlens")  # the system's temp folder, as TMPDIR sets it
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -177,19 +177,6 @@ def log_to_terminal() -> None:
     log.propagate = False
 
 
-def limit_malloc_arenas() -> None:
-    """At most two glibc memory arenas for the whole process. glibc gives threads that allocate at once arenas
-    of their own (up to 8 per core) and keeps what they free: under 8 clients the app's RSS grew by 140 MB over
-    its first 500 runs that way, and stayed within 30 MB of its 100-run mark with two arenas (bench/RESULTS.md).
-    A MALLOC_ARENA_MAX in the environment wins; elsewhere than glibc's Linux this does nothing."""
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # a libc without mallopt (musl)
-        return
-
-
 def wants_safety_checker(args: argparse.Namespace) -> bool:
     """Public (--share, or a Hugging Face Space, which sets SPACE_ID) and not turned off."""
     return (args.share or "SPACE_ID" in os.environ) and not args.no_safety_checker
@@ -223,7 +210,7 @@ def load_engine(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()
+    heap.limit_arenas()
     args = parse_args(argv)
     log_to_terminal()
     if port_taken(args.host, args.port):

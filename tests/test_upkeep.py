@@ -19,10 +19,11 @@ from gradio.state_holder import StateHolder
 from gradio_client import Client
 
 import app
+from core.heap import release_freed
 from tests.conftest import ROOT, free_port, start_app
 from tests.test_api import X0, txt2img
 from ui import build_app
-from ui.upkeep import Upkeep, release_freed_memory
+from ui.upkeep import Upkeep
 
 
 def test_cache_flags_and_their_environment_variables(monkeypatch):
@@ -71,7 +72,7 @@ def test_memory_freed_between_live_blocks_goes_back_to_the_system():
     kept = blocks[::50]  # a live block every 200 KB keeps glibc from returning the rest on its own
     del blocks
     before = process.memory_info().rss
-    assert release_freed_memory()
+    assert release_freed()
     assert (before - process.memory_info().rss) / 2**20 > 100
     assert len(kept) == 1000
 

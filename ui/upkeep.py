@@ -16,11 +16,9 @@ deletes the app's files when the app stops.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import shutil
-import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from pathlib import Path
 
 import anyio
 import gradio as gr
+
+from core import heap
 
 log = logging.getLogger("sdlens")
 MAX_SWEEP_INTERVAL = 300  # seconds; a file outlives the cache age by at most one interval
@@ -114,24 +114,12 @@ class Upkeep:
             try:
                 files = await anyio.to_thread.run_sync(self.sweep, app.get_blocks())
                 sessions = self.forget_idle_sessions(app.get_blocks())  # on the event loop, as gradio uses them
-                await anyio.to_thread.run_sync(release_freed_memory)
+                await anyio.to_thread.run_sync(heap.release_freed)
             except Exception:  # a failed sweep must not end the sweeping, nor the app
                 log.exception("cache sweep failed")
                 continue
             if files or sessions:
                 log.info("swept %d files and %d idle sessions", files, sessions)
-
-
-def release_freed_memory() -> bool:
-    """Returns the whole free pages of glibc's heaps to the system (malloc_trim); False where there is no
-    glibc (macOS, Windows, musl)."""
-    if sys.platform != "linux":
-        return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
 
 
 def _remove_if_older(path: str, cutoff: float, remove) -> bool:

@@ -91,18 +91,21 @@ class Reader:
         sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
         return regions == 1 + int(np.argmax(sizes))
 
-    def box(self, image: Image.Image) -> tuple[int, int, int, int]:
-        """The bounding box (left, top, right, bottom) of the image's shape; all 0 when it has none."""
+    @classmethod
+    def _parts(cls, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The image's pixels (64, 64, 3), its background colour (the median of its border) and its shape's mask."""
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
         border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-        ys, xs = np.nonzero(self._mask(pixels, np.median(border, axis=0)))
+        background_rgb = np.median(border, axis=0)
+        return pixels, background_rgb, cls._mask(pixels, background_rgb)
+
+    def box(self, image: Image.Image) -> tuple[int, int, int, int]:
+        """The bounding box (left, top, right, bottom) of the image's shape; all 0 when it has none."""
+        ys, xs = np.nonzero(self._parts(image)[2])
         return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
 
     def read(self, image: Image.Image) -> Reading:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (64, 64, 3)
-        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-        background_rgb = np.median(border, axis=0)
-        mask = self._mask(pixels, background_rgb)
+        pixels, background_rgb, mask = self._parts(image)
         color = nearest_color(np.median(pixels[mask], axis=0)) if mask.any() else nearest_color(background_rgb)
         features = shape_features(mask)
         shape = None
