@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (env SDLENS_DEVICE)")
     p.add_argument("--dtype", default=env("DTYPE", "auto"),
                    help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16 (env SDLENS_DTYPE)")
+    p.add_argument("--threads", type=int, default=env("THREADS"),
+                   help="torch's CPU threads for the model; default: all cores but one on a CPU, the other kept for "
+                        "serving the page (env SDLENS_THREADS)")
     p.add_argument("--host", default=env("HOST", "0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1"),
                    help="address to serve on; 0.0.0.0 for every interface, the default on a Hugging Face Space "
                         "(env SDLENS_HOST)")
@@ -106,6 +109,8 @@ def checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Na
         args.concurrency = max(1, args.workers)
     if args.concurrency < 1:
         p.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.queue_size < 1:
         p.error(f"--queue-size must be at least 1, got {args.queue_size}")
     if args.max_sessions < 1:
@@ -202,10 +207,14 @@ def load_engine(args: argparse.Namespace):
         print(f"Starting {args.workers} engine worker(s) on Ray {args.ray or '(local)'} ...", flush=True)
         spec = WorkerSpec(args.model, args.device, args.dtype, threads=1, safety=wants_safety_checker(args))
         return Workers(spec, args.workers, args.ray), None
+    import torch
+
     from core.engine import Engine
-    from core.models import load_model
+    from core.models import load_model, serving_threads
 
     bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
+    torch.set_num_threads(serving_threads(bundle.device, args.threads))
+    print(f"torch uses {torch.get_num_threads()} CPU thread(s) (--threads)", flush=True)
     return Engine(bundle, safety_checker(args, bundle)), notice  # the Engine checks the folder's settings
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
+import app
 import core.toyworld
 from core import models
 from core.defaults import EXAMPLE_FIELDS, ModelDefaults
@@ -67,6 +68,22 @@ def test_device_and_dtype_choices():
         resolve_dtype("int8", torch.device("cpu"))
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda, cuda:N or mps, got 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_the_app_keeps_a_cpu_core_for_serving_the_page(monkeypatch):
+    """On a CPU the model gets all of torch's threads but one (or --threads); a GPU leaves torch's choice."""
+    monkeypatch.setattr(models, "TORCH_THREADS", 16)
+    assert models.serving_threads(torch.device("cpu")) == 15
+    assert models.serving_threads(torch.device("cuda")) == 16
+    assert models.serving_threads(torch.device("cpu"), requested=4) == 4
+    monkeypatch.setattr(models, "TORCH_THREADS", 1)
+    assert models.serving_threads(torch.device("cpu")) == 1
+    threads = torch.get_num_threads()
+    try:
+        app.load_engine(app.parse_args(["--model", "toy", "--device", "cpu", "--threads", "1"]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -46,6 +46,7 @@ def test_cache_flags_and_their_environment_variables(monkeypatch):
     (["--cache-max-age", "0"], "got '0'"),
     (["--min-free-mb", "-1"], "--min-free-mb must be 0 or more, got -1"),
     (["--max-sessions", "0"], "--max-sessions must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
 ])
 def test_bad_cache_settings_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
