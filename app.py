@@ -53,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=env("DTYPE", "auto"),
                    help="auto (float16 on CUDA, float32 elsewhere), float32, float16 or bfloat16 (env SDLENS_DTYPE)")
     p.add_argument("--threads", type=int, default=env("THREADS"),
-                   help="torch's CPU threads for the model; default: all cores but one on a CPU, the other kept for "
-                        "serving the page (env SDLENS_THREADS)")
+                   help="torch's CPU threads for the model in this process; default on a CPU: torch's own count less "
+                        "one, kept for serving the page (env SDLENS_THREADS)")
     p.add_argument("--host", default=env("HOST", "0.0.0.0" if "SPACE_ID" in os.environ else "127.0.0.1"),
                    help="address to serve on; 0.0.0.0 for every interface, the default on a Hugging Face Space "
                         "(env SDLENS_HOST)")
@@ -111,6 +111,9 @@ def checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Na
         p.error(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.threads is not None and args.workers:
+        p.error("--threads is for a model run in the app's process; each Ray worker takes one thread: drop --threads "
+                "or --workers")
     if args.queue_size < 1:
         p.error(f"--queue-size must be at least 1, got {args.queue_size}")
     if args.max_sessions < 1:
@@ -213,8 +216,9 @@ def load_engine(args: argparse.Namespace):
     from core.models import load_model, serving_threads
 
     bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
-    torch.set_num_threads(serving_threads(bundle.device, args.threads))
-    print(f"torch uses {torch.get_num_threads()} CPU thread(s) (--threads)", flush=True)
+    if bundle.device.type == "cpu":
+        torch.set_num_threads(serving_threads(bundle.device, args.threads))
+        print(f"The model runs on {torch.get_num_threads()} CPU thread(s) (--threads)", flush=True)
     return Engine(bundle, safety_checker(args, bundle)), notice  # the Engine checks the folder's settings
 
 

@@ -103,7 +103,7 @@ def serving_threads(device: torch.device, requested: int | None = None) -> int:
     """torch's CPU threads in an app that runs the model and serves the page in one process: `requested`, else
     on a CPU all the threads torch would use but one, so that the page's event loop, its PNG files and the
     clients' connections never stall torch's threads mid-operation (on 2 cores the toy's run through the HTTP
-    API took 2.6 s with 2 threads, 2.2 s with 1, the engine alone 1.6 s either way); elsewhere torch's own."""
+    API took 4.1 s with 2 threads, 2.2 s with 1; the engine alone 1.3 and 1.6 s); elsewhere torch's own."""
     if requested is not None:
         return requested
     return max(1, TORCH_THREADS - 1) if device.type == "cpu" else TORCH_THREADS

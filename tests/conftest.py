@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 
 from core.engine import Engine
-from core.models import ModelBundle, load_bundle, load_toy
+from core.models import ModelBundle, load_bundle, load_toy, serving_threads
 from core.sd_folder import build_random_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,18 @@ def tiny_pipeline(tiny_sd_dir) -> StableDiffusionPipeline:
 def toy_engine() -> Engine:
     """The trained toy world model shipped in core/toyworld/model."""
     return Engine(load_toy(device="cpu", dtype="float32"))
+
+
+@contextmanager
+def as_the_app_runs():
+    """torch's CPU threads as the app sets them, for a reference run compared bit for bit with an app's images
+    (another thread count sums in another order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(serving_threads(torch.device("cpu")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

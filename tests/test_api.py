@@ -10,6 +10,7 @@ from PIL import Image
 
 from core.engine import Engine
 from core.sampler import Settings
+from tests.conftest import as_the_app_runs
 
 STATUS, X_T, X0, RESULT = 2, 0, 1, 3
 EXAMPLE = Path(__file__).resolve().parents[1] / "ui" / "assets" / "examples" / "red-heart.png"
@@ -104,9 +105,10 @@ def test_api_image_equals_the_engine_alone(app_url, tiny_bundle):
     outputs = list(txt2img(Client(app_url, verbose=False), prompt="a blue star", negative_prompt="red",
                            steps=6, seed=11, preview_every=0))
     served = Image.open(image_paths(outputs, RESULT)[-1]).convert("RGB")
-    run = Engine(tiny_bundle).txt2img("a blue star", "red", Settings(steps=6, seed=11, height=64, width=64,
-                                                                      preview_every=0))
-    alone = list(run.frames)[-1].image
+    with as_the_app_runs():
+        run = Engine(tiny_bundle).txt2img("a blue star", "red", Settings(steps=6, seed=11, height=64, width=64,
+                                                                          preview_every=0))
+        alone = list(run.frames)[-1].image
     assert list(served.getdata()) == list(alone.getdata())
 
 

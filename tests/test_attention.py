@@ -264,8 +264,7 @@ def test_on_the_toy_the_shape_word_lands_on_the_shape(toy_last_step, prompt):
 @pytest.mark.parametrize("prompt", ["a blue square on a yellow background", "a green heart on a black background",
                                     "a yellow star on a blue background"])
 def test_on_the_toy_the_background_word_takes_less_attention_than_the_shape_word(toy_last_step, prompt):
-    step, mask = toy_last_step(prompt, seed=2)
+    step, _ = toy_last_step(prompt, seed=2)
     words = prompt.split()
     share = dict(zip(step.tokens, step.mass))
-    assert 0.05 < mask.float().mean() < 0.6
     assert share["background</w>"] * 1.5 < share[f"{words[words.index('on') - 1]}</w>"]

@@ -13,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from core.engine import Engine
 from core.sampler import Settings
-from tests.conftest import free_port, start_app
+from tests.conftest import as_the_app_runs, free_port, start_app
 from tests.test_browser import ARGS, CHROMIUM, RUN_TIMEOUT_MS, SHOTS, record_images, set_number
 from tests.test_pictures import PICTURES
 
@@ -41,7 +41,8 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     served = [Image.open(item["image"]) for item in last[MAPS]]
     assert {(image.mode, image.size, image.getextrema()) for image in served} == {("L", (64, 64), (0, 255))}
     settings = Settings(steps=5, guidance_scale=7.5, seed=4, height=64, width=64)
-    alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
+    with as_the_app_runs():
+        alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(served, alone.images))
     assert [row[0] for row in last[MASS]["data"]] == [f"{i} {token}" for i, token in enumerate(TOKENS)]
     assert sum(row[1] for row in last[MASS]["data"]) == pytest.approx(1.0, abs=1e-5)

@@ -112,7 +112,8 @@ def test_lms_as_diffusers_counts_its_order_equals_the_stock_pipeline(engine, tin
 
 def test_low_strength_on_the_toy_model_keeps_the_layout_and_another_colour_moves_it(toy_engine):
     """The yellow triangle at strength 0.3: asked for again, the shape's region barely moves; asked to be blue
-    (with Euler, which the sampler's note advises for this), it turns blue but shrinks to about a third of its area."""
+    (with Euler, which the sampler's note advises for this), it turns blue but shrinks and moves: a known gap of
+    this model (its card), kept here so that a model that closes it shows up."""
     source = draw(PICTURE)
     settings = replace(toy_engine.default_settings(), preview_every=0)
     same = list(toy_engine.img2img("a yellow triangle on a white background", "", source, 0.3, settings).frames)

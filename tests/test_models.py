@@ -76,14 +76,16 @@ def test_the_app_keeps_a_cpu_core_for_serving_the_page(monkeypatch):
     assert models.serving_threads(torch.device("cpu")) == 15
     assert models.serving_threads(torch.device("cuda")) == 16
     assert models.serving_threads(torch.device("cpu"), requested=4) == 4
-    monkeypatch.setattr(models, "TORCH_THREADS", 1)
-    assert models.serving_threads(torch.device("cpu")) == 1
     threads = torch.get_num_threads()
     try:
-        app.load_engine(app.parse_args(["--model", "toy", "--device", "cpu", "--threads", "1"]))
-        assert torch.get_num_threads() == 1
+        app.load_engine(app.parse_args(["--model", "toy", "--device", "cpu"]))
+        assert torch.get_num_threads() == 15
+        app.load_engine(app.parse_args(["--model", "toy", "--device", "cpu", "--threads", "3"]))
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
+    monkeypatch.setattr(models, "TORCH_THREADS", 1)
+    assert models.serving_threads(torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("args, message", [

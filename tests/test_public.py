@@ -17,7 +17,7 @@ from PIL import Image
 from core.engine import Engine
 from core.models import load_bundle
 from core.sampler import Settings
-from tests.conftest import ROOT, free_port, start_app
+from tests.conftest import ROOT, as_the_app_runs, free_port, start_app
 from tests.test_api import RESULT, STATUS, X0, image_paths, txt2img
 from ui import build_app
 from ui.common import GENERATE
@@ -172,7 +172,8 @@ def test_eight_users_at_once_each_get_their_own_images(tiny_sd_dir, tiny_bundle)
         assert len(image_paths(outputs, X0)) == 10
         assert all(f"seed {seed}" in s for s in statuses) and " · done · " in statuses[-1]
         served = Image.open(image_paths(outputs, RESULT)[-1]).convert("RGB")
-        alone = list(engine.txt2img(prompt, "", Settings(steps=10, seed=seed, height=64, width=64)).frames)[-1]
+        with as_the_app_runs():
+            alone = list(engine.txt2img(prompt, "", Settings(steps=10, seed=seed, height=64, width=64)).frames)[-1]
         assert list(served.getdata()) == list(alone.image.getdata())
 
 

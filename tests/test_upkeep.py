@@ -47,8 +47,10 @@ def test_cache_flags_and_their_environment_variables(monkeypatch):
     (["--min-free-mb", "-1"], "--min-free-mb must be 0 or more, got -1"),
     (["--max-sessions", "0"], "--max-sessions must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--threads", "2", "--workers", "2"], "--threads is for a model run in the app's process; each Ray worker "
+                                           "takes one thread: drop --threads or --workers"),
 ])
-def test_bad_cache_settings_are_usage_errors(flags, message, capsys):
+def test_bad_server_settings_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         app.parse_args(flags)
     assert exit_.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]

@@ -1,4 +1,4 @@
-"""Textual inversion on the toy world: learn one new token embedding for a colour the model never saw.
+"""Textual inversion on the toy world: learn one new token embedding for a colour the model was never told the name of.
 
 Everything stays frozen (VAE, text encoder, UNet); only the vector of a new token, "<teal>", is optimised
 so that captions containing it denoise images of teal shapes. The toy world's 11 colours do not include
