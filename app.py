@@ -216,9 +216,8 @@ def load_engine(args: argparse.Namespace):
     from core.models import load_model, serving_threads
 
     bundle, notice = load_model(args.model, device=args.device, dtype=args.dtype)
-    if bundle.device.type == "cpu":
-        torch.set_num_threads(serving_threads(bundle.device, args.threads))
-        print(f"The model runs on {torch.get_num_threads()} CPU thread(s) (--threads)", flush=True)
+    torch.set_num_threads(serving_threads(bundle.device, args.threads))
+    print(f"torch uses {torch.get_num_threads()} CPU thread(s) (--threads)", flush=True)
     return Engine(bundle, safety_checker(args, bundle)), notice  # the Engine checks the folder's settings
 
 
