@@ -17,6 +17,7 @@ from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.defaults import ModelDefaults
+from core.sampler import TORCH_THREADS
 
 HUB_PROBE_SECONDS = 5.0
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
@@ -96,14 +97,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-TORCH_THREADS = torch.get_num_threads()  # torch's own choice, read before anything changes it
-
-
 def serving_threads(device: torch.device, requested: int | None = None) -> int:
     """torch's CPU threads in an app that runs the model and serves the page in one process: `requested`, else
     on a CPU all the threads torch would use but one, so that the page's event loop, its PNG files and the
     clients' connections never stall torch's threads mid-operation (on 2 cores the toy's run through the HTTP
-    API took 4.1 s with 2 threads, 2.2 s with 1; the engine alone 1.3 and 1.6 s); elsewhere torch's own."""
+    API took 4.1 s with 2 threads, 2.2 s with 1; the engine alone 1.3 and 1.6 s), and previews decode beside
+    the next step where that leaves room (`core.sampler`: 1.7 s through the API); elsewhere torch's own."""
     if requested is not None:
         return requested
     return max(1, TORCH_THREADS - 1) if device.type == "cpu" else TORCH_THREADS

@@ -1,17 +1,25 @@
 """The one sampling loop against diffusers' StableDiffusionPipeline, and its contract."""
 import math
+import threading
 from dataclasses import replace
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
-from core import optim_sampler, schedule, text, vae
+from core import optim_sampler, sampler, schedule, text, vae
 from core.engine import RANDOM_SEED, Engine
 from core.vae import decode, to_pil
 from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
 
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
+
+
+@pytest.fixture(params=[False, True], ids=["decoded-in-the-step", "decoded-beside-the-next-step"])
+def overlap(request, monkeypatch) -> bool:
+    """Runs a test with previews decoded in each step, and on a thread of their own beside the next step."""
+    monkeypatch.setattr(sampler, "_overlapped", lambda bundle: request.param)
+    return request.param
 
 
 def conditioning(bundle, prompt="a red circle", negative=""):
@@ -49,7 +57,7 @@ def test_ddim_does_not_clip_latents(tiny_bundle):
     assert isinstance(scheduler, DDIMScheduler) and scheduler.config.clip_sample is False
 
 
-def test_one_frame_per_step_with_the_schedules_numbers(tiny_bundle):
+def test_one_frame_per_step_with_the_schedules_numbers(tiny_bundle, overlap):
     frames = list(sample(tiny_bundle, conditioning(tiny_bundle), SMALL))
     scheduler = schedule.make_scheduler(tiny_bundle.scheduler_config, "lms", SMALL.steps, tiny_bundle.device)
     assert [f.index for f in frames] == list(range(SMALL.steps))
@@ -156,7 +164,7 @@ def test_seed_repeats_and_differs(tiny_bundle):
     assert (a - c).abs().max() > 0.1
 
 
-def test_stop_ends_within_one_step(tiny_bundle):
+def test_stop_ends_within_one_step(tiny_bundle, overlap):
     calls = []
     unet_forward = tiny_bundle.unet.forward
     stop = {"now": False}
@@ -165,10 +173,46 @@ def test_stop_ends_within_one_step(tiny_bundle):
     try:
         got = [next(frames), next(frames), next(frames)]
         stop["now"] = True
+        made = len(calls)
         assert list(frames) == []
     finally:
         del tiny_bundle.unet.forward
-    assert len(got) == 3 and len(calls) == 3  # no UNet call after the stop
+    assert [f.index for f in got] == [0, 1, 2]
+    assert len(calls) == made == (4 if overlap else 3)  # the step that delivers frame 2, and none after the stop
+
+
+@pytest.mark.parametrize("previews", ["fast", "full"])
+def test_previews_decoded_beside_the_next_step_equal_those_decoded_in_it(tiny_bundle, monkeypatch, previews):
+    settings = replace(SMALL, previews=previews)
+    decoders, decode_frame = set(), sampler._decode_frame
+    monkeypatch.setattr(sampler, "_decode_frame", lambda *a: decoders.add(threading.current_thread().name)
+                        or decode_frame(*a))
+    runs = {}
+    for overlapped in (False, True):
+        monkeypatch.setattr(sampler, "_overlapped", lambda bundle: overlapped)
+        runs[overlapped] = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
+    assert {name.startswith("sdlens-decode") for name in decoders} == {False, True}
+    for alone, beside in zip(*runs.values(), strict=True):
+        assert alone.index == beside.index and torch.equal(alone.latents, beside.latents)
+        assert [pixels(image) for image in (alone.x_t_image, alone.x0_image, alone.image)] == \
+               [pixels(image) for image in (beside.x_t_image, beside.x0_image, beside.image)]
+    assert runs[True][-1].image is not None
+
+
+def pixels(image):
+    return None if image is None else image.tobytes()
+
+
+def test_previews_decode_beside_the_next_step_where_a_second_team_of_threads_fits(tiny_bundle, monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sampler, "TORCH_THREADS", 2)  # a 2-core machine
+    try:
+        torch.set_num_threads(1)  # as the app sets it there
+        assert sampler._overlapped(tiny_bundle)
+        torch.set_num_threads(2)
+        assert not sampler._overlapped(tiny_bundle)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_start_step_runs_the_rest_of_the_schedule(tiny_bundle):
@@ -257,7 +301,7 @@ def test_engine_txt2img_equals_pipeline(tiny_bundle, tiny_pipeline):
     assert (list(run.frames)[-1].latents - ref).abs().max().item() <= 1e-6
 
 
-def test_non_finite_latents_end_the_run_with_advice(tiny_bundle):
+def test_non_finite_latents_end_the_run_with_advice(tiny_bundle, overlap):
     poison = lambda state: HookResult(state.latents * float("nan")) if state.index == 2 else None  # noqa: E731
     frames = sample(tiny_bundle, conditioning(tiny_bundle), SMALL, hooks=[poison])
     got = [next(frames), next(frames)]
