@@ -102,7 +102,7 @@ def serving_threads(device: torch.device, requested: int | None = None) -> int:
     on a CPU all the threads torch would use but one, so that the page's event loop, its PNG files and the
     clients' connections never stall torch's threads mid-operation (on 2 cores the toy's run through the HTTP
     API took 4.1 s with 2 threads, 2.2 s with 1; the engine alone 1.3 and 1.6 s), and previews decode beside
-    the next step where that leaves room (`core.sampler`: 1.7 s through the API); elsewhere torch's own."""
+    the next step where that leaves room (`core.sampler`: 1.4 s through the API); elsewhere torch's own."""
     if requested is not None:
         return requested
     return max(1, TORCH_THREADS - 1) if device.type == "cpu" else TORCH_THREADS

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol, TYPE_CHECKING
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # annotations only: core.models imports core.defaults, which 
     from core.models import ModelBundle
 
 MAX_STEPS = 200
-TORCH_THREADS = torch.get_num_threads()  # torch's own choice, read before anything changes it
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
 MIN_SIDE = 64
@@ -35,6 +34,10 @@ PREVIEWS = {  # how previews are decoded; the final image always goes through th
             "(the VAE itself on models where no such map fits, like the toy)",
     "full": "the VAE decoder: every pixel, at the cost of a decode per preview",
 }
+TORCH_THREADS = torch.get_num_threads()  # torch's own choice, read before anything changes it
+# The thread that decodes previews beside the next step (see `_overlapped`), one for every run, so that it adds
+# one team of torch's threads however many runs go at once (a comparison, several users).
+_DECODING = ThreadPoolExecutor(1, thread_name_prefix="sdlens-decode")
 
 
 class RunFailed(RuntimeError):
@@ -137,6 +140,9 @@ class Frame:
     branches: tuple[torch.Tensor, torch.Tensor] | None = None  # under CFG: the UNet's (uncond, text) predictions
 
 
+Step = tuple[Frame, Callable[[], tuple]]  # a step's frame, and the call that decodes its images
+
+
 def check_settings(bundle: ModelBundle, settings: Settings) -> None:
     """Every check of a run's numbers, each message naming the bad value and what is allowed."""
     if not isinstance(settings.steps, int) or not 1 <= settings.steps <= MAX_STEPS:
@@ -208,7 +214,8 @@ class Frames(Iterator[Frame]):
 def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start: Start | None = None,
            hooks: Sequence[Hook] = (), observers: Sequence[Observer] = (),
            should_stop: Callable[[], bool] = lambda: False) -> Frames:
-    """Check the inputs and make the starting latents now, then return the frames: one step per `next()`.
+    """Check the inputs and make the starting latents now, then return the frames, one per step as the reader
+    asks for them (on a CPU with a core to spare, a frame's previews decode while the next step runs).
 
     `should_stop` is asked before every step; when it says yes the run ends there.
     """
@@ -229,51 +236,50 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
     counted_from = first if start is not None and start.lms_order == "diffusers" else 0  # LMS's order
     denoising = mode(_denoise)(bundle, cond, settings, scheduler, latents, (first, counted_from), tuple(hooks),
                                observers, should_stop)
-    frames = _decoded(denoising, should_stop) if _overlapped(bundle) else (
-        _pictured(frame, decode()) for frame, decode in denoising)
+    frames = _decoded(denoising) if _overlapped(bundle) else (
+        _pictured(frame, pictures()) for frame, pictures in denoising)
     return Frames(latents, _attached(bundle, settings, observers, frames))
 
 
 def _overlapped(bundle: ModelBundle) -> bool:
     """Whether previews decode beside the next step: on a CPU where a second team of torch's threads fits on
-    the cores (on 2 cores the app gives torch one thread, and a toy run with previews every step takes 1.3 s
-    instead of 1.8 s; with the previews on torch's two threads, 1.6 s)."""
+    the cores, as in the app on 2 cores, which gives torch one thread (a toy run with previews every step then
+    takes 1.3 s instead of 1.8 s; with the previews on torch's two threads, 1.6 s)."""
     return bundle.device.type == "cpu" and 2 * torch.get_num_threads() <= TORCH_THREADS
 
 
 def _pictured(frame: Frame, images: tuple[Image.Image | None, ...]) -> Frame:
+    """The frame with its decoded x_t, x0 and final image (each None where the step has none)."""
     x_t_image, x0_image, image = images
     return replace(frame, x_t_image=x_t_image, x0_image=x0_image, image=image)
 
 
-def _decoded(steps: Iterator[tuple[Frame, Callable[[], tuple]]], should_stop: Callable[[], bool]) -> Iterator[Frame]:
-    """Each step's frame with its images, decoded on a thread of their own while the next step runs. The first
+def _decoded(steps: Iterator[Step]) -> Iterator[Frame]:
+    """Each step's frame with its images, decoded on the decoding thread while the next step runs. The first
     frame comes at once; a later one reaches the reader once the step after it is computed (or has failed: the
-    frames before a failure are all shown). A step made while Stop was pressed is dropped, as the run would
-    not have made it."""
-    frame, decode = next(steps, (None, None))
-    if frame is None:
-        return
-    yield _pictured(frame, decode())
-    with ThreadPoolExecutor(1, thread_name_prefix="sdlens-decode") as pool:
+    frames before a failure are all shown). A step made while Stop was pressed is dropped, as the run would not
+    have made it: a run ends without its final image only when stopped."""
+    with closing(steps):
+        frame, pictures = next(steps, (None, None))
+        if frame is None:
+            return
+        yield _pictured(frame, pictures())
         waiting = None
         while True:
             try:
-                frame, decode = next(steps)
+                frame, pictures = next(steps)
             except StopIteration:
                 break
             except Exception:
                 if waiting is not None:
                     yield _pictured(waiting[0], waiting[1].result())
                 raise
-            made = pool.submit(decode)
+            made = _DECODING.submit(pictures)
             if waiting is not None:
                 yield _pictured(waiting[0], waiting[1].result())
             waiting = frame, made
-        if waiting is not None:
-            images = waiting[1].result()
-            if images[2] is not None or not should_stop():  # the last step, or a run not stopped
-                yield _pictured(waiting[0], images)
+        if waiting is not None and (images := waiting[1].result())[2] is not None:
+            yield _pictured(waiting[0], images)
 
 
 def _attached(bundle: ModelBundle, settings: Settings, observers: tuple[Observer, ...],
@@ -294,7 +300,8 @@ def _watching(observers: tuple[Observer, ...], cond_index: int) -> ExitStack:
 
 def _denoise(bundle: ModelBundle, cond: Conditioning, settings: Settings, scheduler: SchedulerMixin,
              latents: torch.Tensor, begin: tuple[int, int], hooks: tuple[Hook, ...], observers: tuple[Observer, ...],
-             should_stop: Callable[[], bool]) -> Iterator[Frame]:
+             should_stop: Callable[[], bool]) -> Iterator[Step]:
+    """Each step as its frame, and the call that decodes the frame's images."""
     # 2. the steps left from `first` on; LMS counts its order from `counted_from`
     first, counted_from = begin
     timesteps = scheduler.timesteps[first:]

@@ -17,6 +17,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+import core.sampler
 from core.engine import Engine
 from core.models import ModelBundle, load_bundle, load_toy, serving_threads
 from core.sd_folder import build_random_sd
@@ -128,3 +129,10 @@ def app_url(tiny_sd_dir, app_tmp):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(params=[False, True], ids=["decoded-in-the-step", "decoded-beside-the-next-step"])
+def overlap(request, monkeypatch) -> bool:
+    """Runs a test with previews decoded in each step, and on a thread of their own beside the next step."""
+    monkeypatch.setattr(core.sampler, "_overlapped", lambda bundle: request.param)
+    return request.param

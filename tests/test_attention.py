@@ -72,17 +72,18 @@ def failing_hook(state):
     return HookResult(state.latents)
 
 
-def test_the_stock_processors_come_back_after_a_failed_run(tiny_bundle):
+def test_the_stock_processors_come_back_after_a_failed_run(tiny_bundle, overlap):
     before = processors(tiny_bundle)
     with pytest.raises(RuntimeError, match="a hook broke"):
         recorded(tiny_bundle, hooks=[failing_hook])
     assert all(processors(tiny_bundle)[name] is p for name, p in before.items())
 
 
-def test_the_stock_processors_come_back_after_a_stopped_or_abandoned_run(tiny_bundle):
+def test_the_stock_processors_come_back_after_a_stopped_or_abandoned_run(tiny_bundle, overlap):
     before = processors(tiny_bundle)
     asked = iter([False, False, True])
-    assert len(recorded(tiny_bundle, should_stop=lambda: next(asked))) == 2
+    # asked before steps 0, 1, 2; beside the next step, step 1 was made while Stop was pressed, and is dropped
+    assert len(recorded(tiny_bundle, should_stop=lambda: next(asked))) == (1 if overlap else 2)
     assert all(processors(tiny_bundle)[name] is p for name, p in before.items())
     frames = sample(tiny_bundle, conditioning(tiny_bundle), SMALL, observers=[recorder(tiny_bundle)])
     next(frames)

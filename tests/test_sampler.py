@@ -15,13 +15,6 @@ from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, i
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
 
 
-@pytest.fixture(params=[False, True], ids=["decoded-in-the-step", "decoded-beside-the-next-step"])
-def overlap(request, monkeypatch) -> bool:
-    """Runs a test with previews decoded in each step, and on a thread of their own beside the next step."""
-    monkeypatch.setattr(sampler, "_overlapped", lambda bundle: request.param)
-    return request.param
-
-
 def conditioning(bundle, prompt="a red circle", negative=""):
     return Conditioning(text.encode(bundle, text.tokenize(bundle, prompt)),
                         text.encode(bundle, text.tokenize(bundle, negative)))
@@ -197,6 +190,23 @@ def test_previews_decoded_beside_the_next_step_equal_those_decoded_in_it(tiny_bu
         assert [pixels(image) for image in (alone.x_t_image, alone.x0_image, alone.image)] == \
                [pixels(image) for image in (beside.x_t_image, beside.x0_image, beside.image)]
     assert runs[True][-1].image is not None
+
+
+def test_runs_read_in_turns_share_one_decoding_thread_and_each_equals_its_run_alone(tiny_bundle, monkeypatch):
+    """A comparison reads several runs a step each in turn: their previews queue on one thread."""
+    decoders, decode_frame = set(), sampler._decode_frame
+    monkeypatch.setattr(sampler, "_decode_frame", lambda *a: decoders.add(threading.current_thread().ident)
+                        or decode_frame(*a))
+    prompts = ["a red circle", "a blue star", "a green square"]
+    alone = [list(sample(tiny_bundle, conditioning(tiny_bundle, prompt), SMALL)) for prompt in prompts]
+    monkeypatch.setattr(sampler, "_overlapped", lambda bundle: True)
+    decoders.clear()
+    runs = [sample(tiny_bundle, conditioning(tiny_bundle, prompt), SMALL) for prompt in prompts]
+    in_turns = list(zip(*runs, strict=True))
+    assert len(decoders - {threading.get_ident()}) == 1
+    for k, frames in enumerate(alone):
+        assert [pixels(f.x0_image) for f in frames] == [pixels(step[k].x0_image) for step in in_turns]
+        assert pixels(frames[-1].image) == pixels(in_turns[-1][k].image)
 
 
 def pixels(image):
