@@ -274,12 +274,20 @@ def _decoded(steps: Iterator[Step]) -> Iterator[Frame]:
                 if waiting is not None:
                     yield _pictured(waiting[0], waiting[1].result())
                 raise
-            made = _DECODING.submit(pictures)
+            made = _DECODING.submit(_with_threads, torch.get_num_threads(), pictures)
             if waiting is not None:
                 yield _pictured(waiting[0], waiting[1].result())
             waiting = frame, made
         if waiting is not None and (images := waiting[1].result())[2] is not None:
             yield _pictured(waiting[0], images)
+
+
+def _with_threads(threads: int, pictures: Callable[[], tuple]) -> tuple:
+    """The images, decoded with the run's count of torch threads: a thread keeps the count it first ran with,
+    and another count sums in another order (images would differ in their last bit from a run decoded in step)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return pictures()
 
 
 def _attached(bundle: ModelBundle, settings: Settings, observers: tuple[Observer, ...],

@@ -209,6 +209,22 @@ def test_runs_read_in_turns_share_one_decoding_thread_and_each_equals_its_run_al
         assert pixels(frames[-1].image) == pixels(in_turns[-1][k].image)
 
 
+def test_the_decoding_thread_decodes_with_each_runs_count_of_threads(tiny_bundle, monkeypatch):
+    """The one decoding thread, used first by a run on 1 torch thread, decodes a later run on 2 as that run would
+    decode in its steps (another count of threads sums in another order)."""
+    settings, threads = replace(SMALL, previews="full"), torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            runs = {}
+            for overlapped in (False, True):
+                monkeypatch.setattr(sampler, "_overlapped", lambda bundle: overlapped)
+                runs[overlapped] = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
+            assert [pixels(f.x0_image) for f in runs[False]] == [pixels(f.x0_image) for f in runs[True]]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pixels(image):
     return None if image is None else image.tobytes()
 
