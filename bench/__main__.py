@@ -35,7 +35,7 @@ from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 from bench.serve import served
 from core import attention
 from core.engine import Engine
-from core.models import load_bundle, load_toy, serving_threads
+from core.models import load_bundle, load_toy, serving_threads, torch_threads
 from core.sampler import Settings
 from core.sd_folder import SD_V1, TINY, Shape, build_random_sd, sd_pipeline
 
@@ -111,12 +111,8 @@ def api_rows(engine: Engine, repeats: int) -> list[tuple]:
     from gradio_client import Client
 
     settings = replace(engine.default_settings(), steps=STEPS, seed=1, preview_every=1, previews="auto")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(serving_threads(engine.bundle.device))
-    try:
+    with torch_threads(serving_threads(engine.bundle.device)):
         alone = median_seconds({"alone": lambda: list(engine.txt2img(PROMPT, "", settings).frames)}, repeats)["alone"]
-    finally:
-        torch.set_num_threads(threads)
     with served("--model", "toy") as app:
         # Like the page, the client gets each frame's images as file references and fetches none of them.
         client = Client(app.url, verbose=False, download_files=False)

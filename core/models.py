@@ -7,6 +7,8 @@ loaded once by the app and passed down; nothing here keeps models in module glob
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -106,6 +108,17 @@ def serving_threads(device: torch.device, requested: int | None = None) -> int:
     if requested is not None:
         return requested
     return max(1, TORCH_THREADS - 1) if device.type == "cpu" else TORCH_THREADS
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's CPU threads set to `count` inside the block, and back to what they were after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

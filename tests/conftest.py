@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from diffusers import StableDiffusionPipeline
 
 import core.sampler
 from core.engine import Engine
-from core.models import ModelBundle, load_bundle, load_toy, serving_threads
+from core.models import ModelBundle, load_bundle, load_toy, serving_threads, torch_threads
 from core.sd_folder import build_random_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,16 +71,10 @@ def toy_engine() -> Engine:
     return Engine(load_toy(device="cpu", dtype="float32"))
 
 
-@contextmanager
 def as_the_app_runs():
     """torch's CPU threads as the app sets them, for a reference run compared bit for bit with an app's images
     (another thread count sums in another order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(serving_threads(torch.device("cpu")))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(serving_threads(torch.device("cpu")))
 
 
 def free_port() -> int:

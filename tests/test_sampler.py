@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
 from core import optim_sampler, sampler, schedule, text, vae
 from core.engine import RANDOM_SEED, Engine
+from core.models import torch_threads
 from core.vae import decode, to_pil
 from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
 
@@ -212,17 +213,14 @@ def test_runs_read_in_turns_share_one_decoding_thread_and_each_equals_its_run_al
 def test_the_decoding_thread_decodes_with_each_runs_count_of_threads(tiny_bundle, monkeypatch):
     """The one decoding thread, used first by a run on 1 torch thread, decodes a later run on 2 as that run would
     decode in its steps (another count of threads sums in another order)."""
-    settings, threads = replace(SMALL, previews="full"), torch.get_num_threads()
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            runs = {}
+    settings = replace(SMALL, previews="full")
+    for count in (1, 2):
+        runs = {}
+        with torch_threads(count):
             for overlapped in (False, True):
                 monkeypatch.setattr(sampler, "_overlapped", lambda bundle: overlapped)
                 runs[overlapped] = list(sample(tiny_bundle, conditioning(tiny_bundle), settings))
-            assert [pixels(f.x0_image) for f in runs[False]] == [pixels(f.x0_image) for f in runs[True]]
-    finally:
-        torch.set_num_threads(threads)
+        assert [pixels(f.x0_image) for f in runs[False]] == [pixels(f.x0_image) for f in runs[True]]
 
 
 def pixels(image):
@@ -230,15 +228,11 @@ def pixels(image):
 
 
 def test_previews_decode_beside_the_next_step_where_a_second_team_of_threads_fits(tiny_bundle, monkeypatch):
-    threads = torch.get_num_threads()
     monkeypatch.setattr(sampler, "TORCH_THREADS", 2)  # a 2-core machine
-    try:
-        torch.set_num_threads(1)  # as the app sets it there
+    with torch_threads(1):  # as the app sets it there
         assert sampler._overlapped(tiny_bundle)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert not sampler._overlapped(tiny_bundle)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_start_step_runs_the_rest_of_the_schedule(tiny_bundle):
