@@ -107,36 +107,38 @@ def loop_rows(name: str, engine: Engine, size: int, guidance: float, repeats: in
 
 def api_rows(engine: Engine, repeats: int) -> list[tuple]:
     """The toy model served by `python app.py`, driven through gradio_client as a script would, against the
-    same engine alone in this process with the app's threads."""
+    same engine alone in this process with the app's threads; the two take turns."""
     from gradio_client import Client
 
     settings = replace(engine.default_settings(), steps=STEPS, seed=1, preview_every=1, previews="auto")
-    with torch_threads(serving_threads(engine.bundle.device)):
-        alone = median_seconds({"alone": lambda: list(engine.txt2img(PROMPT, "", settings).frames)}, repeats)["alone"]
+    firsts, delivered = [], []
+
+    def alone() -> None:
+        with torch_threads(serving_threads(engine.bundle.device)):
+            list(engine.txt2img(PROMPT, "", settings).frames)
+
+    def through(client: Client) -> None:
+        started, first, frames = time.perf_counter(), None, set()
+        for out in client.submit(prompt=PROMPT, negative_prompt="", steps=STEPS, guidance_scale=settings.guidance_scale,
+                                 seed=1, width=settings.width, height=settings.height, preview_every=1,
+                                 previews="auto", scheduler=settings.scheduler, api_name="/txt2img"):
+            if isinstance(out[1], dict) and "path" in out[1]:  # an x0 image (else: an unchanged output)
+                first = first or time.perf_counter() - started
+                frames.add(out[1]["path"])
+        firsts.append(first)
+        delivered.append(len(frames))
+
     with served("--model", "toy") as app:
         # Like the page, the client gets each frame's images as file references and fetches none of them.
         client = Client(app.url, verbose=False, download_files=False)
-        firsts, totals, delivered = [], [], []
-        for _ in range(repeats + 1):
-            started = time.perf_counter()
-            first, frames = None, set()
-            for out in client.submit(prompt=PROMPT, negative_prompt="", steps=STEPS,
-                                     guidance_scale=settings.guidance_scale, seed=1, width=settings.width,
-                                     height=settings.height, preview_every=1, previews="auto",
-                                     scheduler=settings.scheduler, api_name="/txt2img"):
-                if isinstance(out[1], dict) and "path" in out[1]:  # an x0 image (else: an unchanged output)
-                    first = first or time.perf_counter() - started
-                    frames.add(out[1]["path"])
-            firsts.append(first)
-            totals.append(time.perf_counter() - started)
-            delivered.append(len(frames))
+        timed = median_seconds({"alone": alone, "api": lambda: through(client)}, repeats)
     if None in firsts:
         raise RuntimeError(f"a run through the API delivered no x0 image (images per run: {delivered})")
-    first, total = statistics.median(firsts[1:]), statistics.median(totals[1:])
+    first, total = statistics.median(firsts[1:]), timed["api"]
     return [
         ("first frame after submitting (s)", API_WHERE, f"{first:.3f} s", "0.3 s goal", first / 0.3),
         ("frames delivered / steps", API_WHERE, f"{min(delivered)}", f"{STEPS}", min(delivered) / STEPS),
-        ("API run / engine alone", API_WHERE, f"{total:.3f} s", f"{alone:.3f} s", total / alone),
+        ("API run / engine alone", API_WHERE, f"{total:.3f} s", f"{timed['alone']:.3f} s", total / timed["alone"]),
     ]
 
 
