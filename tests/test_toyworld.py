@@ -18,8 +18,8 @@ from core.models import load_bundle
 from core.sampler import Settings
 from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SHAPES, SIZE, Scene, caption, draw, make_dataset,
                                 off_palette_images, scene_shades, shade)
-from core.toyworld.evaluate import (Reader, blue_grid, blueness, box_iou, evaluate, evaluate_img2img, prompt_grid,
-                                     prompt_of)
+from core.toyworld.evaluate import (Reader, blue_grid, blueness, box_iou, evaluate, evaluate_blue, evaluate_img2img,
+                                     prompt_grid, prompt_of)
 from core.toyworld.train import PRESETS, STAGE_FIELDS, Checkpoints, stage_of, train
 
 
@@ -265,6 +265,37 @@ def test_image_to_image_is_scored_on_layout_and_new_colour():
     assert (unchanged["layout"], unchanged["new_colour"]) == (1.0, 0.0)
     moved = evaluate_img2img(RecolouringEngine(cx=0.2), Settings(), strengths=(0.3,), reader=reader)["0.3"]
     assert moved["layout"] == 0.0 and moved["median_iou"] < 0.5 and moved["new_colour"] == 1.0
+
+
+class BluingEngine:
+    """Stands in for a model under the blue loss: draws the prompt's scene, and guided, a circle of the prompt's
+    colour on a blue ground (or, `stubborn`, the same image as unguided)."""
+
+    def __init__(self, stubborn: bool = False):
+        self.stubborn = stubborn
+
+    @staticmethod
+    def drawn(prompt: str, guided: bool = False) -> SimpleNamespace:
+        color, shape, background = re.fullmatch(r"an? (\w+) (\w+) on a (\w+) background", prompt).groups()
+        scene = Scene("circle", color, "blue", "medium", 0.5, 0.5, 0) if guided else \
+            Scene(shape, color, background, "medium", 0.5, 0.5, 0)
+        return SimpleNamespace(frames=iter([SimpleNamespace(image=draw(scene))]))
+
+    def txt2img(self, prompt, negative_prompt, settings):
+        return self.drawn(prompt)
+
+    def guided(self, prompt, negative_prompt, settings, guidance):
+        return self.drawn(prompt, guided=not self.stubborn)
+
+
+def test_the_blue_loss_is_scored_on_blueness_and_on_shape_guided_and_unguided():
+    reader = Reader()
+    bluer = evaluate_blue(BluingEngine(), Settings(), guidance=None, seeds=1, reader=reader)
+    assert (bluer["bluer"], bluer["shape_unguided"], bluer["images"]) == (1.0, 1.0, 12)
+    assert bluer["shape"] == round(2 / 12, 3)  # only the circle prompts
+    assert bluer["median_rise"] > 0.3
+    same = evaluate_blue(BluingEngine(stubborn=True), Settings(), guidance=None, seeds=1, reader=reader)
+    assert (same["bluer"], same["median_rise"], same["shape"], same["shape_unguided"]) == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_box_iou():

@@ -167,9 +167,9 @@ def blue_grid(count: int = 12) -> list[Scene]:
 def evaluate_blue(engine, settings, guidance, seeds: int = 2, reader: Reader | None = None,
                   scenes: list[Scene] | None = None) -> dict:
     """The blue loss against the same seed unguided: the share of images whose blueness rose by BLUER at
-    least, the median rise, and the share whose shape is still read right."""
+    least, the median rise, and the share whose shape is read right, guided and unguided."""
     reader = reader or Reader()
-    rises, shapes = [], 0
+    rises, shapes, plain_shapes = [], 0, 0
     for scene in scenes or blue_grid():
         for seed in range(seeds):
             seeded = replace(settings, seed=seed, preview_every=0)
@@ -177,9 +177,10 @@ def evaluate_blue(engine, settings, guidance, seeds: int = 2, reader: Reader | N
             guided = list(engine.guided(prompt_of(scene), "", seeded, guidance).frames)[-1].image
             rises.append(blueness(guided) - blueness(plain))
             shapes += reader.read(guided).shape == scene.shape
+            plain_shapes += reader.read(plain).shape == scene.shape
     return {"bluer": round(float(np.mean(np.array(rises) >= BLUER)), 3),
             "median_rise": round(float(np.median(rises)), 3), "shape": round(shapes / len(rises), 3),
-            "images": len(rises)}
+            "shape_unguided": round(plain_shapes / len(rises), 3), "images": len(rises)}
 
 
 def box_iou(a: tuple, b: tuple) -> float:
