@@ -217,6 +217,27 @@ def test_a_second_user_sees_their_queue_position_then_gets_served(page, app_url)
     second.close()
 
 
+def test_stop_pressed_while_queued_ends_that_run_before_its_first_step(page, app_url):
+    """A second session presses Stop while its run waits behind the first: the first run goes on to its end,
+    and the second ends as it begins, with no step run."""
+    first_status = page.locator("#txt2img-status")
+    second = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
+    second.goto(app_url)
+    set_number(second, "Steps", 3)
+    set_number(page, "Steps", 200)
+    page.get_by_role("button", name="Generate").click()
+    expect(first_status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
+    second.get_by_role("button", name="Generate").click()
+    expect(second.locator("#txt2img-x0")).to_contain_text(re.compile(r"queue: 1/1"), timeout=RUN_TIMEOUT_MS)
+    second.get_by_role("button", name="Stop").dispatch_event("click")  # at once (see the Stop test above)
+    second_status = second.locator("#txt2img-status")
+    expect(second_status).to_contain_text("no step run · stopped", timeout=RUN_TIMEOUT_MS)
+    expect(first_status).to_contain_text("step 200 / 200", timeout=RUN_TIMEOUT_MS)
+    expect(first_status).to_contain_text("done")
+    second.screenshot(path=SHOTS / "txt2img-stopped-in-queue.png")
+    second.close()
+
+
 def test_upscaling_is_the_users_choice(page):
     set_number(page, "Steps", 2)
     page.get_by_role("button", name="Generate").click()

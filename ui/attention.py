@@ -186,7 +186,7 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
         attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
         concurrency_id=GENERATE, concurrency_limit=concurrency)
     code.after(run, attention_code, inputs, view)
-    view.wire(form.stop, stop_api=None)
+    view.wire(form.stop, stop_api=None, starts=(form.generate,))
 
 
 def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:

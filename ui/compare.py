@@ -39,7 +39,7 @@ def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
     with gr.Row():
         go = gr.Button(label, variant="primary")
-        wire_stop(gr.Button("Stop", variant="stop"), stops)
+        wire_stop(gr.Button("Stop", variant="stop"), stops, (go,))
     return prompt, negative_prompt, go
 
 

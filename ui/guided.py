@@ -101,7 +101,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                       guidance_of(loss, color, level, loss_scale, every, mode))
 
     code.after(run, guided_code, inputs, view)
-    view.wire(stop, stop_api=None)
+    view.wire(stop, stop_api=None, starts=(generate,))
     return Prompted(view, prompt, negative_prompt, controls)
 
 

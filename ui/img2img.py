@@ -81,7 +81,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         concurrency_limit=concurrency)
     code.after(run, code_writer(engine, controls), inputs, view)
     wire_plan(engine, (strength, lms_order), controls, plan)
-    view.wire(stop, stop_api=None)
+    view.wire(stop, stop_api=None, starts=(generate,))
     return Prompted(view, prompt, negative_prompt, controls, image)
 
 

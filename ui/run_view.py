@@ -54,15 +54,22 @@ def stop_flag(stops: StopFlags, request: gr.Request) -> Iterator[threading.Event
         stops.end(request.session_hash, flag)
 
 
-def wire_stop(button: gr.Button, stops: StopFlags, api_name: str | None = None) -> None:
-    """Stop ends this session's run before its next step; only one button publishes the `/stop` endpoint."""
+def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...],
+              api_name: str | None = None) -> None:
+    """Stop ends this session's run before its next step, or, pressed while a run that one of `starts` asked
+    for waits in the queue, before its first; only one button publishes the `/stop` endpoint."""
 
     def stop_run(request: gr.Request):
         """Stop this session's run before its next step."""
         stops.stop(request.session_hash)
 
+    def expect_run(request: gr.Request):
+        stops.expect(request.session_hash)
+
     visibility = {"api_name": api_name} if api_name else {"api_visibility": "private"}
     button.click(stop_run, None, None, queue=False, **visibility)
+    for start in starts:
+        start.click(expect_run, None, None, queue=False, api_visibility="private")
 
 
 class Controls:
@@ -254,8 +261,9 @@ class RunView:
                 self.history: (run.settings.seed, shown) if shown else None}
                | (extra(frame) if frame is not None and frame.image is not None else {}) | final())
 
-    def wire(self, stop: gr.Button, stop_api: str | None) -> None:
-        """Stop, the scrubber and the video; `stop_api` names the Stop endpoint (one tab publishes it)."""
+    def wire(self, stop: gr.Button, stop_api: str | None, starts: tuple[gr.Button, ...]) -> None:
+        """Stop (for the runs `starts` ask for), the scrubber and the video; `stop_api` names the Stop endpoint
+        (one tab publishes it)."""
 
         def export_video(last_run, fps):
             """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video", scaled up with
@@ -285,7 +293,7 @@ class RunView:
 
         self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],
                               api_name=f"{self.name}_video")
-        wire_stop(stop, self.stops, stop_api)
+        wire_stop(stop, self.stops, starts, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
                          api_visibility="private", queue=False)
 

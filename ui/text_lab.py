@@ -37,7 +37,7 @@ def go_and_stop(stops: StopFlags, label: str) -> gr.Button:
     """A run button beside a Stop button for this session's run; returns the run button."""
     with gr.Row():
         go = gr.Button(label, variant="primary")
-        wire_stop(gr.Button("Stop", variant="stop"), stops)
+        wire_stop(gr.Button("Stop", variant="stop"), stops, (go,))
     return go
 
 
@@ -388,7 +388,7 @@ def build_mix_prompts(lab: Lab) -> None:
     code.after(run, mix_prompts_code, inputs, prompts_view)
     sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
                    [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
-    prompts_view.wire(prompts_stop, stop_api=None)
+    prompts_view.wire(prompts_stop, stop_api=None, starts=(prompts_go, sweep_go))
 
 
 def sweep_handler(lab: Lab):

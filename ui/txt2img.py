@@ -51,5 +51,5 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     run = generate.click(check, inputs, None, api_visibility="private").success(
         txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
     code.after(run, txt2img_code, inputs, view)
-    view.wire(stop, stop_api="stop")
+    view.wire(stop, stop_api="stop", starts=(generate,))
     return Prompted(view, prompt, negative_prompt, controls)
