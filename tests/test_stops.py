@@ -1,4 +1,11 @@
 """Stop flags: Stop ends its own session's run, going or still waiting in the queue, and never a later one."""
+import inspect
+
+import pytest
+
+from core.engine import Engine
+from ui import build_app
+from ui.common import GENERATE
 from ui.stops import StopFlags
 
 
@@ -16,6 +23,14 @@ def test_stop_pressed_while_the_run_waits_in_the_queue_ends_it_when_it_begins():
     assert stops.begin("me").is_set()
 
 
+def test_a_second_click_while_the_run_waits_keeps_the_stop():
+    stops = StopFlags()
+    stops.expect("me")
+    stops.stop("me")
+    stops.expect("me")
+    assert stops.begin("me").is_set()
+
+
 def test_a_stop_with_no_run_asked_for_does_not_reach_the_next_run():
     stops = StopFlags()
     stops.stop("me")
@@ -23,24 +38,44 @@ def test_a_stop_with_no_run_asked_for_does_not_reach_the_next_run():
     assert not stops.begin("me").is_set()
 
 
-def test_a_run_that_never_began_leaves_no_stop_for_the_next():
-    """A run refused before it began (its inputs checked), then Stop pressed, then a new run asked for."""
+def test_a_run_refused_before_it_began_leaves_no_stop_for_the_next():
     stops = StopFlags()
     stops.expect("me")
+    stops.forget("me")  # its inputs were refused
     stops.stop("me")
     stops.expect("me")
     assert not stops.begin("me").is_set()
 
 
-def test_asking_for_another_run_while_one_goes_keeps_stop_on_the_going_one():
+def test_a_run_not_admitted_leaves_no_stop_for_the_next():
+    refusing = True
+
+    def admit():
+        if refusing:
+            raise ValueError("the disk is full")
+
+    stops = StopFlags(admit=admit)
+    stops.expect("me")
+    with pytest.raises(ValueError):
+        stops.begin("me")
+    refusing = False
+    stops.stop("me")
+    stops.expect("me")
+    assert not stops.begin("me").is_set()
+
+
+def test_a_run_asked_for_while_another_goes_is_stopped_once_that_one_has_ended():
     stops = StopFlags()
     going = stops.begin("me")
     stops.expect("me")
     stops.stop("me")
     assert going.is_set()
+    stops.end("me", going)
+    stops.stop("me")
+    assert stops.begin("me").is_set()
 
 
-def test_an_ended_run_leaves_its_flag_behind_and_a_new_run_starts_clear():
+def test_an_ended_run_drops_its_flag_and_a_new_run_starts_clear():
     stops = StopFlags()
     first = stops.begin("me")
     stops.end("me", first)
@@ -55,3 +90,19 @@ def test_ending_an_older_run_keeps_the_newer_runs_flag():
     stops.end("me", older)
     stops.stop("me")
     assert newer.is_set() and not older.is_set()
+
+
+def test_every_button_that_starts_a_streamed_run_registers_its_stop_flag_at_the_click(tiny_bundle):
+    """Each streamed run (the events of the one generating queue that yield frames) is started by a button
+    whose click also registers the run's flag at once; a run behind an input check forgets it when refused."""
+    events = build_app(Engine(tiny_bundle)).fns
+    listening = {target for event in events.values() if event.name == "expect_run" for target in event.targets}
+    forgetting = {event.trigger_after for event in events.values() if event.name == "forget_run"}
+    runs = [event for event in events.values()
+            if event.concurrency_id == GENERATE and inspect.isgeneratorfunction(event.fn)]
+    assert len(runs) >= 11, [event.name for event in runs]
+    for run in runs:
+        check = events[run.trigger_after] if run.trigger_after is not None else None
+        started_by = check.targets if check is not None else run.targets
+        assert started_by and set(started_by) <= listening, run.name
+        assert check is None or run.trigger_after in forgetting, run.name

@@ -17,7 +17,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
-from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept
+from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
@@ -182,11 +182,11 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
         return Scripts(engine).attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells))
 
     inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.token, *controls.inputs]
-    run = form.generate.click(check, inputs, None, api_visibility="private").success(
+    run = checked_first(form.generate, check, inputs, view.stops).success(
         attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
         concurrency_id=GENERATE, concurrency_limit=concurrency)
     code.after(run, attention_code, inputs, view)
-    view.wire(form.stop, stop_api=None, starts=(form.generate,))
+    view.wire(form.stop, stop_api=None)
 
 
 def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:

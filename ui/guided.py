@@ -12,7 +12,7 @@ from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
-from ui.run_view import Controls, RunView
+from ui.run_view import Controls, RunView, checked_first
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -101,7 +101,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                       guidance_of(loss, color, level, loss_scale, every, mode))
 
     code.after(run, guided_code, inputs, view)
-    view.wire(stop, stop_api=None, starts=(generate,))
+    view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls)
 
 
@@ -147,6 +147,6 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
                 plot: pd.DataFrame(losses, columns=["step", "loss"]) if losses else None,
                 unguided: unguided_image()})
 
-    return generate.click(check, inputs, None, api_visibility="private").success(
+    return checked_first(generate, check, inputs, view.stops).success(
         guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
         concurrency_limit=concurrency)

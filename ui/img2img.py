@@ -7,7 +7,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors, whole
-from ui.run_view import PANEL, Controls, RunView, image_panel
+from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -76,12 +76,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             yield from view.stream(run, flag, final=lambda: shown, result=round_trip)
 
     inputs = [image, prompt, negative_prompt, strength, lms_order, *controls.inputs]
-    run = generate.click(check, inputs, None, api_visibility="private").success(
+    run = checked_first(generate, check, inputs, view.stops).success(
         img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
         concurrency_limit=concurrency)
     code.after(run, code_writer(engine, controls), inputs, view)
     wire_plan(engine, (strength, lms_order), controls, plan)
-    view.wire(stop, stop_api=None, starts=(generate,))
+    view.wire(stop, stop_api=None)
     return Prompted(view, prompt, negative_prompt, controls, image)
 
 

@@ -54,22 +54,44 @@ def stop_flag(stops: StopFlags, request: gr.Request) -> Iterator[threading.Event
         stops.end(request.session_hash, flag)
 
 
-def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...],
+def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...] = (),
               api_name: str | None = None) -> None:
     """Stop ends this session's run before its next step, or, pressed while a run that one of `starts` asked
-    for waits in the queue, before its first; only one button publishes the `/stop` endpoint."""
+    for waits in the queue, before its first (wire it before their runs); only one button publishes the
+    `/stop` endpoint."""
 
     def stop_run(request: gr.Request):
         """Stop this session's run before its next step."""
         stops.stop(request.session_hash)
 
-    def expect_run(request: gr.Request):
-        stops.expect(request.session_hash)
-
     visibility = {"api_name": api_name} if api_name else {"api_visibility": "private"}
     button.click(stop_run, None, None, queue=False, **visibility)
     for start in starts:
-        start.click(expect_run, None, None, queue=False, api_visibility="private")
+        expect_on(start, stops)
+
+
+def expect_on(button: gr.Button, stops: StopFlags) -> None:
+    """The button's click registers its run's stop flag at once; the page sends a click's events in the order
+    they were wired, so wire this before the run."""
+
+    def expect_run(request: gr.Request):
+        stops.expect(request.session_hash)
+
+    button.click(expect_run, None, None, queue=False, api_visibility="private")
+
+
+def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopFlags):
+    """The button's click registers its run's stop flag, then checks the inputs before the run joins the queue
+    (returns that check, for the run to follow on `.success`); a run refused there will not begin, so a later
+    Stop is not for it."""
+
+    def forget_run(request: gr.Request):
+        stops.forget(request.session_hash)
+
+    expect_on(button, stops)
+    checked = button.click(check, inputs, None, api_visibility="private")
+    checked.failure(forget_run, None, None, queue=False, api_visibility="private")
+    return checked
 
 
 class Controls:
@@ -261,9 +283,9 @@ class RunView:
                 self.history: (run.settings.seed, shown) if shown else None}
                | (extra(frame) if frame is not None and frame.image is not None else {}) | final())
 
-    def wire(self, stop: gr.Button, stop_api: str | None, starts: tuple[gr.Button, ...]) -> None:
-        """Stop (for the runs `starts` ask for), the scrubber and the video; `stop_api` names the Stop endpoint
-        (one tab publishes it)."""
+    def wire(self, stop: gr.Button, stop_api: str | None, starts: tuple[gr.Button, ...] = ()) -> None:
+        """Stop (also for the runs `starts` ask for, see `wire_stop`), the scrubber and the video; `stop_api`
+        names the Stop endpoint (one tab publishes it)."""
 
         def export_video(last_run, fps):
             """The last run's x_t | x0 pairs as an MP4 and a GIF: the notebook's "x0 video", scaled up with

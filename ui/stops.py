@@ -9,36 +9,40 @@ from collections.abc import Callable
 class StopFlags:
     def __init__(self, admit: Callable[[], None] = lambda: None) -> None:
         """`admit` is asked before every run starts, and refuses it by raising (e.g. while the disk is full)."""
-        self._flags: dict[str, tuple[threading.Event, bool]] = {}  # session: (its flag, whether its run began)
+        self._going: dict[str, threading.Event] = {}    # session: the flag of its run going
+        self._waiting: dict[str, threading.Event] = {}  # session: the flag of its run asked for, not begun
         self._lock = threading.Lock()
         self._admit = admit
 
     def expect(self, session: str) -> None:
-        """A run was asked for and waits in the queue: a fresh flag that Stop can set before the run begins
-        (unless a run of this session is going: Stop is for that one)."""
+        """The page asked for a run, which waits in the queue until it begins: Stop pressed meanwhile ends it
+        as it begins. A second ask before it begins keeps the first's flag (a page asks for one run at once)."""
         with self._lock:
-            current = self._flags.get(session)
-            if current is None or not current[1]:
-                self._flags[session] = (threading.Event(), False)
+            self._waiting.setdefault(session, threading.Event())
+
+    def forget(self, session: str) -> None:
+        """The run asked for will not begin (its inputs were refused): a later Stop is not for it."""
+        with self._lock:
+            self._waiting.pop(session, None)
 
     def begin(self, session: str) -> threading.Event:
-        """The flag of the run this session is starting, once `admit` lets it start: the one it was expected
-        with (set if Stop was pressed while it waited), or a fresh one."""
+        """The flag of the run this session is starting, once `admit` lets it start: the one it waited with
+        (set if Stop was pressed meanwhile), or a fresh one."""
+        with self._lock:
+            flag = self._waiting.pop(session, None) or threading.Event()
         self._admit()
         with self._lock:
-            current = self._flags.get(session)
-            flag = current[0] if current is not None and not current[1] else threading.Event()
-            self._flags[session] = (flag, True)
+            self._going[session] = flag
         return flag
 
     def stop(self, session: str) -> None:
+        """Stop this session's run going, or else the one it waits for."""
         with self._lock:
-            current = self._flags.get(session)
-        if current is not None:
-            current[0].set()
+            flag = self._going.get(session) or self._waiting.get(session)
+        if flag is not None:
+            flag.set()
 
     def end(self, session: str, flag: threading.Event) -> None:
         with self._lock:
-            current = self._flags.get(session)
-            if current is not None and current[0] is flag:
-                del self._flags[session]
+            if self._going.get(session) is flag:
+                del self._going[session]

@@ -384,11 +384,11 @@ def build_mix_prompts(lab: Lab) -> None:
                                            learned=learned)
 
     inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
+    prompts_view.wire(prompts_stop, stop_api=None, starts=(prompts_go, sweep_go))  # a click's Stop flag first
     run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
     code.after(run, mix_prompts_code, inputs, prompts_view)
     sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
                    [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
-    prompts_view.wire(prompts_stop, stop_api=None, starts=(prompts_go, sweep_go))
 
 
 def sweep_handler(lab: Lab):

@@ -7,7 +7,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, user_errors
-from ui.run_view import Controls, RunView
+from ui.run_view import Controls, RunView, checked_first
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -48,8 +48,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         return Scripts(engine).txt2img(prompt, negative_prompt, settings)
 
     inputs = [prompt, negative_prompt, *controls.inputs]
-    run = generate.click(check, inputs, None, api_visibility="private").success(
+    run = checked_first(generate, check, inputs, view.stops).success(
         txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
     code.after(run, txt2img_code, inputs, view)
-    view.wire(stop, stop_api="stop", starts=(generate,))
+    view.wire(stop, stop_api="stop")
     return Prompted(view, prompt, negative_prompt, controls)
