@@ -23,10 +23,20 @@ def test_stop_pressed_while_the_run_waits_in_the_queue_ends_it_when_it_begins():
     assert stops.begin("me").is_set()
 
 
-def test_a_second_click_while_the_run_waits_keeps_the_stop():
+def test_each_click_starts_its_run_with_a_fresh_flag():
+    """A click that started no run (Generate pressed again while its run went), then a Stop after that run: the
+    next run asked for is not stopped."""
     stops = StopFlags()
-    stops.expect("me")
+    going = stops.begin("me")
+    stops.expect("me")  # the second click: the page sends no second run
+    stops.end("me", going)
     stops.stop("me")
+    stops.expect("me")
+    assert not stops.begin("me").is_set()
+
+
+def test_a_stop_pressed_while_admitting_reaches_the_run():
+    stops = StopFlags(admit=lambda: stops.stop("me"))
     stops.expect("me")
     assert stops.begin("me").is_set()
 
@@ -92,17 +102,21 @@ def test_ending_an_older_run_keeps_the_newer_runs_flag():
     assert newer.is_set() and not older.is_set()
 
 
-def test_every_button_that_starts_a_streamed_run_registers_its_stop_flag_at_the_click(tiny_bundle):
-    """Each streamed run (the events of the one generating queue that yield frames) is started by a button
-    whose click also registers the run's flag at once; a run behind an input check forgets it when refused."""
+def test_every_button_that_starts_a_streamed_run_registers_its_stop_flag_first(tiny_bundle):
+    """Each streamed run (the events of the one generating queue that yield frames) is started by a button whose
+    click registers the run's flag before anything else of the click is sent (the page sends a click's events in
+    the order they were wired); a run behind an input check drops it when the check refuses the run."""
     events = build_app(Engine(tiny_bundle)).fns
-    listening = {target for event in events.values() if event.name == "expect_run" for target in event.targets}
-    forgetting = {event.trigger_after for event in events.values() if event.name == "forget_run"}
-    runs = [event for event in events.values()
+    expecting = {target: index for index, event in events.items() if event.name == "expect_run"
+                 for target in event.targets}
+    forgetting = {event.trigger_after for event in events.values()
+                  if event.name == "forget_run" and event.trigger_only_on_failure}
+    runs = [(index, event) for index, event in events.items()
             if event.concurrency_id == GENERATE and inspect.isgeneratorfunction(event.fn)]
-    assert len(runs) >= 11, [event.name for event in runs]
-    for run in runs:
-        check = events[run.trigger_after] if run.trigger_after is not None else None
-        started_by = check.targets if check is not None else run.targets
-        assert started_by and set(started_by) <= listening, run.name
-        assert check is None or run.trigger_after in forgetting, run.name
+    assert len(runs) >= 11, [event.name for _, event in runs]
+    for index, run in runs:
+        first = run.trigger_after if run.trigger_after is not None else index  # the input check, or the run
+        assert events[first].targets, run.name
+        for target in events[first].targets:
+            assert expecting.get(target, first) < first, run.name
+        assert run.trigger_after is None or run.trigger_after in forgetting, run.name

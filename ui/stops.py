@@ -7,18 +7,26 @@ from collections.abc import Callable
 
 
 class StopFlags:
+    """A session's flags: the run going, and the run the page last asked for, until it begins.
+
+    A session has one run going at a time (with several runs at once allowed, Stop reaches the last begun). When
+    in doubt a Stop is dropped rather than kept for later: a Stop pressed, then another run asked for before
+    the first began, leaves only the second's fresh flag; no run ever begins already stopped by a Stop that was
+    not meant for it.
+    """
+
     def __init__(self, admit: Callable[[], None] = lambda: None) -> None:
         """`admit` is asked before every run starts, and refuses it by raising (e.g. while the disk is full)."""
-        self._going: dict[str, threading.Event] = {}    # session: the flag of its run going
-        self._waiting: dict[str, threading.Event] = {}  # session: the flag of its run asked for, not begun
+        self._going: dict[str, threading.Event] = {}
+        self._waiting: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._admit = admit
 
     def expect(self, session: str) -> None:
-        """The page asked for a run, which waits in the queue until it begins: Stop pressed meanwhile ends it
-        as it begins. A second ask before it begins keeps the first's flag (a page asks for one run at once)."""
+        """The page asked for a run, which waits in the queue until it begins: a fresh flag, which a Stop pressed
+        meanwhile sets, so that the run ends as it begins."""
         with self._lock:
-            self._waiting.setdefault(session, threading.Event())
+            self._waiting[session] = threading.Event()
 
     def forget(self, session: str) -> None:
         """The run asked for will not begin (its inputs were refused): a later Stop is not for it."""
@@ -30,9 +38,12 @@ class StopFlags:
         (set if Stop was pressed meanwhile), or a fresh one."""
         with self._lock:
             flag = self._waiting.pop(session, None) or threading.Event()
-        self._admit()
-        with self._lock:
             self._going[session] = flag
+        try:
+            self._admit()
+        except BaseException:
+            self.end(session, flag)
+            raise
         return flag
 
     def stop(self, session: str) -> None:
