@@ -198,19 +198,26 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     expect(status).to_contain_text("done")
 
 
-def test_a_second_user_sees_their_queue_position_then_gets_served(page, app_url):
-    """Two browser sessions, one worker: the second waits in the queue, visibly, until the first run ends.
-    (Stop is tested above; here the first page is in the background, where headless Chromium draws too
-    seldom for a click to land while the machine is busy with the run.)"""
-    first_status = page.locator("#txt2img-status")
+def queued_behind_a_long_run(page, app_url):
+    """A second session's 3-step run, waiting (shown "queue: 1/1") behind a 200-step run of `page`'s; returns
+    the second session's page."""
     second = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
     second.goto(app_url)  # loaded before the first run starts, so that it queues while that run is young
     set_number(second, "Steps", 3)
     set_number(page, "Steps", 200)
     page.get_by_role("button", name="Generate").click()
-    expect(first_status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#txt2img-status")).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
     second.get_by_role("button", name="Generate").click()
     expect(second.locator("#txt2img-x0")).to_contain_text(re.compile(r"queue: 1/1"), timeout=RUN_TIMEOUT_MS)
+    return second
+
+
+def test_a_second_user_sees_their_queue_position_then_gets_served(page, app_url):
+    """Two browser sessions, one worker: the second waits in the queue, visibly, until the first run ends.
+    (Stop is tested above; here the first page is in the background, where headless Chromium draws too
+    seldom for a click to land while the machine is busy with the run.)"""
+    first_status = page.locator("#txt2img-status")
+    second = queued_behind_a_long_run(page, app_url)
     second.screenshot(path=SHOTS / "txt2img-queued.png")
     expect(first_status).to_contain_text("step 200 / 200", timeout=RUN_TIMEOUT_MS)
     expect(second.locator("#txt2img-status")).to_contain_text("step 3 / 3", timeout=RUN_TIMEOUT_MS)
@@ -222,14 +229,7 @@ def test_stop_pressed_while_queued_ends_that_run_before_its_first_step(page, app
     """A second session presses Stop while its run waits behind the first: the first run goes on to its end,
     and the second ends as it begins, with no step run."""
     first_status = page.locator("#txt2img-status")
-    second = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})
-    second.goto(app_url)
-    set_number(second, "Steps", 3)
-    set_number(page, "Steps", 200)
-    page.get_by_role("button", name="Generate").click()
-    expect(first_status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
-    second.get_by_role("button", name="Generate").click()
-    expect(second.locator("#txt2img-x0")).to_contain_text(re.compile(r"queue: 1/1"), timeout=RUN_TIMEOUT_MS)
+    second = queued_behind_a_long_run(page, app_url)
     second.get_by_role("button", name="Stop").dispatch_event("click")  # at once (see the Stop test above)
     second_status = second.locator("#txt2img-status")
     expect(second_status).to_contain_text("no step run · stopped", timeout=RUN_TIMEOUT_MS)
