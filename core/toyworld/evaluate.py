@@ -9,8 +9,10 @@
 Each image is read back without any learned model: the background is the median of the border, the
 shape's colour the median of the pixels that differ from it (by less where the image's contrast is low), both
 matched to the nearest named colour (the training data paints each name in a range of shades);
-the shape is told by two geometric features of its mask (solidity, and how much of its enclosing circle it
-fills), voted on by its nearest neighbours among procedurally drawn references.
+the shape is told by geometric features of its mask (solidity, how much of its enclosing circle it fills, and
+how strongly its outline repeats 1 to 8 times around its centre), voted on by its nearest neighbours among
+procedurally drawn references. The repeats are what a person goes by in a model's soft shapes: a square
+with round corners and wavy sides is still 4-fold, a star with blunt arms still 5-fold.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ NAMES = list(COLORS)
 # where that is less (shades of two names can lie 60 apart), but never under FAINTEST
 FOREGROUND, FAINTEST = 40.0, 15.0
 NEIGHBOURS = 5
+HARMONICS = 8  # the outline's repeats measured: 1 (a heart's point) to 8 (a square's and a cross's overtone)
+ANGLES = 64    # directions around the centre in which the outline's radius is measured
 LAYOUT = 0.7  # box IoU with the input's shape above which an image to image result keeps the layout
 BLUER = 0.15  # a rise a person sees at once: a white ground turned pale blue (180, 200, 250) rises by 0.2
 
@@ -41,8 +45,21 @@ def nearest_color(rgb: np.ndarray) -> str:
     return NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(-1)))]
 
 
+def outline_repeats(points: np.ndarray) -> np.ndarray:
+    """How strongly a shape's outline repeats k times around its centre, k = 1..HARMONICS: the magnitudes of the
+    Fourier series of its radius by direction, over its mean radius. Rotation leaves them unchanged."""
+    offsets = points - points.mean(0)
+    direction = np.arctan2(offsets[:, 1], offsets[:, 0])
+    bins = ((direction + np.pi) / (2 * np.pi) * ANGLES).astype(int) % ANGLES
+    radius = np.zeros(ANGLES)
+    np.maximum.at(radius, bins, np.sqrt((offsets**2).sum(1)) + 0.5)  # the farthest pixel: the outline
+    seen = np.nonzero(radius)[0]
+    radius = np.interp(np.arange(ANGLES), seen, radius[seen], period=ANGLES)  # directions no pixel fell in
+    return np.abs(np.fft.rfft(radius / radius.mean()))[1:HARMONICS + 1] / ANGLES
+
+
 def shape_features(mask: np.ndarray) -> np.ndarray | None:
-    """(solidity, circle fill) of a binary mask, or None when there is no shape to measure."""
+    """(solidity, circle fill, the outline's repeats) of a binary mask, or None when there is no shape to measure."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 8:
         return None
@@ -53,7 +70,7 @@ def shape_features(mask: np.ndarray) -> np.ndarray | None:
         return None
     area = float(len(xs))
     radius = np.sqrt(((points - points.mean(0)) ** 2).sum(1)).max() + 0.5
-    return np.array([area / max(hull.volume, 1.0), area / (np.pi * radius**2)])
+    return np.concatenate([[area / max(hull.volume, 1.0), area / (np.pi * radius**2)], outline_repeats(points)])
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,7 @@ class Reader:
                 feats.append(features)
                 labels.append(scene.shape)
         self.features, self.labels = np.stack(feats), labels
+        self.spread = self.features.std(0)  # each feature in units of its spread, so that none outweighs the rest
 
     @staticmethod
     def _mask(pixels: np.ndarray, background) -> np.ndarray:
@@ -110,7 +128,7 @@ class Reader:
         features = shape_features(mask)
         shape = None
         if features is not None:
-            distance = ((self.features - features) ** 2).sum(1)
+            distance = (((self.features - features) / self.spread) ** 2).sum(1)
             votes = [self.labels[i] for i in np.argsort(distance)[:NEIGHBOURS]]
             shape = max(set(votes), key=votes.count)
         return Reading(color, shape, nearest_color(background_rgb))
