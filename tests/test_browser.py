@@ -49,9 +49,19 @@ def page(app_url):
 
 
 def set_number(page, label, value):
+    """Type `value` into a slider's number box and press Enter, as a user does once the box shows, until the box
+    holds it. A tab's controls mount when the tab is first opened (Gradio renders its children then), and a value
+    typed in that same instant can be lost to the mount, so it is typed again, three times at most."""
     box = page.get_by_label(f"number input for {label}")
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(str(value), timeout=2000)
+            return
+        except AssertionError:
+            continue
+    expect(box).to_have_value(str(value))
 
 
 def test_the_page_opens_without_a_link_and_without_errors(page):
@@ -258,6 +268,7 @@ def open_tab(page, name, elem_id):
 
 def test_img2img_states_the_strength_shows_the_start_and_streams(page):
     tab = open_tab(page, "Image to image", "tab-img2img")
+    expect(page.locator("#img2img-plan")).to_contain_text("with 30 steps: skip the first")  # the tab has mounted
     set_number(tab, "Strength", 0.5)
     expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 30 steps: skip the first 15 steps")
     set_number(tab, "Steps", 60)
