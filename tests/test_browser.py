@@ -50,8 +50,8 @@ def page(app_url):
 
 def set_number(page, label, value):
     """Type `value` into a slider's number box and press Enter, as a user does once the box shows, until the box
-    holds it. A tab's controls mount when the tab is first opened (Gradio renders its children then), and a value
-    typed in that same instant can be lost to the mount, so it is typed again, three times at most."""
+    holds it. A tab's controls mount when the tab is first opened (Gradio renders its children then); a value typed
+    while they mount may not take, so it is typed again, three times at most."""
     box = page.get_by_label(f"number input for {label}")
     for _ in range(3):
         box.fill(str(value))

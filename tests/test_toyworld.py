@@ -232,17 +232,17 @@ def test_the_reader_reads_soft_turned_shapes_as_a_person_would():
     assert np.mean([reader.read(image).shape == scene.shape for scene, image in zip(scenes, images)]) >= 0.97
 
 
-
 def test_the_reader_agrees_with_a_person_on_the_shipped_models_own_images():
-    """56 images the shipped model drew at LMS 7.5 and 3 (the grid's prompts) on which the reader's first two
-    features and a person disagreed, each marked by a person looking at it: shows the shape asked for, or not.
-    The two features alone agree with the person on 7 of them."""
+    """56 images the shipped model drew at LMS 7.5 and 3 (the grid's prompts) that the reader, or its first two
+    features alone, read as another shape than asked, each marked by a person looking at it: shows the shape asked
+    for, or not. The two features alone agree with the person on 7 of them."""
     seen = json.loads((DATA / "seen_by_a_person.json").read_text())
     sheet = Image.open(DATA / "seen_by_a_person.png")
     reader = Reader()
     agree = [(reader.read(sheet.crop((64 * i, 0, 64 * i + 64, 64))).shape == mark["asked"]) == mark["seen"]
              for i, mark in enumerate(seen)]
     assert len(agree) == 56 and np.mean(agree) >= 0.9, [mark["image"] for mark, ok in zip(seen, agree) if not ok]
+
 
 class DrawingEngine:
     """Stands in for a model: draws what the prompt asks (or always `fixed`), to check the bookkeeping."""

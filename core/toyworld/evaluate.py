@@ -45,14 +45,14 @@ def nearest_color(rgb: np.ndarray) -> str:
     return NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(-1)))]
 
 
-def outline_repeats(points: np.ndarray) -> np.ndarray:
+def outline_repeats(offsets: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """How strongly a shape's outline repeats k times around its centre, k = 1..HARMONICS: the magnitudes of the
-    Fourier series of its radius by direction, over its mean radius. Rotation leaves them unchanged."""
-    offsets = points - points.mean(0)
+    Fourier series of its radius by direction, over its mean radius; from its pixels' offsets from the centre (x, y)
+    and their distances to it. Rotation leaves them unchanged."""
     direction = np.arctan2(offsets[:, 1], offsets[:, 0])
     bins = ((direction + np.pi) / (2 * np.pi) * ANGLES).astype(int) % ANGLES
     radius = np.zeros(ANGLES)
-    np.maximum.at(radius, bins, np.sqrt((offsets**2).sum(1)) + 0.5)  # the farthest pixel: the outline
+    np.maximum.at(radius, bins, distances)  # the farthest pixel in each direction: the outline
     seen = np.nonzero(radius)[0]
     radius = np.interp(np.arange(ANGLES), seen, radius[seen], period=ANGLES)  # directions no pixel fell in
     return np.abs(np.fft.rfft(radius / radius.mean()))[1:HARMONICS + 1] / ANGLES
@@ -69,8 +69,10 @@ def shape_features(mask: np.ndarray) -> np.ndarray | None:
     except QhullError:
         return None
     area = float(len(xs))
-    radius = np.sqrt(((points - points.mean(0)) ** 2).sum(1)).max() + 0.5
-    return np.concatenate([[area / max(hull.volume, 1.0), area / (np.pi * radius**2)], outline_repeats(points)])
+    offsets = points - points.mean(0)
+    distances = np.sqrt((offsets**2).sum(1)) + 0.5
+    return np.concatenate([[area / max(hull.volume, 1.0), area / (np.pi * distances.max() ** 2)],
+                           outline_repeats(offsets, distances)])
 
 
 @dataclass(frozen=True)
