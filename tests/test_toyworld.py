@@ -145,7 +145,7 @@ def folder_weights(folder) -> dict:
             for name, tensor in load_file(part).items()}
 
 
-STAGES = ("vae", "unet", "unet cycle 2", "vae decoder")
+STAGES = ("vae", "unet", "unet cycle 2", "vae decoder", "vae decoder restart")
 
 
 @pytest.mark.parametrize("stop_in", STAGES)
@@ -177,7 +177,8 @@ def test_a_run_stopped_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, 
 
 
 def test_a_changed_recipe_retrains_the_stages_it_changes_and_only_those(tmp_path, capsys):
-    """A run after a change of the UNet's steps keeps the VAE and decoder stages and trains the UNet anew."""
+    """A run after a change of the UNet's steps keeps the VAE and decoder stages and trains the UNet anew; one after
+    a change of the decoder's restart trains that cycle alone anew."""
     cfg = PRESETS["tiny"]
     train(cfg, tmp_path / "toy")
     capsys.readouterr()
@@ -185,20 +186,26 @@ def test_a_changed_recipe_retrains_the_stages_it_changes_and_only_those(tmp_path
     log = capsys.readouterr().out
     assert "unet.pt: the recipe changed (unet_steps), so unet trains anew" in log
     assert "unet: 7 steps\n" in log and "unet cycle 2: 7 steps\n" in log
-    assert "vae: 6 steps" not in log and "vae decoder: 6 steps" not in log
+    assert "vae: 6 steps" not in log and "vae decoder: 6 steps" not in log and "vae decoder restart" not in log
+    train(replace(cfg, unet_steps=7, decoder_restart_lr=1e-3), tmp_path / "toy")
+    log = capsys.readouterr().out
+    assert "vae-decoder-restart.pt: the recipe changed (decoder_restart_lr), so vae decoder restart trains anew" in log
+    assert "vae decoder restart: 6 steps\n" in log
+    assert re.findall(r"^(.+): \d+ steps", log, re.M) == ["vae decoder restart"]  # no other stage trains
 
 
 def test_every_field_that_makes_weights_belongs_to_a_stage():
     fields = set(PRESETS["full"].recipe()) - {"checkpoint_every", "unet_cycles"}
     assert fields == set().union(*STAGE_FIELDS.values())
-    assert [stage_of(name) for name in ("unet cycle 2 step", "vae decoder", "unet step", "latents")] == \
-        ["unet", "vae decoder", "unet", "latents"]
+    assert [stage_of(name) for name in ("unet cycle 2 step", "vae decoder", "vae decoder restart step", "latents")] \
+        == ["unet", "vae decoder", "vae decoder restart", "latents"]
 
 
 def test_the_recipe_is_the_second_edition_in_fixed_steps():
     full = PRESETS["full"]
     assert full.shade_spread == SHADE_SPREAD and full.text_from_timestep == 150 and full.free_colour > 0
     assert (full.vae_steps, full.unet_steps, full.unet_cycles, full.decoder_steps) == (5000, 3000, 2, 1000)
+    assert (full.decoder_restart_steps, full.decoder_restart_lr) == (2000, 5e-4)
 
 
 def test_blueness_is_how_much_blue_beats_red_and_green():
