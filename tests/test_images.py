@@ -146,7 +146,7 @@ def test_vae_view_shapes_factor_and_edits(engine, picture):
 
 def test_toy_vae_reconstructs_its_world(toy_engine, picture):
     view = toy_engine.views.vae_view(picture)
-    assert view.psnr > 25  # dB; the shipped VAE measures 29 on held-out images
+    assert view.psnr > 25  # dB; the shipped VAE measures 30.5 on held-out images
     assert abs(view.psnr - vae.psnr(vae.from_pil(view.reconstruction), vae.from_pil(picture))) < 0.2
 
 

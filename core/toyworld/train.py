@@ -269,7 +269,8 @@ def held_out_psnr(vae: AutoencoderKL, held_out: torch.Tensor) -> float:
 def decoder_cycles(cfg: TrainConfig) -> list[Stage]:
     """Stage 3's cycles: the decoder on whole images, then a warm restart at a higher rate."""
     return [Stage("vae decoder", cfg.decoder_steps, cfg.decoder_lr, clip=None),
-            Stage("vae decoder restart", cfg.decoder_restart_steps, cfg.decoder_restart_lr, cfg.warmup_steps, clip=None)]
+            Stage("vae decoder restart", cfg.decoder_restart_steps, cfg.decoder_restart_lr, cfg.warmup_steps,
+                  clip=None)]
 
 
 def refine_decoder(cfg: TrainConfig, vae: AutoencoderKL, images: torch.Tensor, checkpoints: Checkpoints) -> float:
