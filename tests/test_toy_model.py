@@ -2,10 +2,7 @@
 from dataclasses import replace
 
 import pytest
-import torch
-from diffusers import AutoencoderKL
 
-from core.models import TOY_DIR
 from core.toyworld.data import make_dataset, off_palette_images
 from core.toyworld.evaluate import Reader
 from core.toyworld.train import PRESETS, held_out_psnr, to_tensor
@@ -69,10 +66,10 @@ def test_the_optimiser_sampler_draws_the_asked_colours_and_stops_early(toy, prom
     assert (reading.color, reading.background) == (color, background)  # its shapes' edges wobble
 
 
-def test_the_vae_round_trips_scenes_it_never_saw_and_colours_no_caption_names():
+def test_the_vae_round_trips_scenes_it_never_saw_and_colours_no_caption_names(toy):
     """The model card's VAE targets: 30 dB on as many new scenes as the recipe holds out (from a seed it never
     trained on), 24 dB on scenes in arbitrary colours."""
-    vae = AutoencoderKL.from_pretrained(TOY_DIR / "vae", torch_dtype=torch.float32).eval()
+    vae = toy.bundle.vae
     recipe = PRESETS["full"]
     new_scenes = make_dataset(recipe.held_out, seed=recipe.seed + 1, shade_spread=recipe.shade_spread,
                               free_colour=recipe.free_colour)
