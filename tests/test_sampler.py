@@ -2,6 +2,7 @@
 import math
 import threading
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -227,12 +228,14 @@ def pixels(image):
     return None if image is None else image.tobytes()
 
 
-def test_previews_decode_beside_the_next_step_where_a_second_team_of_threads_fits(tiny_bundle, monkeypatch):
+def test_previews_decode_beside_the_next_step_on_cuda_and_where_a_second_team_of_threads_fits(tiny_bundle, monkeypatch):
     monkeypatch.setattr(sampler, "TORCH_THREADS", 2)  # a 2-core machine
     with torch_threads(1):  # as the app sets it there
         assert sampler._overlapped(tiny_bundle)
     with torch_threads(2):
         assert not sampler._overlapped(tiny_bundle)
+    assert sampler._overlapped(SimpleNamespace(device=torch.device("cuda")))  # the step queues while a preview copies
+    assert not sampler._overlapped(SimpleNamespace(device=torch.device("mps")))
 
 
 def test_start_step_runs_the_rest_of_the_schedule(tiny_bundle):
