@@ -1,0 +1,30 @@
+"""`python -m bench.tabs`, the device check of every tab's engine call, on the tiny model on this CPU."""
+from __future__ import annotations
+
+from bench import tabs
+from core.engine import Engine
+
+TABS = ("text to image", "previews", "guidance", "image to image", "text lab: tokens", "text lab: swap",
+        "text lab: mix", "compare: scales", "attention", "VAE", "noise schedule")
+
+
+def rows(printed: str) -> dict[str, str]:
+    """Each tab's row of the printed table, by tab."""
+    return {tab: line for line in printed.splitlines() for tab in TABS if line[5:].startswith(tab + " ")}
+
+
+def test_every_tab_meets_its_reference_on_the_tiny_model(capsys):
+    assert tabs.main(["--steps", "6"]) == 0
+    printed = rows(capsys.readouterr().out)
+    assert set(printed) == set(TABS)
+    assert all(line.startswith("ok ") for line in printed.values())
+    assert "max diff 0.0e+00" in printed["text to image"]  # float32 on a CPU: the very same latents as diffusers
+
+
+def test_a_tab_whose_result_departs_from_its_reference_fails_its_row_and_the_others_still_run(capsys, monkeypatch):
+    mix = Engine.mix_prompts
+    monkeypatch.setattr(Engine, "mix_prompts", lambda self, a, b, factor, *args, **kw: mix(self, a, b, 0.5, *args, **kw))
+    assert tabs.main(["--steps", "6"]) == 1
+    printed = rows(capsys.readouterr().out)
+    assert printed["text lab: mix"].startswith("FAIL")
+    assert [tab for tab, line in printed.items() if line.startswith("FAIL")] == ["text lab: mix"]
