@@ -16,10 +16,10 @@ photographs. Three stages:
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
    and every caption dropped below timestep 150 (by then the scene is decided and only its edges are left
-   to sharpen), so that the conditional branch agrees with the unconditional one at low noise, where their
-   disagreement multiplied by 7.5 makes LMS's 4th-order steps blow up (see the model card); with an
-   exponential moving average of both, in cycles of warmup + cosine, each restarting from the last one's
-   average;
+   to sharpen): with shaded colours this keeps LMS's 4th-order steps at CFG 7.5 from blowing up in text to
+   image (see the model card). The conditional branch is never trained below 150, and there it still reads
+   the text as it learned to above (model/EXPERIMENTS.md, attempt 22). With an exponential moving average
+   of both, in cycles of warmup + cosine, each restarting from the last one's average;
 3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed, then once
    more in a warm restart at a higher rate: the crops of stage 1 are cheap but leave the decoder short of
    the whole-image context (+3 dB here), and a share of images in unnamed colours keeps it from snapping
@@ -75,7 +75,7 @@ class TrainConfig:
     unet_batch: int = 128
     unet_lr: float = 1e-3
     uncond_fraction: float = 0.1      # captions dropped so classifier-free guidance has an unconditional model
-    text_from_timestep: int = 150     # below it every caption is dropped: the model reads it only above
+    text_from_timestep: int = 150     # below it every caption is dropped, so the text branch is untrained there
     ema_decay: float = 0.999
     warmup_steps: int = 100
     decoder_steps: int = 1000         # stage 3: the VAE decoder alone, on whole images
