@@ -35,8 +35,8 @@ PREVIEWS = {  # how previews are decoded; the final image always goes through th
     "full": "the VAE decoder: every pixel, at the cost of a decode per preview",
 }
 TORCH_THREADS = torch.get_num_threads()  # torch's own choice, read before anything changes it
-# The thread that decodes previews beside the next step (see `_overlapped`), one for every run, so that it adds
-# one team of torch's threads however many runs go at once (a comparison, several users).
+# The thread that decodes previews beside the next step (see `_overlapped`): one, shared by every run, so that it
+# adds one team of torch's threads however many runs go at once (a comparison, several users).
 _DECODING = ThreadPoolExecutor(1, thread_name_prefix="sdlens-decode")
 
 
@@ -215,7 +215,7 @@ def sample(bundle: ModelBundle, cond: Conditioning, settings: Settings, *, start
            hooks: Sequence[Hook] = (), observers: Sequence[Observer] = (),
            should_stop: Callable[[], bool] = lambda: False) -> Frames:
     """Check the inputs and make the starting latents now, then return the frames, one per step as the reader
-    asks for them (on a CPU with a core to spare, a frame's previews decode while the next step runs).
+    asks for them (on CUDA, and on a CPU with a core to spare, a frame's previews decode while the next step runs).
 
     `should_stop` is asked before every step; when it says yes the run ends there.
     """

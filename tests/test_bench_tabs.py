@@ -1,11 +1,10 @@
-"""`python -m bench.tabs`, the device check of every tab's engine call, on the tiny model on this CPU."""
+"""`python -m bench.tabs`, the device check of each tab's engine calls, on the tiny model on this CPU."""
 from __future__ import annotations
 
 from bench import tabs
 from core.engine import Engine
 
-TABS = ("text to image", "previews", "guidance", "image to image", "text lab: tokens", "text lab: swap",
-        "text lab: mix", "compare: scales", "attention", "VAE", "noise schedule")
+TABS = tuple(tabs.CHECKS)
 
 
 def rows(printed: str) -> dict[str, str]:
@@ -23,8 +22,9 @@ def test_every_tab_meets_its_reference_on_the_tiny_model(capsys):
 
 def test_a_tab_whose_result_departs_from_its_reference_fails_its_row_and_the_others_still_run(capsys, monkeypatch):
     mix = Engine.mix_prompts
-    monkeypatch.setattr(Engine, "mix_prompts", lambda self, a, b, factor, *args, **kw: mix(self, a, b, 0.5, *args, **kw))
+    monkeypatch.setattr(Engine, "mix_prompts",  # mixes at 0.5 whatever factor it is given
+                        lambda self, a, b, factor, *args, **kw: mix(self, a, b, 0.5, *args, **kw))
     assert tabs.main(["--steps", "6"]) == 1
     printed = rows(capsys.readouterr().out)
-    assert printed["text lab: mix"].startswith("FAIL")
-    assert [tab for tab, line in printed.items() if line.startswith("FAIL")] == ["text lab: mix"]
+    assert printed["text lab: mix prompts"].startswith("FAIL")
+    assert [tab for tab, line in printed.items() if line.startswith("FAIL")] == ["text lab: mix prompts"]

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core import guidance
+from core import guidance, sampler
 from core.engine import Engine
 from core.guidance import Guidance, Target
 from core.vae import from_pil
@@ -53,6 +53,19 @@ def test_both_modes_guide_and_leave_no_graph_behind(engine, mode):
     plain = final(engine.txt2img("a red circle", "", settings))
     guided = final(engine.guided("a red circle", "", settings, Guidance("blue", 200.0, every=1, mode=mode)))
     assert (guided.latents - plain.latents).abs().max() > 1e-3
+
+
+def test_a_guided_run_previewed_every_step_is_the_same_with_previews_decoded_beside_the_next_step(engine,
+                                                                                                 monkeypatch):
+    settings = replace(SMALL, preview_every=1, previews="full")
+    runs = {}
+    for overlapped in (False, True):  # True on CUDA: the next guided step builds its graph while a preview decodes
+        monkeypatch.setattr(sampler, "_overlapped", lambda bundle: overlapped)
+        frames = list(engine.guided("a red circle", "", settings, Guidance("blue", 200.0, every=2)).frames)
+        runs[overlapped] = [(f.loss, f.x_t_image.tobytes(), f.x0_image.tobytes()) for f in frames]
+        runs[overlapped].append(frames[-1].image.tobytes())
+    assert runs[True] == runs[False]
+    assert sum(loss is not None for loss, *_ in runs[True][:-1]) == 6
 
 
 def test_accurate_mode_differentiates_through_the_unet(engine):
