@@ -1,7 +1,7 @@
 """Train the toy world's Stable Diffusion from scratch, and save it as a diffusers folder.
 
-    python -m core.toyworld.train                      # the shipped model: about 2 hours on 2 CPU cores
-    python -m core.toyworld.train --device cuda        # the same model on a GPU (VAE and UNet: 14 min on an H200)
+    python -m core.toyworld.train                      # the shipped model: about 4.5 hours on 2 CPU cores
+    python -m core.toyworld.train --device cuda        # the same recipe on a GPU (VAE and UNet: ~14 min on an H200)
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
 
 Every stage runs a fixed number of steps, so the same command gives the same model on any machine. Each
@@ -16,9 +16,10 @@ photographs. Three stages:
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
    and every caption dropped below timestep 150 (by then the scene is decided and only its edges are left
-   to sharpen): with shaded colours this keeps LMS's 4th-order steps at CFG 7.5 from blowing up in text to
-   image (see the model card). The conditional branch is never trained below 150, and there it still reads
-   the text as it learned to above (model/EXPERIMENTS.md, attempt 22). With an exponential moving average
+   to sharpen): with colours painted in shades, this keeps LMS's 4th-order steps at CFG 7.5 from blowing up
+   in text to image (see the model card). The conditional branch is never trained below 150 and still
+   responds to the caption there: at timesteps 0-99 its distance from the unconditional branch is about
+   twice what it is at 100-600 (model/EXPERIMENTS.md, attempt 22). With an exponential moving average
    of both, in cycles of warmup + cosine, each restarting from the last one's average;
 3. the VAE decoder alone, on whole images, with the encoder (and so the UNet's latents) fixed, then once
    more in a warm restart at a higher rate: the crops of stage 1 are cheap but leave the decoder short of
