@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
+from bench import pipeline_of
 from bench.serve import served
 from core import attention
 from core.engine import Engine
 from core.models import load_bundle, load_toy, serving_threads, torch_threads
 from core.sampler import Settings
-from core.sd_folder import SD_V1, TINY, Shape, build_random_sd, sd_pipeline
+from core.sd_folder import SD_V1, TINY, Shape, build_random_sd
 
 PROMPT = "a red circle on a white background"
 STEPS = 30
@@ -61,14 +61,6 @@ def median_seconds(runs: dict, repeats: int) -> dict[str, float]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def pipeline_of(bundle) -> StableDiffusionPipeline:
-    """diffusers' pipeline on the very same parts, with stock LMS."""
-    pipe = sd_pipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
-                       unet=bundle.unet, scheduler=LMSDiscreteScheduler.from_config(bundle.scheduler_config))
-    pipe.set_progress_bar_config(disable=True)  # our loop draws none either
-    return pipe
 
 
 def loop_rows(name: str, engine: Engine, size: int, guidance: float, repeats: int) -> list[tuple]:

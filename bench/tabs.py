@@ -15,7 +15,8 @@ What each row checks (a run whose latents turn to NaN or inf fails its row):
 - comparisons of scales, samplers and seeds: each run against the same run alone; a step taken apart: its guided
   x0 against the frame's x0 preview;
 - the attention maps' run against the same run unwatched (recording must not change the image);
-- the VAE tab's round trip against diffusers' AutoencoderKL, and the schedule tab against the scheduler's sigmas.
+- the VAE tab's round trip against diffusers' AutoencoderKL, and the schedule tab's LMS sigmas against diffusers'
+  LMSDiscreteScheduler.
 Not covered: textual inversion (its embedding belongs to the toy model). The table is printed at the end whatever
 fails; the exit code is 1 if any row failed.
 """
@@ -35,12 +36,13 @@ import numpy as np
 import torch
 from diffusers import LMSDiscreteScheduler
 
-from core import schedule, vae
+from bench import pipeline_of
+from core import vae
 from core.engine import Engine
 from core.guidance import Guidance
 from core.models import load_bundle, load_toy
 from core.sampler import Frame, Settings
-from core.sd_folder import SD_V1, TINY, build_random_sd, sd_pipeline
+from core.sd_folder import SD_V1, TINY, build_random_sd
 from core.toyworld.evaluate import blueness
 
 PROMPT, OTHER = "a red circle on a white background", "a blue star on a yellow background"
@@ -86,12 +88,10 @@ def pixels(a, b) -> float:
 
 
 def txt2img(c: Context) -> tuple[str, bool]:
-    b, s = c.engine.bundle, c.settings
-    pipe = sd_pipeline(vae=b.vae, text_encoder=b.text_encoder, tokenizer=b.tokenizer, unet=b.unet,
-                       scheduler=LMSDiscreteScheduler.from_config(b.scheduler_config))
-    pipe.set_progress_bar_config(disable=True)
-    ref = pipe(PROMPT, num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
-               generator=torch.Generator("cpu").manual_seed(s.seed), output_type="latent").images
+    s = c.settings
+    ref = pipeline_of(c.engine.bundle)(PROMPT, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                                       height=s.height, width=s.width, output_type="latent",
+                                       generator=torch.Generator("cpu").manual_seed(s.seed)).images
     diff = relative(c.alone.latents, ref)
     return f"latents vs diffusers' pipeline: max diff {diff:.1e} of their std", diff <= c.tolerance
 
@@ -179,14 +179,15 @@ def vae_round_trip(c: Context) -> tuple[str, bool]:
 
 
 def noise(c: Context) -> tuple[str, bool]:
-    s = c.settings
-    table = c.engine.views.schedule_table(s.steps, s.scheduler)
-    reference = schedule.make_scheduler(c.engine.bundle.scheduler_config, s.scheduler, s.steps, torch.device("cpu"))
-    diff = max(abs(a - b) for a, b in zip(table.sigmas, schedule.sigmas(reference)))
-    row = c.engine.views.noise_row(EXAMPLE, s.steps, s.scheduler, s.steps // 2, 0)
+    steps = c.settings.steps
+    table = c.engine.views.schedule_table(steps, "lms")
+    reference = LMSDiscreteScheduler.from_config(c.engine.bundle.scheduler_config)
+    reference.set_timesteps(steps)
+    diff = max(abs(a - b) for a, b in zip(table.sigmas, reference.sigmas[:-1].tolist(), strict=True))
+    row = c.engine.views.noise_row(EXAMPLE, steps, "lms", steps // 2, 0)
     placed = all(sigma == table.sigmas[i] for i, _, sigma, _ in row.row)
-    return f"sigmas vs the scheduler's: max diff {diff:.1e}; {len(row.row)} noised pictures at the table's sigmas", \
-        diff <= 1e-6 and placed
+    said = f"LMS sigmas vs diffusers' LMSDiscreteScheduler: max diff {diff:.1e}; {len(row.row)} noised pictures"
+    return said + " at the table's sigmas", diff <= 1e-6 and placed
 
 
 CHECKS: dict[str, Callable[[Context], tuple[str, bool]]] = {

@@ -228,7 +228,8 @@ def pixels(image):
     return None if image is None else image.tobytes()
 
 
-def test_previews_decode_beside_the_next_step_on_cuda_and_where_a_second_team_of_threads_fits(tiny_bundle, monkeypatch):
+def test_previews_decode_beside_the_next_step_on_cuda_and_where_a_second_team_of_threads_fits(tiny_bundle,
+                                                                                               monkeypatch):
     monkeypatch.setattr(sampler, "TORCH_THREADS", 2)  # a 2-core machine
     with torch_threads(1):  # as the app sets it there
         assert sampler._overlapped(tiny_bundle)
