@@ -173,9 +173,10 @@ def _settings(recipe: Recipe) -> str:
               if name not in varied]
     if recipe.guidance:
         g = recipe.guidance
-        lines += [f"loss_scale = {g.scale!r}", f"loss_every = {g.every}  # guide steps 0, {g.every}, "
-                  f"{2 * g.every}, ...", f"loss_gradient = {g.mode!r}  # cheap: through the VAE only; accurate: "
-                  "through the UNet too"]
+        lines += [f"loss_scale = {g.scale!r}", f"loss_every = {g.every}  # guide steps {g.start}, {g.start + g.every}, "
+                  f"{g.start + 2 * g.every}, ..."]
+        lines += [f"loss_start = {g.start}  # the steps before it run unguided (the notebook: 0)"] if g.start else []
+        lines += [f"loss_gradient = {g.mode!r}  # cheap: through the VAE only; accurate: through the UNet too"]
     if recipe.edit:
         lines += [f"position = {recipe.edit.position}  # {recipe.edit.about}",
                   f"parts = [{', '.join(f'({part!r}, {weight!r})' for part, weight in recipe.edit.parts)}]"
@@ -530,7 +531,9 @@ def _loop(recipe: Recipe) -> str:
         predict = one_branch
     guide = ""
     if recipe.guidance:
-        guide = ("\n        if i % loss_every == 0:\n            latents = guide(scheduler, latents, t, noise_pred, "
+        when = ("i >= loss_start and (i - loss_start) % loss_every == 0" if recipe.guidance.start
+                else "i % loss_every == 0")
+        guide = (f"\n        if {when}:\n            latents = guide(scheduler, latents, t, noise_pred, "
                  "text_embeddings, scheduler.sigmas[i].item())")
     order = ""
     if s.scheduler == "lms" and recipe.image is not None and recipe.lms_order == "run":

@@ -25,7 +25,7 @@ FILE = "lens_defaults.json"
 # Each tab's example record: its fields, in the order of the controls the tab's examples fill.
 EXAMPLE_FIELDS = {
     "txt2img": ("prompt", "negative_prompt", "guidance_scale"),
-    "guided": ("prompt", "loss", "scale", "color"),
+    "guided": ("prompt", "loss", "scale", "color", "start"),
     "swap_token": ("prompt", "token", "replacement"),
     "mix_tokens": ("prompt", "token", "word_a", "word_b", "weight"),
     "mix_prompts": ("prompt_a", "prompt_b", "factor"),
@@ -37,8 +37,8 @@ NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; 
     "txt2img": (("A watercolor painting of an otter", "", 7.5),
                 ("A picture of a puppy", "", 7.5),
                 ("A colorful dancer, nat geo photo", "blue", 7.5)),
-    "guided": (("A campfire (oil on canvas)", "blue", 200, "#0000ff"),
-               ("A watercolor painting of an otter", "color", 200, "#0000ff")),
+    "guided": (("A campfire (oil on canvas)", "blue", 200, "#0000ff", 0),
+               ("A watercolor painting of an otter", "color", 200, "#0000ff", 0)),
     "swap_token": (("A picture of a puppy", "puppy", "cat"),
                    ("A watercolor painting of an otter", "otter", "panda")),
     "mix_tokens": (("A picture of a puppy", "puppy", "cat", "panda", 0.4),),

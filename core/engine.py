@@ -240,6 +240,9 @@ class Engine:
     def check_guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance) -> Settings:
         settings = self.check_txt2img(prompt, negative_prompt, settings)
         loss_guidance.check_guidance(guidance, settings.scheduler)
+        if guidance.start >= settings.steps:
+            raise ValueError(f"start must be below the number of steps ({settings.steps}), so that a step is guided; "
+                             f"got {guidance.start}")
         return settings
 
     def conditioning(self, prompt: str, negative_prompt: str, *,

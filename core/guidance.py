@@ -1,9 +1,10 @@
 """Loss guidance: steer a run with the gradient of a loss on the decoded predicted x0.
 
 The Deep Dive's last trick ("blue loss"), as a per-step hook on the one sampling loop. Every `every`
-steps the hook decodes x0 = latents - sigma * noise_pred, scores the image with a loss, and moves the
-latents down its gradient: latents -= grad * sigma^2. A loss is a small pure function of images in
-[0, 1]; adding one is a function and a line in LOSSES.
+steps from step `start` (the notebook: every 5 from the first) the hook decodes x0 = latents - sigma *
+noise_pred, scores the image with a loss, and moves the latents down its gradient: latents -= grad * sigma^2.
+Guidance that starts later leaves the composition of the first steps alone and changes colour and detail.
+A loss is a small pure function of images in [0, 1]; adding one is a function and a line in LOSSES.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ GUIDED_SAMPLERS = ("lms", "euler")  # x_t = x0 + sigma * noise: the samplers the
 class Guidance:
     loss: str = "blue"             # a key of LOSSES
     scale: float = 200.0           # the loss is multiplied by this before its gradient is taken
-    every: int = 5                 # guide steps 0, every, 2 * every, ... (the notebook: every 5)
+    every: int = 5                 # guide steps start, start + every, ... (the notebook: every 5)
+    start: int = 0                 # the first `start` steps run unguided (the notebook: 0)
     mode: str = "cheap"            # a key of MODES
     target: Target = Target()
 
@@ -90,6 +92,8 @@ def check_guidance(guidance: Guidance, scheduler: str) -> None:
         raise ValueError(f"loss scale must be from 0 to {MAX_SCALE:g}, got {guidance.scale!r}")
     if not isinstance(guidance.every, int) or not 1 <= guidance.every <= MAX_EVERY:
         raise ValueError(f"every must be a whole number of steps from 1 to {MAX_EVERY}, got {guidance.every!r}")
+    if not isinstance(guidance.start, int) or guidance.start < 0:
+        raise ValueError(f"start must be a whole number of steps from 0, got {guidance.start!r}")
     if guidance.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {guidance.mode!r}")
     if not all(0.0 <= c <= 1.0 for c in (*guidance.target.color, guidance.target.level)):
@@ -107,7 +111,7 @@ def hook(bundle: ModelBundle, guidance: Guidance):
 
     def guide(state: StepState) -> HookResult | None:
         nonlocal broken
-        if broken or state.index % guidance.every:
+        if broken or state.index < guidance.start or (state.index - guidance.start) % guidance.every:
             return None
         with torch.enable_grad():  # the loop runs without gradients; only this step builds a graph
             latents = state.latents.detach().requires_grad_()

@@ -204,10 +204,10 @@ def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):
     client = Client(app_url, verbose=False)
     outputs = list(client.submit(
         prompt="a red circle", negative_prompt="", loss="color", color="#ffff00", level=0.5, loss_scale=50,
-        every=3, mode="cheap", steps=8, guidance_scale=7.5, seed=7, width=64, height=64, preview_every=1,
+        every=3, start=1, mode="cheap", steps=8, guidance_scale=7.5, seed=7, width=64, height=64, preview_every=1,
         scheduler="lms", api_name="/guided"))
     plots = [out[0] for out in outputs if isinstance(out[0], dict) and "data" in out[0]]
-    assert [row[0] for row in plots[-1]["data"]] == [1, 4, 7]  # the guided steps, 1-based
+    assert [row[0] for row in plots[-1]["data"]] == [2, 5, 8]  # the guided steps, 1-based, after the first
     assert len(image_paths(outputs, 3)) == 8 and " · done · " in outputs[-1][4]
     assert isinstance(outputs[-1][1], str)  # the unguided image, in the last message with the rest
     with pytest.raises(Exception, match="loss guidance runs with the samplers lms and euler"):

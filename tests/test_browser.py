@@ -327,6 +327,7 @@ def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     tab = open_tab(page, "Guidance", "tab-guided")
     set_number(tab, "Loss scale", 300)
     set_number(tab, "Guide every N steps", 2)
+    set_number(tab, "Leave the first N steps unguided", 4)
     set_number(tab, "Steps", 10)
     tab.get_by_role("button", name="Generate").click()
     expect(page.locator("#guided-beside img")).to_have_count(1, timeout=RUN_TIMEOUT_MS)

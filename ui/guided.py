@@ -10,6 +10,7 @@ import pandas as pd
 from core.code import Scripts
 from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
+from core.sampler import MAX_STEPS
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, number, user_errors, whole
 from ui.run_view import Controls, RunView, checked_first
@@ -40,12 +41,13 @@ class LossForm:
     color: gr.ColorPicker
     level: gr.Slider
     every: gr.Slider
+    start: gr.Slider
     mode: gr.Radio
 
     @property
     def inputs(self) -> list:
         """In the order of the endpoint's parameters."""
-        return [self.loss, self.color, self.level, self.loss_scale, self.every, self.mode]
+        return [self.loss, self.color, self.level, self.loss_scale, self.every, self.start, self.mode]
 
 
 def loss_form(first: Guidance) -> LossForm:
@@ -59,16 +61,26 @@ def loss_form(first: Guidance) -> LossForm:
     with gr.Row():
         every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
                           info="the notebook: every 5")
+        start = gr.Slider(0, MAX_STEPS - 1, value=first.start, step=1, label="Leave the first N steps unguided",
+                          info="the notebook: 0; the first steps set the layout, so guidance after them keeps it")
+    with gr.Row():
         mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
     with gr.Accordion("What the losses and gradients do", open=False):
         gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
                     "latents -= gradient x sigma², as in the notebook.")
-    return LossForm(loss, loss_scale, color, level, every, mode)
+    return LossForm(loss, loss_scale, color, level, every, start, mode)
 
 
-def guidance_of(loss, color, level, loss_scale, every, mode) -> Guidance:
-    return Guidance(loss=loss, scale=number(loss_scale, "loss scale"), every=whole(every, "every"), mode=mode,
+def guidance_of(loss, color, level, loss_scale, every, start, mode) -> Guidance:
+    return Guidance(loss=loss, scale=number(loss_scale, "loss scale"), every=whole(every, "every"),
+                    start=whole(start, "start"), mode=mode,
                     target=Target(parse_color(color), number(level, "target level")))
+
+
+def example_label(prompt: str, loss: str, scale: float, target: str, start: int) -> str:
+    """What an example does, e.g. "a green star: blue loss x 120 after 10" (the first 10 steps unguided)."""
+    what = f"color → {target}" if loss == "color" else f"{loss} loss"
+    return f"{prompt}: {what} x {scale:g}" + (f" after {start}" if start else "")
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
@@ -81,9 +93,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             controls = Controls(engine)
-            gr.Examples(engine.examples("guided"), [prompt, form.loss, form.loss_scale, form.color],
-                        example_labels=[f"{p}: " + (f"color → {target}" if name == "color" else f"{name} loss")
-                                        + f" x {scale:g}" for p, name, scale, target in engine.examples("guided")])
+            gr.Examples(engine.examples("guided"), [prompt, form.loss, form.loss_scale, form.color, form.start],
+                        example_labels=[example_label(*row) for row in engine.examples("guided")])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
@@ -93,12 +104,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
     run = wire_run(engine, controls, view, plot, generate, inputs, concurrency)
 
-    def guided_code(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
-                    width, height, preview_every, previews, scheduler):
+    def guided_code(prompt, negative_prompt, loss, color, level, loss_scale, every, start, mode, steps,
+                    guidance_scale, seed, width, height, preview_every, previews, scheduler):
         """The run as a script."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
         return Scripts(engine).guided(prompt, negative_prompt, settings,
-                                      guidance_of(loss, color, level, loss_scale, every, mode))
+                                      guidance_of(loss, color, level, loss_scale, every, start, mode))
 
     code.after(run, guided_code, inputs, view)
     view.wire(stop, stop_api=None)
@@ -110,14 +121,14 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
     """Generate: the inputs checked before the run starts, then the guided run and the unguided one."""
     unguided = view.beside
 
-    def check(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, *numbers):
+    def check(prompt, negative_prompt, loss, color, level, loss_scale, every, start, mode, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
         with user_errors():
             engine.check_guided(prompt, negative_prompt, controls.settings(*numbers),
-                                guidance_of(loss, color, level, loss_scale, every, mode))
+                                guidance_of(loss, color, level, loss_scale, every, start, mode))
 
-    def guided(prompt, negative_prompt, loss, color, level, loss_scale, every, mode, steps, guidance_scale, seed,
-               width, height, preview_every, previews, scheduler, request: gr.Request):
+    def guided(prompt, negative_prompt, loss, color, level, loss_scale, every, start, mode, steps, guidance_scale,
+               seed, width, height, preview_every, previews, scheduler, request: gr.Request):
         """Generate with loss guidance, streaming x0 and the loss of each guided step; then the same run
         unguided, for comparison."""
         with view.stop_flag(request) as flag:
@@ -125,7 +136,8 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
                 run = engine.guided(prompt, negative_prompt, settings,
-                                    guidance_of(loss, color, level, loss_scale, every, mode), should_stop=flag.is_set)
+                                    guidance_of(loss, color, level, loss_scale, every, start, mode),
+                                    should_stop=flag.is_set)
             losses = []
 
             def plot_loss(frame):

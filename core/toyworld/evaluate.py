@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--img2img", action="store_true",
                         help="measure image to image on 12 drawn scenes asked for another colour instead")
     parser.add_argument("--scale", type=float, help="with --blue: the loss scale, in place of the page's default")
+    parser.add_argument("--start", type=int, help="with --blue: leave the first START steps unguided, in place of the "
+                                                  "page's default")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
     settings = replace(engine.default_settings(), steps=args.steps, guidance_scale=args.guidance,
@@ -255,7 +257,9 @@ def main() -> None:
     if args.blue:
         guidance = engine.default_guidance()
         guidance = replace(guidance, scale=args.scale) if args.scale is not None else guidance
-        result = {"loss": guidance.loss, "scale": guidance.scale, **evaluate_blue(engine, settings, guidance, args.seeds)}
+        guidance = replace(guidance, start=args.start) if args.start is not None else guidance
+        result = {"loss": guidance.loss, "scale": guidance.scale, "start": guidance.start,
+                  **evaluate_blue(engine, settings, guidance, args.seeds)}
     elif args.img2img:
         result = evaluate_img2img(engine, settings)
     else:
