@@ -32,6 +32,7 @@ EXAMPLE_FIELDS = {
     "textual_inversion": ("prompt", "token"),  # token: the word the learned token replaces, or ""
     "img2img": ("prompt", "strength"),  # beside ui's example images, in their order
 }
+OPTIONAL_FIELDS = {"guided": {"start": 0}}  # fields a record may leave out, with the value it then has
 
 NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; rows in EXAMPLE_FIELDS' order
     "txt2img": (("A watercolor painting of an otter", "", 7.5),
@@ -135,9 +136,11 @@ def _examples(where: str, data: Any) -> dict[str, tuple[tuple, ...]]:
         names = EXAMPLE_FIELDS[tab]
         if not isinstance(records, list) or not records:
             raise ValueError(f"{where} examples: {tab} must be a non-empty list of records, got {records!r}")
+        optional = OPTIONAL_FIELDS.get(tab, {})
         for record in records:
-            if not isinstance(record, dict) or set(record) != set(names):
+            if not isinstance(record, dict) or not set(names) - set(optional) <= set(record) <= set(names):
+                left_out = f" ({', '.join(optional)} may be left out)" if optional else ""
                 raise ValueError(f"{where} examples: each {tab} record has exactly the keys "
-                                 f"{', '.join(names)}, got {record!r}")
-        rows[tab] = tuple(tuple(record[name] for name in names) for record in records)
+                                 f"{', '.join(names)}{left_out}, got {record!r}")
+        rows[tab] = tuple(tuple({**optional, **record}[name] for name in names) for record in records)
     return rows

@@ -95,7 +95,8 @@ class Engine:
         vae.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
         self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
         check_settings(bundle, self.default_settings())  # the folder's recommendations must be runnable here
-        loss_guidance.check_guidance(self.default_guidance(), self.default_settings().scheduler)
+        loss_guidance.check_guidance(self.default_guidance(), self.default_settings().scheduler,
+                                     self.default_settings().steps)
         self.views = Views(bundle, self.default_settings())  # tokens, the VAE, the noise schedule
 
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
@@ -198,7 +199,8 @@ class Engine:
 
     def guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance, *,
                should_stop: Callable[[], bool] = lambda: False) -> Run:
-        """Text to image steered by a loss on the decoded predicted x0, applied every `guidance.every` steps."""
+        """Text to image steered by a loss on the decoded predicted x0, applied every `guidance.every` steps from
+        step `guidance.start`."""
         # 1. check the inputs; draw a seed if asked to
         settings = self.check_guided(prompt, negative_prompt, settings, guidance)
         # 2. encode the prompts
@@ -239,10 +241,7 @@ class Engine:
 
     def check_guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance) -> Settings:
         settings = self.check_txt2img(prompt, negative_prompt, settings)
-        loss_guidance.check_guidance(guidance, settings.scheduler)
-        if guidance.start >= settings.steps:
-            raise ValueError(f"start must be below the number of steps ({settings.steps}), so that a step is guided; "
-                             f"got {guidance.start}")
+        loss_guidance.check_guidance(guidance, settings.scheduler, settings.steps)
         return settings
 
     def conditioning(self, prompt: str, negative_prompt: str, *,

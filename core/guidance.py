@@ -3,7 +3,7 @@
 The Deep Dive's last trick ("blue loss"), as a per-step hook on the one sampling loop. Every `every`
 steps from step `start` (the notebook: every 5 from the first) the hook decodes x0 = latents - sigma *
 noise_pred, scores the image with a loss, and moves the latents down its gradient: latents -= grad * sigma^2.
-Guidance that starts later leaves the composition of the first steps alone and changes colour and detail.
+Starting later leaves the first steps, where the layout is set, unguided; at moderate scales that mostly keeps it.
 A loss is a small pure function of images in [0, 1]; adding one is a function and a line in LOSSES.
 """
 from __future__ import annotations
@@ -85,15 +85,16 @@ class Guidance:
     target: Target = Target()
 
 
-def check_guidance(guidance: Guidance, scheduler: str) -> None:
+def check_guidance(guidance: Guidance, scheduler: str, steps: int) -> None:
+    """ValueError naming the first value of `guidance` that a run of `steps` steps with `scheduler` cannot use."""
     if guidance.loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {guidance.loss!r}")
     if not 0.0 <= guidance.scale <= MAX_SCALE:  # also false for NaN
         raise ValueError(f"loss scale must be from 0 to {MAX_SCALE:g}, got {guidance.scale!r}")
     if not isinstance(guidance.every, int) or not 1 <= guidance.every <= MAX_EVERY:
         raise ValueError(f"every must be a whole number of steps from 1 to {MAX_EVERY}, got {guidance.every!r}")
-    if not isinstance(guidance.start, int) or guidance.start < 0:
-        raise ValueError(f"start must be a whole number of steps from 0, got {guidance.start!r}")
+    if not isinstance(guidance.start, int) or not 0 <= guidance.start < steps:  # a step is left to guide
+        raise ValueError(f"start must be a whole number of steps from 0 to {steps - 1}, got {guidance.start!r}")
     if guidance.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {guidance.mode!r}")
     if not all(0.0 <= c <= 1.0 for c in (*guidance.target.color, guidance.target.level)):

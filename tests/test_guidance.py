@@ -98,8 +98,8 @@ def test_a_non_finite_loss_stops_the_guidance_and_the_run_goes_on(engine, monkey
     ({"loss": "red"}, "loss must be one of blue, color, brightness, saturation, contrast, got 'red'"),
     ({"scale": float("nan")}, "loss scale must be from 0 to 5000, got nan"),
     ({"every": 0}, "every must be a whole number of steps from 1 to 200, got 0"),
-    ({"start": -1}, "start must be a whole number of steps from 0, got -1"),
-    ({"start": 12}, "start must be below the number of steps (12), so that a step is guided; got 12"),
+    ({"start": -1}, "start must be a whole number of steps from 0 to 11, got -1"),
+    ({"start": 12}, "start must be a whole number of steps from 0 to 11, got 12"),  # SMALL has 12 steps
     ({"mode": "exact"}, "mode must be one of cheap, accurate, got 'exact'"),
     ({"target": Target(color=(2.0, 0.0, 0.0))}, "target color and level must be from 0 to 1"),
 ])
@@ -144,8 +144,8 @@ def test_blue_loss_turns_the_image_bluer_and_plain_blue_when_too_high(toy_engine
 
 
 def test_blue_loss_after_the_first_steps_tints_and_keeps_the_layout(toy_engine):
-    """The page's example: left alone for 10 steps, the green star on black keeps its star and its place while
-    the ground turns navy."""
+    """The page's example (here at seed 4): left alone for 10 steps, the green star on black keeps its star and
+    its place while the ground turns navy."""
     star = "a green star on a black background"
     settings = replace(toy_engine.default_settings(), seed=4, preview_every=0)
     plain = list(toy_engine.txt2img(star, "", settings).frames)[-1].image

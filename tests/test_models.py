@@ -137,12 +137,14 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
         "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5"},
-        "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]},
+        "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}],
+                     "guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0, "color": "#0000ff"}]},
     }))
     engine = Engine(load_bundle(str(folder), device="cpu"))
     settings = engine.default_settings()
     assert (settings.guidance_scale, settings.steps, settings.width, settings.height) == (3.0, 20, 64, 64)
     assert engine.examples("txt2img") == [["a red circle", "", 3.0]]
+    assert engine.examples("guided") == [["a red circle", "blue", 50.0, "#0000ff", 0]]  # start left out: 0
     plain = Engine(load_bundle(str(tiny_sd_dir), device="cpu"))
     assert plain.default_settings().guidance_scale == 7.5
     assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
@@ -177,6 +179,8 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     ({"examples": {"txt2img": [["a red circle", "", 3.0]]}}, "each txt2img record has exactly the keys "
                                                              "prompt, negative_prompt, guidance_scale"),
     ({"examples": {"txt2im": []}}, "examples: unknown key 'txt2im'"),
+    ({"examples": {"guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0}]}},
+     "each guided record has exactly the keys prompt, loss, scale, color, start (start may be left out)"),
 ])
 def test_a_bad_defaults_file_is_refused_naming_the_entry(tiny_sd_dir, tmp_path, entry, message):
     folder = tmp_path / "bad-defaults"
@@ -191,6 +195,9 @@ def test_defaults_out_of_range_for_the_model_are_refused_at_load(tiny_sd_dir, tm
     shutil.copytree(tiny_sd_dir, folder)
     (folder / "lens_defaults.json").write_text(json.dumps({"settings": {"steps": 5000}}))
     with pytest.raises(ValueError, match="steps must be a whole number from 1 to 200, got 5000"):
+        Engine(load_bundle(str(folder), device="cpu"))
+    (folder / "lens_defaults.json").write_text(json.dumps({"settings": {"steps": 20}, "guidance": {"start": 20}}))
+    with pytest.raises(ValueError, match="start must be a whole number of steps from 0 to 19, got 20"):
         Engine(load_bundle(str(folder), device="cpu"))
 
 

@@ -62,7 +62,8 @@ def loss_form(first: Guidance) -> LossForm:
         every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
                           info="the notebook: every 5")
         start = gr.Slider(0, MAX_STEPS - 1, value=first.start, step=1, label="Leave the first N steps unguided",
-                          info="the notebook: 0; the first steps set the layout, and guidance after them mostly keeps it")
+                          info="the notebook: 0; the first steps set the layout, and guidance after them "
+                               "mostly keeps it")
     with gr.Row():
         mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
     with gr.Accordion("What the losses and gradients do", open=False):

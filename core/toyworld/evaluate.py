@@ -4,6 +4,7 @@
     python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
     python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the page's scale, against no loss
     python -m core.toyworld.evaluate --model DIR --blue --scale 60   # ... at another scale
+    python -m core.toyworld.evaluate --model DIR --blue --scale 120 --start 10   # ... the first 10 steps unguided
     python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength
 
 Each image is read back without any learned model: the background is the median of the border, the
