@@ -25,21 +25,21 @@ FILE = "lens_defaults.json"
 # Each tab's example record: its fields, in the order of the controls the tab's examples fill.
 EXAMPLE_FIELDS = {
     "txt2img": ("prompt", "negative_prompt", "guidance_scale"),
-    "guided": ("prompt", "loss", "scale", "color", "start"),
+    "guided": ("prompt", "loss", "scale", "color", "start", "guidance_scale"),
     "swap_token": ("prompt", "token", "replacement"),
     "mix_tokens": ("prompt", "token", "word_a", "word_b", "weight"),
     "mix_prompts": ("prompt_a", "prompt_b", "factor"),
     "textual_inversion": ("prompt", "token"),  # token: the word the learned token replaces, or ""
     "img2img": ("prompt", "strength"),  # beside ui's example images, in their order
 }
-OPTIONAL_FIELDS = {"guided": {"start": 0}}  # fields a record may leave out, with the value it then has
+OPTIONAL_FIELDS = {"guided": ("start", "guidance_scale")}  # a record may leave these out: the page's default then
 
 NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; rows in EXAMPLE_FIELDS' order
     "txt2img": (("A watercolor painting of an otter", "", 7.5),
                 ("A picture of a puppy", "", 7.5),
                 ("A colorful dancer, nat geo photo", "blue", 7.5)),
-    "guided": (("A campfire (oil on canvas)", "blue", 200, "#0000ff", 0),
-               ("A watercolor painting of an otter", "color", 200, "#0000ff", 0)),
+    "guided": (("A campfire (oil on canvas)", "blue", 200, "#0000ff", 0, 8.0),  # the notebook's guidance demo: CFG 8
+               ("A watercolor painting of an otter", "color", 200, "#0000ff", 0, 8.0)),
     "swap_token": (("A picture of a puppy", "puppy", "cat"),
                    ("A watercolor painting of an otter", "otter", "panda")),
     "mix_tokens": (("A picture of a puppy", "puppy", "cat", "panda", 0.4),),
@@ -84,11 +84,12 @@ class ModelDefaults:
         _keys(f"{where} notes", notes, _names(Settings))
         if not all(isinstance(note, str) for note in notes.values()):
             raise ValueError(f"{where} notes must be text, got {notes!r}")
-        return cls(settings=_frozen(_values(f"{where} settings", data.get("settings", {}), Settings())),
-                   notes=_frozen(notes),
-                   guidance=_frozen(_values(f"{where} guidance", data.get("guidance", {}), Guidance())),
+        settings = _values(f"{where} settings", data.get("settings", {}), Settings())
+        guidance = _values(f"{where} guidance", data.get("guidance", {}), Guidance())
+        page = {**_fields_of(Settings()), **settings, **_fields_of(Guidance()), **guidance}
+        return cls(settings=_frozen(settings), notes=_frozen(notes), guidance=_frozen(guidance),
                    embeddings=_embeddings(where, data.get("embeddings", []), folder),
-                   examples=_frozen(_examples(where, data.get("examples", {}))))
+                   examples=_frozen(_examples(where, data.get("examples", {}), page)))
 
     def examples_for(self, tab: str) -> list[list]:
         """The tab's example rows (the model's, else the notebook's), each in EXAMPLE_FIELDS' order."""
@@ -97,6 +98,10 @@ class ModelDefaults:
 
 def _names(kind: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(kind))
+
+
+def _fields_of(instance: Any) -> dict:
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
 
 
 def _keys(where: str, data: Any, allowed: tuple[str, ...]) -> None:
@@ -129,14 +134,15 @@ def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:
     return paths
 
 
-def _examples(where: str, data: Any) -> dict[str, tuple[tuple, ...]]:
+def _examples(where: str, data: Any, page: dict) -> dict[str, tuple[tuple, ...]]:
+    """The records as rows; a field left out takes the page's default (`page`: Settings and Guidance fields)."""
     _keys(f"{where} examples", data, tuple(EXAMPLE_FIELDS))
     rows = {}
     for tab, records in data.items():
         names = EXAMPLE_FIELDS[tab]
         if not isinstance(records, list) or not records:
             raise ValueError(f"{where} examples: {tab} must be a non-empty list of records, got {records!r}")
-        optional = OPTIONAL_FIELDS.get(tab, {})
+        optional = {name: page[name] for name in OPTIONAL_FIELDS.get(tab, ())}
         for record in records:
             if not isinstance(record, dict) or not set(names) - set(optional) <= set(record) <= set(names):
                 left_out = f" ({', '.join(optional)} may be left out)" if optional else ""

@@ -137,6 +137,7 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
         "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5"},
+        "guidance": {"start": 5},
         "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}],
                      "guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0, "color": "#0000ff"}]},
     }))
@@ -144,10 +145,12 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     settings = engine.default_settings()
     assert (settings.guidance_scale, settings.steps, settings.width, settings.height) == (3.0, 20, 64, 64)
     assert engine.examples("txt2img") == [["a red circle", "", 3.0]]
-    assert engine.examples("guided") == [["a red circle", "blue", 50.0, "#0000ff", 0]]  # start left out: 0
+    # start and guidance_scale left out: the example sets the page's defaults for them
+    assert engine.examples("guided") == [["a red circle", "blue", 50.0, "#0000ff", 5, 3.0]]
     plain = Engine(load_bundle(str(tiny_sd_dir), device="cpu"))
     assert plain.default_settings().guidance_scale == 7.5
     assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
+    assert plain.examples("guided")[0][-1] == 8.0  # the notebook runs its guidance demo at CFG 8
 
     def infos(engine: Engine, label: str) -> set[str]:
         page = build_app(engine).get_config_file()
@@ -180,7 +183,8 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
                                                              "prompt, negative_prompt, guidance_scale"),
     ({"examples": {"txt2im": []}}, "examples: unknown key 'txt2im'"),
     ({"examples": {"guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0}]}},
-     "each guided record has exactly the keys prompt, loss, scale, color, start (start may be left out)"),
+     "each guided record has exactly the keys prompt, loss, scale, color, start, guidance_scale "
+     "(start, guidance_scale may be left out)"),
 ])
 def test_a_bad_defaults_file_is_refused_naming_the_entry(tiny_sd_dir, tmp_path, entry, message):
     folder = tmp_path / "bad-defaults"

@@ -78,10 +78,19 @@ def guidance_of(loss, color, level, loss_scale, every, start, mode) -> Guidance:
                     target=Target(parse_color(color), number(level, "target level")))
 
 
-def example_label(prompt: str, loss: str, scale: float, target: str, start: int) -> str:
-    """What an example does, e.g. "a green star: blue loss x 120 after 10" (the first 10 steps unguided)."""
+def example_label(prompt: str, loss: str, scale: float, target: str, start: int, guidance_scale: float) -> str:
+    """What an example does, e.g. "a green star: blue loss x 120 after 10" (the first 10 steps unguided); its CFG
+    names the block it is shown in (example_blocks)."""
     what = f"color → {target}" if loss == "color" else f"{loss} loss"
     return f"{prompt}: {what} x {scale:g}" + (f" after {start}" if start else "")
+
+
+def example_blocks(rows: list[list], page_cfg: float) -> list[tuple[str, list[list]]]:
+    """The examples grouped by their CFG, in order: "Examples" for the page's, "Examples at CFG 3" for another."""
+    blocks: dict[float, list[list]] = {}
+    for row in rows:
+        blocks.setdefault(row[-1], []).append(row)
+    return [("Examples" if cfg == page_cfg else f"Examples at CFG {cfg:g}", group) for cfg, group in blocks.items()]
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
@@ -94,8 +103,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             controls = Controls(engine)
-            gr.Examples(engine.examples("guided"), [prompt, form.loss, form.loss_scale, form.color, form.start],
-                        example_labels=[example_label(*row) for row in engine.examples("guided")])
+            for label, rows in example_blocks(engine.examples("guided"), engine.default_settings().guidance_scale):
+                gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start, controls.guidance_scale],
+                            label=label, example_labels=[example_label(*row) for row in rows])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
