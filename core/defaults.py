@@ -12,6 +12,7 @@ error naming it, not a setting silently ignored.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -116,12 +117,17 @@ def _values(where: str, data: Any, plain: Any) -> dict:
     """`data`'s entries, each a field of the dataclass `plain` with a value of that field's default's type."""
     scalars = tuple(f.name for f in fields(plain) if isinstance(getattr(plain, f.name), (int, float, str)))
     _keys(where, data, scalars)
-    for key, value in data.items():
-        kind = type(getattr(plain, key))
-        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not fits or isinstance(value, bool):
-            raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    _typed(where, data, _fields_of(plain))
     return {key: float(value) if type(getattr(plain, key)) is float else value for key, value in data.items()}
+
+
+def _typed(where: str, data: dict, plain: dict) -> None:
+    """ValueError unless each value has the type of `plain`'s (an int will do for a float), and a float is finite."""
+    for key, value in data.items():
+        kind = type(plain[key])
+        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not fits or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
+            raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
 
 
 def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:
@@ -148,5 +154,6 @@ def _examples(where: str, data: Any, page: dict) -> dict[str, tuple[tuple, ...]]
                 left_out = f" ({', '.join(optional)} may be left out)" if optional else ""
                 raise ValueError(f"{where} examples: each {tab} record has exactly the keys "
                                  f"{', '.join(names)}{left_out}, got {record!r}")
+            _typed(f"{where} examples: {tab}", {key: value for key, value in record.items() if key in page}, page)
         rows[tab] = tuple(tuple({**optional, **record}[name] for name in names) for record in records)
     return rows

@@ -182,6 +182,9 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     ({"examples": {"txt2img": [["a red circle", "", 3.0]]}}, "each txt2img record has exactly the keys "
                                                              "prompt, negative_prompt, guidance_scale"),
     ({"examples": {"txt2im": []}}, "examples: unknown key 'txt2im'"),
+    ({"examples": {"guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0, "color": "#0000ff",
+                               "guidance_scale": "3"}]}}, "examples: guided: guidance_scale must be float, got '3'"),
+    ({"settings": {"guidance_scale": float("nan")}}, "settings: guidance_scale must be float, got nan"),
     ({"examples": {"guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0}]}},
      "each guided record has exactly the keys prompt, loss, scale, color, start, guidance_scale "
      "(start, guidance_scale may be left out)"),

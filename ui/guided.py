@@ -78,15 +78,16 @@ def guidance_of(loss, color, level, loss_scale, every, start, mode) -> Guidance:
                     target=Target(parse_color(color), number(level, "target level")))
 
 
-def example_label(prompt: str, loss: str, scale: float, target: str, start: int, guidance_scale: float) -> str:
-    """What an example does, e.g. "a green star: blue loss x 120 after 10" (the first 10 steps unguided); its CFG
-    names the block it is shown in (example_blocks)."""
+def example_label(prompt: str, loss: str, scale: float, target: str, start: int) -> str:
+    """What an example does, e.g. "a yellow triangle, brown background: blue loss x 50 after 10" (the first 10 steps
+    unguided); its CFG names the block it is shown in (example_blocks), as Gradio cuts a label at 60 characters."""
     what = f"color → {target}" if loss == "color" else f"{loss} loss"
     return f"{prompt}: {what} x {scale:g}" + (f" after {start}" if start else "")
 
 
 def example_blocks(rows: list[list], page_cfg: float) -> list[tuple[str, list[list]]]:
-    """The examples grouped by their CFG, in order: "Examples" for the page's, "Examples at CFG 3" for another."""
+    """The examples grouped by their CFG, in the order of each CFG's first example: "Examples" for the page's CFG,
+    "Examples at CFG 3" for another."""
     blocks: dict[float, list[list]] = {}
     for row in rows:
         blocks.setdefault(row[-1], []).append(row)
@@ -105,7 +106,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             controls = Controls(engine)
             for label, rows in example_blocks(engine.examples("guided"), engine.default_settings().guidance_scale):
                 gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start, controls.guidance_scale],
-                            label=label, example_labels=[example_label(*row) for row in rows])
+                            label=label, example_labels=[example_label(*row[:-1]) for row in rows])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
