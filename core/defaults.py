@@ -115,10 +115,10 @@ def _keys(where: str, data: Any, allowed: tuple[str, ...]) -> None:
 
 def _values(where: str, data: Any, plain: Any) -> dict:
     """`data`'s entries, each a field of the dataclass `plain` with a value of that field's default's type."""
-    scalars = tuple(f.name for f in fields(plain) if isinstance(getattr(plain, f.name), (int, float, str)))
-    _keys(where, data, scalars)
-    _typed(where, data, _fields_of(plain))
-    return {key: float(value) if type(getattr(plain, key)) is float else value for key, value in data.items()}
+    defaults = _fields_of(plain)
+    _keys(where, data, tuple(name for name, value in defaults.items() if isinstance(value, (int, float, str))))
+    _typed(where, data, defaults)
+    return {key: float(value) if type(defaults[key]) is float else value for key, value in data.items()}
 
 
 def _typed(where: str, data: dict, plain: dict) -> None:

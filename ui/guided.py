@@ -89,7 +89,7 @@ def example_blocks(rows: list[list], page_cfg: float) -> list[tuple[str, list[li
     """The examples grouped by their CFG, in the order of each CFG's first example: "Examples" for the page's CFG,
     "Examples at CFG 3" for another."""
     blocks: dict[float, list[list]] = {}
-    for row in rows:
+    for row in rows:  # a row ends with its CFG (core.defaults.EXAMPLE_FIELDS)
         blocks.setdefault(row[-1], []).append(row)
     return [("Examples" if cfg == page_cfg else f"Examples at CFG {cfg:g}", group) for cfg, group in blocks.items()]
 
