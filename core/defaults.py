@@ -33,7 +33,11 @@ EXAMPLE_FIELDS = {
     "textual_inversion": ("prompt", "token"),  # token: the word the learned token replaces, or ""
     "img2img": ("prompt", "strength"),  # beside ui's example images, in their order
 }
-OPTIONAL_FIELDS = {"guided": ("start", "guidance_scale")}  # a record may leave these out: the page's default then
+OPTIONAL_FIELDS = {"guided": ("start", "guidance_scale")}  # a record may leave these out: the tab's default then
+
+# Settings a tab starts from where the notebook's demo of it ran with its own (a model folder's settings still win):
+# its guidance demo runs 50 LMS steps at CFG 8.
+DEMO_SETTINGS = {"guided": {"steps": 50, "guidance_scale": 8.0}}
 
 NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; rows in EXAMPLE_FIELDS' order
     "txt2img": (("A watercolor painting of an otter", "", 7.5),
@@ -87,10 +91,15 @@ class ModelDefaults:
             raise ValueError(f"{where} notes must be text, got {notes!r}")
         settings = _values(f"{where} settings", data.get("settings", {}), Settings())
         guidance = _values(f"{where} guidance", data.get("guidance", {}), Guidance())
-        page = {**_fields_of(Settings()), **settings, **_fields_of(Guidance()), **guidance}
+        tabs = {tab: {**_fields_of(Settings()), **DEMO_SETTINGS.get(tab, {}), **settings, **_fields_of(Guidance()),
+                      **guidance} for tab in EXAMPLE_FIELDS}
         return cls(settings=_frozen(settings), notes=_frozen(notes), guidance=_frozen(guidance),
                    embeddings=_embeddings(where, data.get("embeddings", []), folder),
-                   examples=_frozen(_examples(where, data.get("examples", {}), page)))
+                   examples=_frozen(_examples(where, data.get("examples", {}), tabs)))
+
+    def settings_for(self, tab: str | None = None) -> dict[str, Any]:
+        """The Settings fields a tab starts from: its notebook demo's (DEMO_SETTINGS), then the folder's."""
+        return {**DEMO_SETTINGS.get(tab, {}), **self.settings}
 
     def examples_for(self, tab: str) -> list[list]:
         """The tab's example rows (the model's, else the notebook's), each in EXAMPLE_FIELDS' order."""
@@ -140,12 +149,13 @@ def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:
     return paths
 
 
-def _examples(where: str, data: Any, page: dict) -> dict[str, tuple[tuple, ...]]:
-    """The records as rows; a field left out takes the page's default (`page`: Settings and Guidance fields)."""
+def _examples(where: str, data: Any, tabs: dict[str, dict]) -> dict[str, tuple[tuple, ...]]:
+    """The records as rows; a field left out takes the tab's default (`tabs`: each tab's Settings and Guidance
+    fields)."""
     _keys(f"{where} examples", data, tuple(EXAMPLE_FIELDS))
     rows = {}
     for tab, records in data.items():
-        names = EXAMPLE_FIELDS[tab]
+        names, page = EXAMPLE_FIELDS[tab], tabs[tab]
         if not isinstance(records, list) or not records:
             raise ValueError(f"{where} examples: {tab} must be a non-empty list of records, got {records!r}")
         optional = {name: page[name] for name in OPTIONAL_FIELDS.get(tab, ())}

@@ -109,10 +109,11 @@ class Engine:
         """The model and where it runs, in one line."""
         return self.bundle.describe()
 
-    def default_settings(self) -> Settings:
-        """Settings for this model: its native size, and any defaults its folder recommends."""
+    def default_settings(self, tab: str | None = None) -> Settings:
+        """Settings for this model: its native size, the settings of the notebook's demo of `tab` where it had its
+        own (the guidance demo: 50 steps at CFG 8), and any defaults its folder recommends."""
         size = self.bundle.native_size
-        return replace(Settings(height=size, width=size), **self.bundle.defaults.settings)
+        return replace(Settings(height=size, width=size), **self.bundle.defaults.settings_for(tab))
 
     def setting_note(self, name: str) -> str | None:
         """What this model's folder says about one of its settings (e.g. where its guidance scale breaks)."""

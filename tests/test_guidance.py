@@ -125,8 +125,9 @@ def test_losses_are_zero_at_their_target():
 # --- on the trained toy model ---
 
 def toy_run(toy_engine, g):
-    return list(toy_engine.guided(RED_CIRCLE, "", replace(toy_engine.default_settings(), seed=4, preview_every=0),
-                                  g).frames)
+    """The red circle on white at the Guidance tab's defaults (the notebook's guidance demo: 50 steps, CFG 8)."""
+    settings = replace(toy_engine.default_settings("guided"), seed=4, preview_every=0)
+    return list(toy_engine.guided(RED_CIRCLE, "", settings, g).frames)
 
 
 def test_blue_loss_turns_the_image_bluer_and_plain_blue_when_too_high(toy_engine):
@@ -135,26 +136,26 @@ def test_blue_loss_turns_the_image_bluer_and_plain_blue_when_too_high(toy_engine
     scale = toy_engine.default_guidance().scale
     runs = {s: toy_run(toy_engine, Guidance("blue", s, every=5)) for s in (0.0, scale, 5 * scale)}
     plain, guided, too_high = (blueness(runs[s][-1].image) for s in runs)
-    assert guided > plain + 0.15 and too_high > guided + 0.15  # -0.34, -0.07, 0.23 when measured
+    assert guided > plain + 0.15 and too_high > guided + 0.15  # -0.34, -0.09, 0.22 when measured
     reader = Reader()
     assert reader.read(runs[0.0][-1].image).color == "red" and reader.read(runs[5 * scale][-1].image).color == "blue"
     losses = {s: [f.loss for f in runs[s] if f.loss is not None] for s in runs}
     assert losses[scale][0] == losses[0.0][0]  # the first guided step scores the same x0
-    assert losses[scale][-1] < losses[scale][0] - 0.1 and losses[scale][-1] < losses[0.0][-1] - 0.1
+    assert losses[scale][-1] < losses[scale][0] - 0.1 and losses[scale][-1] < losses[0.0][-1] - 0.1  # 0.18; 0.32, 0.36
 
 
 def test_blue_loss_at_cfg_3_after_the_first_steps_tints_and_keeps_the_layout(toy_engine):
-    """The page's example (here at seed 4): at CFG 3 and left alone for 10 steps, the yellow triangle on brown
-    keeps its triangle and its place while the ground turns purple."""
+    """The page's example (here at seed 4): at CFG 3 and left alone for 15 of the tab's 50 steps, the yellow triangle
+    on brown keeps its triangle and its place while the ground turns purple."""
     triangle = "a yellow triangle, brown background"
-    settings = replace(toy_engine.default_settings(), guidance_scale=3.0, seed=4, preview_every=0)
+    settings = replace(toy_engine.default_settings("guided"), guidance_scale=3.0, seed=4, preview_every=0)
     plain = list(toy_engine.txt2img(triangle, "", settings).frames)[-1].image
-    guided = list(toy_engine.guided(triangle, "", settings, Guidance("blue", 50.0, every=5, start=10)).frames)[-1].image
+    guided = list(toy_engine.guided(triangle, "", settings, Guidance("blue", 50.0, every=5, start=15)).frames)[-1].image
     reader = Reader()
-    assert blueness(guided) > blueness(plain) + 0.3  # +0.44 when measured (seeds 0-5 and 32: +0.31 to +0.50)
+    assert blueness(guided) > blueness(plain) + 0.3  # +0.54 when measured (seeds 0-5 and 32: +0.48 to +0.61)
     read = reader.read(guided)
     assert (read.shape, read.color, read.background) == ("triangle", "yellow", "purple")
-    assert box_iou(reader.box(plain), reader.box(guided)) > 0.75  # 0.95 when measured
+    assert box_iou(reader.box(plain), reader.box(guided)) > 0.75  # 0.95 when measured (seeds 0-5 and 32: 0.85-0.98)
 
 
 def test_color_loss_moves_the_image_toward_the_picked_color(toy_engine):
@@ -163,4 +164,4 @@ def test_color_loss_moves_the_image_toward_the_picked_color(toy_engine):
     for scale in (0.0, 160.0, 400.0):  # 400: the guidance tab's example on the toy model
         image = from_pil(toy_run(toy_engine, Guidance("color", scale, every=5, target=yellow))[-1].image)[0]
         distances.append((image - torch.tensor(yellow.color)[:, None, None]).abs().mean().item())
-    assert distances[0] > distances[1] > distances[2] and distances[2] < 0.1  # 0.33, 0.31, 0.05 when measured
+    assert distances[0] > distances[1] > distances[2] and distances[2] < 0.1  # 0.33, 0.30, 0.05 when measured

@@ -145,21 +145,26 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     settings = engine.default_settings()
     assert (settings.guidance_scale, settings.steps, settings.width, settings.height) == (3.0, 20, 64, 64)
     assert engine.examples("txt2img") == [["a red circle", "", 3.0]]
-    # start and guidance_scale left out: the example sets the page's defaults for them
+    # start and guidance_scale left out: the example sets the tab's defaults for them, the folder's over the
+    # notebook's guidance demo's
     assert engine.examples("guided") == [["a red circle", "blue", 50.0, "#0000ff", 5, 3.0]]
+    assert (engine.default_settings("guided").steps, engine.default_settings("guided").guidance_scale) == (20, 3.0)
     plain = Engine(load_bundle(str(tiny_sd_dir), device="cpu"))
-    assert plain.default_settings().guidance_scale == 7.5
+    assert (plain.default_settings().steps, plain.default_settings().guidance_scale) == (30, 7.5)
     assert plain.examples("txt2img")[0][0] == "A watercolor painting of an otter"
     assert plain.examples("guided")[0][-1] == 8.0  # the notebook runs its guidance demo at CFG 8
 
-    def infos(engine: Engine, label: str) -> set[str]:
+    def props(engine: Engine, label: str, key: str = "info") -> list:
         page = build_app(engine).get_config_file()
-        return {c["props"].get("info") for c in page["components"] if c["props"].get("label") == label}
+        return [c["props"].get(key) for c in page["components"] if c["props"].get("label") == label]
 
-    assert infos(engine, "Guidance scale (CFG)") == {
+    assert set(props(engine, "Guidance scale (CFG)")) == {
         "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
-    assert infos(plain, "Guidance scale (CFG)") == {"1 turns classifier-free guidance off"}
-    assert "euler holds at 7.5" in infos(engine, "Sampler") and "euler holds at 7.5" not in infos(plain, "Sampler")
+    assert set(props(plain, "Guidance scale (CFG)")) == {"1 turns classifier-free guidance off"}
+    assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
+    # the Guidance tab alone starts from the notebook's guidance demo: 50 steps at CFG 8
+    assert sorted(props(plain, "Steps", "value")).count(50) == 1 and 50 not in props(engine, "Steps", "value")
+    assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 1
 
 
 def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():

@@ -114,6 +114,7 @@ def test_blue_loss_guidance(page):
     tab = page.locator("#tab-guided")
     tab.get_by_role("button", name="Generate").click()
     expect(page.locator("#guided-beside img")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#guided-status")).to_contain_text("step 50 / 50")  # the notebook's guidance demo's steps
     expect(page.locator("#guided-status")).to_contain_text("done")
     expect(page.locator("#guided-plot canvas, #guided-plot svg").first).to_be_visible()
     picture(page, "guided.png")

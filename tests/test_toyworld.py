@@ -2,6 +2,7 @@
 import json
 import random
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 
 import core.toyworld
 from core.engine import Engine
-from core.models import load_bundle
+from core.models import TOY_DIR, load_bundle
 from core.sampler import Settings
+from core.toyworld import evaluate as evaluate_module
 from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SHAPES, SIZE, Scene, caption, draw, make_dataset,
                                 off_palette_images, sample_scene, scene_shades, shade)
 from core.toyworld.evaluate import (Reader, blue_grid, blueness, box_iou, evaluate, evaluate_blue, evaluate_img2img,
@@ -326,6 +328,20 @@ def test_the_blue_loss_is_scored_on_blueness_and_on_shape_guided_and_unguided():
     assert bluer["median_rise"] > 0.3
     same = evaluate_blue(BluingEngine(stubborn=True), Settings(), guidance=None, seeds=1, reader=reader)
     assert (same["bluer"], same["median_rise"], same["shape"], same["shape_unguided"]) == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("flags, steps, cfg", [
+    ([], 50, 8.0),  # the Guidance tab's defaults: the notebook's guidance demo
+    (["--steps", "30", "--guidance", "7.5"], 30, 7.5),
+])
+def test_the_blue_loss_is_measured_at_the_guidance_tab_s_settings(monkeypatch, capsys, flags, steps, cfg):
+    seen = []
+    monkeypatch.setattr(evaluate_module, "evaluate_blue", lambda engine, settings, guidance, seeds: seen.append(
+        (settings.steps, settings.guidance_scale, guidance.scale)) or {})
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--model", str(TOY_DIR), "--blue", *flags])
+    evaluate_module.main()
+    assert seen == [(steps, cfg, 80.0)]  # 80: the toy folder's loss scale
+    assert json.loads(capsys.readouterr().out)["steps"] == steps
 
 
 def test_box_iou():

@@ -79,19 +79,19 @@ def guidance_of(loss, color, level, loss_scale, every, start, mode) -> Guidance:
 
 
 def example_label(prompt: str, loss: str, scale: float, target: str, start: int) -> str:
-    """What an example does, e.g. "a yellow triangle, brown background: blue loss x 50 after 10" (the first 10 steps
+    """What an example does, e.g. "a yellow triangle, brown background: blue loss x 50 after 15" (the first 15 steps
     unguided); its CFG names the block it is shown in (example_blocks), as Gradio cuts a label at 60 characters."""
     what = f"color → {target}" if loss == "color" else f"{loss} loss"
     return f"{prompt}: {what} x {scale:g}" + (f" after {start}" if start else "")
 
 
-def example_blocks(rows: list[list], page_cfg: float) -> list[tuple[str, list[list]]]:
-    """The examples grouped by their CFG, in the order of each CFG's first example: "Examples" for the page's CFG,
+def example_blocks(rows: list[list], tab_cfg: float) -> list[tuple[str, list[list]]]:
+    """The examples grouped by their CFG, in the order of each CFG's first example: "Examples" for the tab's CFG,
     "Examples at CFG 3" for another."""
     blocks: dict[float, list[list]] = {}
     for row in rows:  # a row ends with its CFG (core.defaults.EXAMPLE_FIELDS)
         blocks.setdefault(row[-1], []).append(row)
-    return [("Examples" if cfg == page_cfg else f"Examples at CFG {cfg:g}", group) for cfg, group in blocks.items()]
+    return [("Examples" if cfg == tab_cfg else f"Examples at CFG {cfg:g}", group) for cfg, group in blocks.items()]
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
@@ -103,8 +103,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-            controls = Controls(engine)
-            for label, rows in example_blocks(engine.examples("guided"), engine.default_settings().guidance_scale):
+            controls = Controls(engine, tab="guided")
+            for label, rows in example_blocks(engine.examples("guided"), controls.defaults.guidance_scale):
                 gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start, controls.guidance_scale],
                             label=label, example_labels=[example_label(*row[:-1]) for row in rows])
         with gr.Column(scale=3):

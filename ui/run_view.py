@@ -95,11 +95,11 @@ def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopF
 
 
 class Controls:
-    """The settings every generating tab offers; `sized` adds width and height (image to image takes the
-    image's size instead)."""
+    """The settings every generating tab offers, starting from the `tab`'s defaults; `sized` adds width and height
+    (image to image takes the image's size instead)."""
 
-    def __init__(self, engine: Engine, sized: bool = True):
-        self.defaults = defaults = engine.default_settings()
+    def __init__(self, engine: Engine, sized: bool = True, tab: str | None = None):
+        self.defaults = defaults = engine.default_settings(tab)
         factor, max_side = engine.bundle.vae_scale_factor, engine.bundle.max_side
 
         def about(setting: str, general: str | None = None) -> str | None:

@@ -2,7 +2,7 @@
 
     python -m core.toyworld.evaluate --model core/toyworld/model            # the notebook's settings
     python -m core.toyworld.evaluate --model DIR --guidance 3 --seeds 3 --scheduler euler
-    python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the page's scale, against no loss
+    python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the Guidance tab's defaults vs none
     python -m core.toyworld.evaluate --model DIR --blue --scale 60   # ... at another scale
     python -m core.toyworld.evaluate --model DIR --blue --scale 120 --start 10   # ... the first 10 steps unguided
     python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength
@@ -240,8 +240,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, help="in place of the tab's default: text to image's 30, with --blue the "
+                                                  "Guidance tab's 50 (the notebook's guidance demo)")
+    parser.add_argument("--guidance", type=float, help="the CFG, in place of the tab's default: 7.5, with --blue 8")
     parser.add_argument("--scheduler", default="lms")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--blue", action="store_true",
@@ -253,8 +254,9 @@ def main() -> None:
                                                   "page's default")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
-    settings = replace(engine.default_settings(), steps=args.steps, guidance_scale=args.guidance,
-                       scheduler=args.scheduler)
+    settings = engine.default_settings("guided" if args.blue else None)
+    chosen = {"steps": args.steps, "guidance_scale": args.guidance}
+    settings = replace(settings, scheduler=args.scheduler, **{k: v for k, v in chosen.items() if v is not None})
     if args.blue:
         guidance = engine.default_guidance()
         guidance = replace(guidance, scale=args.scale) if args.scale is not None else guidance
@@ -265,7 +267,8 @@ def main() -> None:
         result = evaluate_img2img(engine, settings)
     else:
         result = evaluate(engine, settings, args.seeds)
-    print(json.dumps({"steps": args.steps, "guidance_scale": args.guidance, "scheduler": args.scheduler, **result}))
+    print(json.dumps({"steps": settings.steps, "guidance_scale": settings.guidance_scale, "scheduler": args.scheduler,
+                      **result}))
 
 
 if __name__ == "__main__":
