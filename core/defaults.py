@@ -36,8 +36,8 @@ EXAMPLE_FIELDS = {
 OPTIONAL_FIELDS = {"guided": ("start", "guidance_scale")}  # a record may leave these out: the tab's default then
 
 # Settings a tab starts from where the notebook's demo of it ran with its own (a model folder's settings still win):
-# its guidance demo runs 50 LMS steps at CFG 8.
-DEMO_SETTINGS = {"guided": {"steps": 50, "guidance_scale": 8.0}}
+# its guidance and image-to-image demos run 50 LMS steps at CFG 8.
+DEMO_SETTINGS = {"guided": {"steps": 50, "guidance_scale": 8.0}, "img2img": {"steps": 50, "guidance_scale": 8.0}}
 
 NOTEBOOK_EXAMPLES = {  # the Deep Dive notebook's prompts, for real SD weights; rows in EXAMPLE_FIELDS' order
     "txt2img": (("A watercolor painting of an otter", "", 7.5),

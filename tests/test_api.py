@@ -159,6 +159,15 @@ def test_img2img_shows_the_start_then_streams_the_remaining_steps(app_url):
     assert len(image_paths(outputs, I2I_X0)) == 6 and " · done · " in statuses[-1]
 
 
+def test_img2img_left_to_its_defaults_runs_the_notebook_s_50_steps(app_url):
+    job = Client(app_url, verbose=False).submit(image=handle_file(str(EXAMPLE)), prompt="a red circle", strength=0.1,
+                                               preview_every=0, api_name="/img2img")
+    outputs = list(job)
+    assert "strength 0.1 with 50 steps: skip the first 45 steps" in outputs[0][I2I_ABOUT]
+    status = outputs[-1][I2I_STATUS]
+    assert status.startswith("step 50 / 50 · ") and " · done · seed 32" in status
+
+
 def test_img2img_at_strength_zero_returns_the_round_trip(app_url, tiny_bundle):
     client = Client(app_url, verbose=False)
     list(img2img(client, strength=0.6))

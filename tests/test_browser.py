@@ -268,9 +268,11 @@ def open_tab(page, name, elem_id):
 
 def test_img2img_states_the_strength_shows_the_start_and_streams(page):
     tab = open_tab(page, "Image to image", "tab-img2img")
-    expect(page.locator("#img2img-plan")).to_contain_text("with 30 steps: skip the first")  # the tab has mounted
+    # the tab starts from the notebook's image-to-image demo: 50 steps at CFG 8
+    expect(page.locator("#img2img-plan")).to_contain_text("with 50 steps: skip the first")  # the tab has mounted
+    expect(tab.get_by_label("number input for Guidance scale (CFG)")).to_have_value("8")
     set_number(tab, "Strength", 0.5)
-    expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 30 steps: skip the first 15 steps")
+    expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 50 steps: skip the first 25 steps")
     set_number(tab, "Steps", 60)
     expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with 60 steps: skip the first 30 steps")
     page.evaluate(record_images("#img2img-x0"))

@@ -111,11 +111,13 @@ def test_lms_as_diffusers_counts_its_order_equals_the_stock_pipeline(engine, tin
 
 
 def test_low_strength_on_the_toy_model_keeps_the_layout_and_another_colour_moves_it(toy_engine):
-    """The yellow triangle at strength 0.3: asked for again, the shape's region barely moves; asked to be blue
-    (with Euler, which the sampler's note advises for this), it turns blue but shrinks and moves: a known gap of
-    this model (its card), kept here so that a model that closes it shows up."""
+    """The yellow triangle at strength 0.3, at the tab's defaults (the notebook's 50 steps at CFG 8): asked for
+    again, the shape's region barely moves; asked to be blue (with Euler, which the sampler's note advises for
+    this), it turns blue but shrinks and moves: a known gap of this model (its card), kept here so that a model
+    that closes it shows up."""
     source = draw(PICTURE)
-    settings = replace(toy_engine.default_settings(), preview_every=0)
+    settings = replace(toy_engine.default_settings("img2img"), preview_every=0)
+    assert (settings.steps, settings.guidance_scale) == (50, 8.0)
     same = list(toy_engine.img2img("a yellow triangle on a white background", "", source, 0.3, settings).frames)
     blue = list(toy_engine.img2img("a blue triangle on a white background", "", source, 0.3,
                                    replace(settings, scheduler="euler")).frames)
@@ -126,7 +128,7 @@ def test_low_strength_on_the_toy_model_keeps_the_layout_and_another_colour_moves
     assert iou(mask(source), mask(same[-1].image)) > 0.7  # 0.75 when measured
     reading = Reader().read(blue[-1].image)
     assert (reading.color, reading.shape) == ("blue", "triangle")
-    assert iou(mask(source), mask(blue[-1].image)) < 0.5  # 0.35: the model card's image to image gap
+    assert iou(mask(source), mask(blue[-1].image)) < 0.5  # 0.33: the model card's image to image gap
 
 
 # --- the VAE ---

@@ -162,9 +162,9 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
         "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
     assert set(props(plain, "Guidance scale (CFG)")) == {"1 turns classifier-free guidance off"}
     assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
-    # the Guidance tab alone starts from the notebook's guidance demo: 50 steps at CFG 8
-    assert sorted(props(plain, "Steps", "value")).count(50) == 1 and 50 not in props(engine, "Steps", "value")
-    assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 1
+    # the Guidance and Image to image tabs alone start from the notebook's demos of them: 50 steps at CFG 8
+    assert props(plain, "Steps", "value").count(50) == 2 and 50 not in props(engine, "Steps", "value")
+    assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 2
 
 
 def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():

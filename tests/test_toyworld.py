@@ -330,18 +330,29 @@ def test_the_blue_loss_is_scored_on_blueness_and_on_shape_guided_and_unguided():
     assert (same["bluer"], same["median_rise"], same["shape"], same["shape_unguided"]) == (0.0, 0.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("flags, steps, cfg", [
-    ([], 50, 8.0),  # the Guidance tab's defaults: the notebook's guidance demo
-    (["--steps", "30", "--guidance", "7.5"], 30, 7.5),
+@pytest.mark.parametrize("mode, flags, expected", [
+    ("--blue", [], (50, 8.0, "lms")),  # the Guidance tab's defaults: the notebook's guidance demo
+    ("--blue", ["--steps", "30", "--guidance", "7.5"], (30, 7.5, "lms")),
+    ("--img2img", [], (50, 8.0, "lms")),  # the Image to image tab's defaults: the notebook's image-to-image demo
+    ("--img2img", ["--steps", "30", "--guidance", "7.5", "--scheduler", "euler"], (30, 7.5, "euler")),
+    ("--seeds", ["1"], (30, 7.5, "lms")),  # the grid: text to image's defaults, the notebook's first demo
 ])
-def test_the_blue_loss_is_measured_at_the_guidance_tab_s_settings(monkeypatch, capsys, flags, steps, cfg):
+def test_each_measurement_runs_at_its_tab_s_settings(monkeypatch, capsys, mode, flags, expected):
     seen = []
-    monkeypatch.setattr(evaluate_module, "evaluate_blue", lambda engine, settings, guidance, seeds: seen.append(
-        (settings.steps, settings.guidance_scale, guidance.scale)) or {})
-    monkeypatch.setattr(sys, "argv", ["evaluate", "--model", str(TOY_DIR), "--blue", *flags])
+
+    def record(engine, settings, *rest):
+        seen.append((settings.steps, settings.guidance_scale, settings.scheduler))
+        return {}
+
+    for name in ("evaluate", "evaluate_blue", "evaluate_img2img"):
+        monkeypatch.setattr(evaluate_module, name, record)
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--model", str(TOY_DIR), mode, *flags])
     evaluate_module.main()
-    assert seen == [(steps, cfg, 80.0)]  # 80: the toy folder's loss scale
-    assert json.loads(capsys.readouterr().out)["steps"] == steps
+    assert seen == [expected]
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["steps"], printed["guidance_scale"]) == expected[:2]
+    if mode == "--blue":
+        assert printed["scale"] == 80.0  # the toy folder's loss scale
 
 
 def test_box_iou():

@@ -31,7 +31,7 @@ def _inputs(engine: Engine) -> tuple:
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
-    defaults = engine.default_settings()
+    defaults = engine.default_settings("img2img")
     with gr.Row():
         with gr.Column(scale=2):
             image, prompt, negative_prompt, strength, lms_order = _inputs(engine)
@@ -40,7 +40,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-            controls = Controls(engine, sized=False)
+            controls = Controls(engine, sized=False, tab="img2img")
             gr.Examples([[str(path), prompt_, strength_] for path, (prompt_, strength_)
                          in zip(EXAMPLE_IMAGES, engine.examples("img2img"))], [image, prompt, strength])
         with gr.Column(scale=3):

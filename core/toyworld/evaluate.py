@@ -5,7 +5,8 @@
     python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the Guidance tab's defaults vs none
     python -m core.toyworld.evaluate --model DIR --blue --scale 60   # ... at another scale
     python -m core.toyworld.evaluate --model DIR --blue --scale 120 --start 10   # ... the first 10 steps unguided
-    python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength
+    python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength,
+                                                           # at the Image to image tab's defaults
 
 Each image is read back without any learned model: the background is the median of the border, the
 shape's colour the median of the pixels that differ from it (by less where the image's contrast is low), both
@@ -240,9 +241,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--steps", type=int, help="in place of the tab's default: text to image's 30, with --blue the "
-                                                  "Guidance tab's 50 (the notebook's guidance demo)")
-    parser.add_argument("--guidance", type=float, help="the CFG, in place of the tab's default: 7.5, with --blue 8")
+    parser.add_argument("--steps", type=int, help="in place of the tab's default: text to image's 30, with --blue or "
+                                                  "--img2img that tab's 50 (the notebook's demos of them)")
+    parser.add_argument("--guidance", type=float, help="the CFG, in place of the tab's default: 7.5, with --blue or "
+                                                       "--img2img 8")
     parser.add_argument("--scheduler", default="lms")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--blue", action="store_true",
@@ -254,7 +256,7 @@ def main() -> None:
                                                   "page's default")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
-    settings = engine.default_settings("guided" if args.blue else None)
+    settings = engine.default_settings("guided" if args.blue else "img2img" if args.img2img else None)
     chosen = {"steps": args.steps, "guidance_scale": args.guidance}
     settings = replace(settings, scheduler=args.scheduler, **{k: v for k, v in chosen.items() if v is not None})
     if args.blue:
