@@ -161,6 +161,7 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     assert set(props(engine, "Guidance scale (CFG)")) == {
         "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
     assert set(props(plain, "Guidance scale (CFG)")) == {"1 turns classifier-free guidance off"}
+    assert set(props(plain, "Width")) == {f"a multiple of {plain.bundle.vae_scale_factor}"}
     assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
     # the Guidance and Image to image tabs alone start from the notebook's demos of them: 50 steps at CFG 8
     assert props(plain, "Steps", "value").count(50) == 2 and 50 not in props(engine, "Steps", "value")

@@ -118,7 +118,8 @@ class Controls:
         if sized:
             with gr.Row():
                 self.size = [gr.Slider(MIN_SIDE, max_side, value=getattr(defaults, side), step=factor,
-                                       label=side.capitalize(), info=about(side)) for side in ("width", "height")]
+                                       label=side.capitalize(), info=about(side, f"a multiple of {factor}"))
+                             for side in ("width", "height")]
         with gr.Row():
             self.preview_every = gr.Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
                                            label="Preview every N steps",
@@ -182,7 +183,8 @@ class RunView:
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
         self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
-        self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False)
+        self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False,
+                               info="the previews it streamed, first to last: the status line names each one's step")
         with gr.Row():
             self.result = image_panel("Result", f"{name}-result")
             self.beside = image_panel(beside_result, f"{name}-beside") if beside_result else None
