@@ -95,8 +95,8 @@ class Engine:
         vae.preview_map(bundle)  # fit the fast preview decoder now, not in the first user's run
         self.empty_encoding = text.encode(bundle, text.tokenize(bundle, ""))  # every prompt without a negative
         check_settings(bundle, self.default_settings())  # the folder's recommendations must be runnable here
-        loss_guidance.check_guidance(self.default_guidance(), self.default_settings().scheduler,
-                                     self.default_settings().steps)
+        guided = self.default_settings("guided")  # the guidance defaults run with the Guidance tab's settings
+        loss_guidance.check_guidance(self.default_guidance(), guided.scheduler, guided.steps)
         self.views = Views(bundle, self.default_settings())  # tokens, the VAE, the noise schedule
 
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
@@ -111,7 +111,7 @@ class Engine:
 
     def default_settings(self, tab: str | None = None) -> Settings:
         """Settings for this model: its native size, the settings of the notebook's demo of `tab` where it had its
-        own (the guidance demo: 50 steps at CFG 8), and any defaults its folder recommends."""
+        own (core.defaults.DEMO_SETTINGS), and any defaults its folder recommends."""
         size = self.bundle.native_size
         return replace(Settings(height=size, width=size), **self.bundle.defaults.settings_for(tab))
 

@@ -212,6 +212,12 @@ def test_defaults_out_of_range_for_the_model_are_refused_at_load(tiny_sd_dir, tm
     (folder / "lens_defaults.json").write_text(json.dumps({"settings": {"steps": 20}, "guidance": {"start": 20}}))
     with pytest.raises(ValueError, match="start must be a whole number of steps from 0 to 19, got 20"):
         Engine(load_bundle(str(folder), device="cpu"))
+    # without a folder's steps, the guidance start is checked against the Guidance tab's 50, not text to image's 30
+    (folder / "lens_defaults.json").write_text(json.dumps({"guidance": {"start": 40}}))
+    assert Engine(load_bundle(str(folder), device="cpu")).default_guidance().start == 40
+    (folder / "lens_defaults.json").write_text(json.dumps({"guidance": {"start": 50}}))
+    with pytest.raises(ValueError, match="start must be a whole number of steps from 0 to 49, got 50"):
+        Engine(load_bundle(str(folder), device="cpu"))
 
 
 def test_auto_prefers_real_sd_on_a_gpu_and_the_toy_elsewhere():
