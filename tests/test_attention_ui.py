@@ -56,7 +56,7 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a</w>"),
     ({"cells": [8]}, "Value: 8 (type: <class 'int'>) is not in the list of choices: [16]"),
     ({"parts": []}, "places must be one or more of down, mid, up, got []"),
-    ({"opacity": 2}, "Value 2 is greater than maximum value 1"),
+    ({"opacity": 2}, "Map opacity over x0 takes 0 to 1, got 2"),
 ])
 def test_bad_attention_input_gets_a_clear_error(app_url, change, message):
     job = attend(Client(app_url, verbose=False), **change)

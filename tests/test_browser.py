@@ -287,6 +287,19 @@ def test_img2img_states_the_strength_shows_the_start_and_streams(page):
     page.screenshot(path=SHOTS / "img2img.png", full_page=True)
 
 
+def test_a_strength_out_of_range_is_named_with_its_range(page):
+    """A typed 1.5 gets a message naming the slider and its range; the plan follows the next value."""
+    tab = open_tab(page, "Image to image", "tab-img2img")
+    box = tab.get_by_label("number input for Strength")
+    box.fill("1.5")
+    box.press("Enter")
+    expect(page.get_by_text("Strength takes 0 to 1, got 1.5")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    page.screenshot(path=SHOTS / "img2img-range.png")
+    page.locator(".toast-close").click()
+    set_number(tab, "Strength", 0.5)
+    expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with")
+
+
 def test_img2img_bad_upload_gets_a_clear_error(page, tmp_path):
     tab = open_tab(page, "Image to image", "tab-img2img")
     bad = tmp_path / "holiday.png"
@@ -437,3 +450,22 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
         expect(scales.get_by_label("Scales")).to_have_value("2, 6", timeout=LINK_TIMEOUT_MS)
     finally:
         other.close()
+
+
+def test_guidance_taken_apart_shows_any_step_of_the_last_run(page):
+    """After the run, the slider takes an earlier step apart: its own four pictures and its step on the status."""
+    page.get_by_role("tab", name="Inside a step", exact=True).click()
+    page.get_by_role("tab", name="Guidance taken apart", exact=True).click()
+    tab = page.locator("#compare-parts")
+    tab.get_by_role("button", name="Generate").click()
+    status = page.locator("#parts-status")
+    expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    pictures = page.locator("#parts-gallery img")
+    expect(pictures).to_have_count(4)
+    last = [pictures.nth(k).get_attribute("src") for k in range(4)]
+    set_number(page, "Step to take apart", 0)
+    expect(status).to_contain_text("step 1 / ")
+    expect(status).to_contain_text("taken apart from the last run")
+    expect(pictures.first).not_to_have_attribute("src", last[0])
+    assert [pictures.nth(k).get_attribute("src") for k in range(4)] != last
+    page.screenshot(path=SHOTS / "compare-parts-step1.png", full_page=True)

@@ -16,7 +16,7 @@ from core import attention, export
 from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, number, user_errors, whole
+from ui.common import GENERATE, Slider, number, user_errors, whole
 from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first
 from ui.stops import StopFlags
 
@@ -65,7 +65,7 @@ class Form:
 class Maps:
     """The tab's own panels: how the maps are drawn, the grid, the chosen token large (RunView's `beside`), the
     split of attention, the grayscale maps, and the chosen token's video."""
-    opacity: gr.Slider
+    opacity: Slider
     token: gr.Number
     grid: gr.Gallery
     mass: gr.BarPlot
@@ -97,15 +97,16 @@ def form_column(engine: Engine) -> Form:
 
 def maps_panels() -> Maps:
     with gr.Row():
-        opacity = gr.Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
+        opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
         token = gr.Number(value=FIRST_TOKEN, precision=0, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
-                      format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid")
+                      format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid",
+                      interactive=False)
     mass = gr.BarPlot(x="token", y="share", title="How this step's attention splits across the tokens",
                       x_label_angle=-45, height=300, elem_id="attention-mass")
     grays = gr.Gallery(label="The maps in grayscale, each scaled to 0-255", columns=5, format="png",
-                       elem_classes="pixels", elem_id="attention-maps")
+                       elem_classes="pixels", elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
     with gr.Row():
         mp4 = gr.File(label="map video (MP4)")
@@ -223,7 +224,7 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
 
     for event in (view.scrub.input, maps.opacity.change, maps.token.change):
         event(show, [view.scrub, maps.opacity, maps.token, view.history, history], shown,
-              api_visibility="private", queue=False)
+              api_visibility="private", show_progress="hidden")
     maps.grid.select(choose, None, maps.token, api_visibility="private", queue=False)
     maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, view.fps],
                           [maps.mp4, maps.gif], api_name="attention_map_video")

@@ -80,3 +80,16 @@ class ImageFile(gr.Image):
         if payload is None or payload.path is None:  # nothing, or a pasted data URL: gradio decodes it
             return super().preprocess(payload)
         return payload.path
+
+
+class Slider(gr.Slider):
+    """A slider that refuses a value typed outside its range with a message naming the slider and its range
+    (gr.Slider's own says "Value 1.5 is greater than maximum value 1." and names neither)."""
+
+    is_template = True  # drawn by gr.Slider's front end
+
+    def preprocess(self, payload):
+        if payload is not None and not self.minimum <= payload <= self.maximum:
+            raise gr.Error(f"{self.label} takes {self.minimum:g} to {self.maximum:g}, got {payload:g}",
+                           print_exception=False)
+        return super().preprocess(payload)

@@ -4,6 +4,7 @@ prompt and seed compared across guidance scales, samplers and seeds (AUTOMATIC11
 Every run here is the text-to-image run with the settings shown, through the one sampling loop."""
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,8 +21,8 @@ from core import export
 from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, user_errors
-from ui.run_view import PANEL, Controls, ended, progress, status_line, stop_flag, wire_stop
+from ui.common import GENERATE, Slider, user_errors
+from ui.run_view import EXPIRED, PANEL, Controls, cached, ended, progress, status_line, stop_flag, wire_stop
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
@@ -30,7 +31,7 @@ SWEEP_FPS = 2
 
 def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
     return gr.Gallery(label=label, columns=columns, height=PANEL // 2 + 90, format="png", elem_classes="pixels",
-                      elem_id=elem_id, object_fit="contain")
+                      elem_id=elem_id, object_fit="contain", interactive=False)
 
 
 def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
@@ -69,11 +70,26 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Generate")
         with gr.Column(scale=3):
             parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
+            pick = Slider(0, 1, value=0, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
+                          info="the steps the run streamed, first to last: the two predictions differ most in "
+                               "the early steps, and by the last one all three x0 agree")
             status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True)
             plot = gr.LinePlot(x="step", y="distance", title="how far apart the two predictions' x0 are (RMS)",
                                height=220, elem_id="parts-plot")
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
+    kept = gr.State(None)  # the last run's steps taken apart: [(status line, [(file, caption) x 4]), ...]
+    cfg_parts, cfg_parts_code = parts_handlers(engine, stops, controls, parts)
+    inputs = [prompt, negative_prompt, *controls.inputs]
+    go.click(lambda: gr.update(visible=False), None, pick, queue=False, api_visibility="private")
+    run = go.click(cfg_parts, inputs, [parts, status, plot, run_progress, kept], api_name="cfg_parts", **options)
+    run.then(step_picker, kept, pick, queue=False, api_visibility="private")
+    pick.input(show_step, [pick, kept], [parts, status], api_visibility="private", show_progress="hidden")
+    code.after(run, cfg_parts_code, inputs, StripView(parts, run_progress))
+
+
+def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: gr.Gallery):
+    """The run that takes every preview step apart, and its script."""
 
     def cfg_parts(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                   scheduler, request: gr.Request):
@@ -83,7 +99,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
                 run = engine.txt2img(prompt, negative_prompt, controls.settings(
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler),
                     should_stop=flag.is_set)
-            distances, shown, frame, about = [], None, None, f"seed {run.settings.seed}"
+            distances, kept, frame, about = [], [], None, f"seed {run.settings.seed}"
             with user_errors():
                 for frame in run.frames:
                     if frame.x0_image is None:
@@ -92,12 +108,15 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
                     distances.append((frame.index + 1, split.distance))
                     norms = ", ".join(f"{n:.2f}" for n in split.noise_norms)
                     about = f"seed {run.settings.seed} · noise RMS per channel {norms}"
-                    shown = list(zip((split.uncond, split.text, split.guided, split.noise), PART_CAPTIONS))
-                    yield shown, status_line(frame, "running", about, []), pd.DataFrame(
-                        distances, columns=["step", "distance"]), progress(frame, "running", run.settings.seed, [])
+                    pictures = (split.uncond, split.text, split.guided, split.noise)
+                    kept.append((status_line(frame, "done", about, []),
+                                                 [(cached(picture, parts), caption)
+                                  for picture, caption in zip(pictures, PART_CAPTIONS)]))
+                    yield (kept[-1][1], status_line(frame, "running", about, []), distance_table(distances),
+                           progress(frame, "running", run.settings.seed, []), None)
             state = ended(frame.image if frame else None, flag)
-            yield (shown, status_line(frame, state, about, []), pd.DataFrame(distances, columns=["step", "distance"]),
-                   progress(frame, state, run.settings.seed, []))
+            yield (kept[-1][1] if kept else None, status_line(frame, state, about, []), distance_table(distances),
+                   progress(frame, state, run.settings.seed, []), kept or None)
 
     def cfg_parts_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                        scheduler):
@@ -105,9 +124,27 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
         return Scripts(engine).cfg_parts(prompt, negative_prompt, settings)
 
-    inputs = [prompt, negative_prompt, *controls.inputs]
-    run = go.click(cfg_parts, inputs, [parts, status, plot, run_progress], api_name="cfg_parts", **options)
-    code.after(run, cfg_parts_code, inputs, StripView(parts, run_progress))
+    return cfg_parts, cfg_parts_code
+
+
+def distance_table(distances: list[tuple[int, float]]) -> pd.DataFrame:
+    return pd.DataFrame(distances, columns=["step", "distance"])
+
+
+def step_picker(kept):
+    """The slider over the last run's steps, on its last one; hidden when it kept fewer than two."""
+    count = len(kept or [])
+    return gr.update(maximum=max(count - 1, 1), value=max(count - 1, 0), visible=count > 1)
+
+
+def show_step(position, kept):
+    """One kept step's four pictures and its status line."""
+    if not kept:
+        return gr.skip(), gr.skip()
+    line, pictures = kept[min(int(position), len(kept) - 1)]
+    if not all(os.path.exists(path) for path, _ in pictures):
+        return gr.skip(), EXPIRED
+    return pictures, line.replace(" · done · ", " · taken apart from the last run · ")
 
 
 @dataclass(frozen=True)

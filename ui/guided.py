@@ -12,7 +12,7 @@ from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
 from core.sampler import MAX_STEPS
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, number, user_errors, whole
+from ui.common import GENERATE, Slider, number, user_errors, whole
 from ui.run_view import Controls, RunView, checked_first
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -37,11 +37,11 @@ def parse_color(value: str) -> tuple[float, float, float]:
 class LossForm:
     """The loss, its target, its scale, how often it acts and its gradient."""
     loss: gr.Dropdown
-    loss_scale: gr.Slider
+    loss_scale: Slider
     color: gr.ColorPicker
-    level: gr.Slider
-    every: gr.Slider
-    start: gr.Slider
+    level: Slider
+    every: Slider
+    start: Slider
     mode: gr.Radio
 
     @property
@@ -53,17 +53,17 @@ class LossForm:
 def loss_form(first: Guidance) -> LossForm:
     with gr.Row():
         loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
-        loss_scale = gr.Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
+        loss_scale = Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
     with gr.Row():
         color = gr.ColorPicker(value="#0000ff", label="Target color", info="for the color loss")
-        level = gr.Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
-                          info="for brightness, saturation, contrast")
+        level = Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
+                       info="for brightness, saturation, contrast")
     with gr.Row():
-        every = gr.Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
-                          info="the notebook: every 5")
-        start = gr.Slider(0, MAX_STEPS - 1, value=first.start, step=1, label="Leave the first N steps unguided",
-                          info="the notebook: 0; the first steps set the layout, and guidance after them "
-                               "mostly keeps it")
+        every = Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
+                       info="the notebook: every 5")
+        start = Slider(0, MAX_STEPS - 1, value=first.start, step=1, label="Leave the first N steps unguided",
+                       info="the notebook: 0; the first steps set the layout, and guidance after them "
+                            "mostly keeps it")
     with gr.Row():
         mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
     with gr.Accordion("What the losses and gradients do", open=False):

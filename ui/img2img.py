@@ -6,7 +6,7 @@ import gradio as gr
 from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -20,8 +20,8 @@ def _inputs(engine: Engine) -> tuple:
                       height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
     prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-    strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
-                         info="0 keeps the image, 1 ignores it")
+    strength = Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                      info="0 keeps the image, 1 ignores it")
     lms_order = gr.Radio([("from the run's start (this app)", "run"),
                           ("from the schedule's start (as diffusers)", "diffusers")], value="run",
                          label="LMS counts its order", elem_id="img2img-lms-order",
@@ -96,7 +96,7 @@ def code_writer(engine: Engine, controls: Controls):
     return img2img_code
 
 
-def wire_plan(engine: Engine, start: tuple[gr.Slider, gr.Radio], controls: Controls, plan: gr.Markdown) -> None:
+def wire_plan(engine: Engine, start: tuple[Slider, gr.Radio], controls: Controls, plan: gr.Markdown) -> None:
     """The plan follows the strength, the LMS order, the steps and the sampler."""
     strength, lms_order = start
 
@@ -107,4 +107,5 @@ def wire_plan(engine: Engine, start: tuple[gr.Slider, gr.Radio], controls: Contr
                                        lms_order).describe()
 
     gr.on([strength.change, lms_order.change, controls.steps.change, controls.scheduler.change], describe_plan,
-          [strength, lms_order, controls.steps, controls.scheduler], plan, api_visibility="private", queue=False)
+          [strength, lms_order, controls.steps, controls.scheduler], plan, api_visibility="private",
+          show_progress="hidden")

@@ -19,7 +19,7 @@ from core import export
 from core.engine import RANDOM_SEED, Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
 from core.schedule import SCHEDULERS
-from ui.common import number, user_errors, whole
+from ui.common import Slider, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
@@ -106,10 +106,10 @@ class Controls:
             """A control's info line: what the setting does, then what this model's folder notes on it."""
             return " · ".join(filter(None, [general, engine.setting_note(setting)])) or None
 
-        self.steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info=about("steps"))
-        self.guidance_scale = gr.Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
-                                        label="Guidance scale (CFG)",
-                                        info=about("guidance_scale", "1 turns classifier-free guidance off"))
+        self.steps = Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info=about("steps"))
+        self.guidance_scale = Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
+                                     label="Guidance scale (CFG)",
+                                     info=about("guidance_scale", "1 turns classifier-free guidance off"))
         with gr.Row():
             self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed",
                                   info=about("seed", "-1: a random seed"))
@@ -117,13 +117,13 @@ class Controls:
         self.size = []
         if sized:
             with gr.Row():
-                self.size = [gr.Slider(MIN_SIDE, max_side, value=getattr(defaults, side), step=factor,
-                                       label=side.capitalize(), info=about(side, f"a multiple of {factor}"))
+                self.size = [Slider(MIN_SIDE, max_side, value=getattr(defaults, side), step=factor,
+                                    label=side.capitalize(), info=about(side, f"a multiple of {factor}"))
                              for side in ("width", "height")]
         with gr.Row():
-            self.preview_every = gr.Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
-                                           label="Preview every N steps",
-                                           info=about("preview_every", "0: only the final image"))
+            self.preview_every = Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
+                                        label="Preview every N steps",
+                                        info=about("preview_every", "0: only the final image"))
             self.previews = gr.Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
                                      info=about("previews", " · ".join(f"{name}: {text}"
                                                                        for name, text in PREVIEWS.items())))
@@ -170,6 +170,16 @@ def check_kept(frames: list[tuple]) -> None:
         raise ValueError(EXPIRED)
 
 
+def cached(image: Image.Image | None, panel: gr.components.Component) -> str | None:
+    """The image as the PNG file gradio would make of it in the panel's cache, which expires with the cache: a
+    session keeps this path rather than the pixels (at 512 px, 1.5 MB a step)."""
+    try:
+        return None if image is None else image_utils.save_image(image, panel.GRADIO_CACHE, format="png")
+    except OSError as err:  # a disk that filled up during the run
+        raise RunFailed(f"Cannot write to the cache folder {panel.GRADIO_CACHE} ({err.strerror or err}): free "
+                        "some space there and run again; the app is still running") from err
+
+
 class RunView:
     """Lays out the panels of one tab (element ids start with `name`) and streams a run into them."""
 
@@ -183,8 +193,8 @@ class RunView:
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
         self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
-        self.scrub = gr.Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False,
-                               info="the previews it streamed, first to last: the status line names each one's step")
+        self.scrub = Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False,
+                            info="the previews it streamed, first to last: the status line names each one's step")
         with gr.Row():
             self.result = image_panel("Result", f"{name}-result")
             self.beside = image_panel(beside_result, f"{name}-beside") if beside_result else None
@@ -194,8 +204,8 @@ class RunView:
                 self.send_vae = gr.Button("Send to VAE", size="sm", elem_id=f"{name}-send-vae")
         with gr.Row():
             self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm", scale=2)
-            self.fps = gr.Slider(1, export.MAX_FPS, value=export.DEFAULT_FPS, step=1, label="Video frames per second",
-                                 scale=1)
+            self.fps = Slider(1, export.MAX_FPS, value=export.DEFAULT_FPS, step=1, label="Video frames per second",
+                              scale=1)
         with gr.Row():
             self.mp4 = gr.File(label="x0 video (MP4)")
             self.gif = gr.File(label="x0 video (GIF)")
@@ -230,13 +240,7 @@ class RunView:
             for part, path in (("x_t", x_t), ("x0", x0))]
 
     def cached(self, image: Image.Image | None) -> str | None:
-        """The image as the PNG file gradio would make of it in its cache, which expires with the cache: the
-        session's history keeps this path rather than the pixels (at 512 px, 1.5 MB a step)."""
-        try:
-            return None if image is None else image_utils.save_image(image, self.x0.GRADIO_CACHE, format="png")
-        except OSError as err:  # a disk that filled up during the run
-            raise RunFailed(f"Cannot write to the cache folder {self.x0.GRADIO_CACHE} ({err.strerror or err}): free "
-                            "some space there and run again; the app is still running") from err
+        return cached(image, self.x0)
 
     def saved(self, frames: Iterator[Frame]) -> Iterator[tuple[Frame, tuple[str, str] | None]]:
         """Each frame with the cache files of its x_t and x0 previews (None without previews)."""
@@ -319,7 +323,7 @@ class RunView:
                               api_name=f"{self.name}_video")
         wire_stop(stop, self.stops, starts, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
-                         api_visibility="private", queue=False)
+                         api_visibility="private", show_progress="hidden")
 
 
 class PairView:

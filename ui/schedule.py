@@ -7,7 +7,7 @@ import pandas as pd
 from core.engine import Engine
 from core.sampler import MAX_STEPS
 from core.schedule import SCHEDULERS
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, user_errors, whole
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
@@ -30,7 +30,7 @@ def build(engine: Engine, concurrency: int) -> None:
 
     first_table, first_plot, first_explain = schedule(defaults.steps, defaults.scheduler)
     with gr.Row():
-        steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
+        steps = Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
         scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler")
     with gr.Row():
         with gr.Column():
@@ -45,8 +45,8 @@ def build(engine: Engine, concurrency: int) -> None:
                               height=PANEL // 2, elem_id="noise-input", value=str(EXAMPLE_IMAGES[-1]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():
-                step = gr.Slider(0, defaults.steps - 1, value=defaults.steps // 2, step=1,
-                                 label="Step (0 = the noisiest)")
+                step = Slider(0, defaults.steps - 1, value=defaults.steps // 2, step=1,
+                              label="Step (0 = the noisiest)")
                 seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise")
             add = gr.Button("Add noise", variant="primary")
         with gr.Column(scale=3):
@@ -54,7 +54,7 @@ def build(engine: Engine, concurrency: int) -> None:
             about = gr.Markdown(elem_id="noise-about")
             row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6,
                              height=PANEL // 2 + 60,
-                             elem_classes="pixels", elem_id="noise-row", object_fit="contain")
+                             elem_classes="pixels", elem_id="noise-row", object_fit="contain", interactive=False)
 
     def add_noise(image, steps, scheduler, step, seed):
         """An image's latents noised with the scheduler's add_noise to a step, decoded; and a row of steps."""
@@ -66,8 +66,8 @@ def build(engine: Engine, concurrency: int) -> None:
         return picture, text, gallery
 
     gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
-          api_name="schedule", queue=False)
+          api_name="schedule", show_progress="hidden")
     steps.change(lambda n, k: gr.update(maximum=max(whole(n, "steps") - 1, 1), value=min(k, whole(n, "steps") - 1)),
-                 [steps, step], step, api_visibility="private", queue=False)
+                 [steps, step], step, api_visibility="private", show_progress="hidden")
     add.click(add_noise, [image, steps, scheduler, step, seed], [noised, about, row], api_name="add_noise",
               concurrency_id=GENERATE, concurrency_limit=concurrency)

@@ -17,7 +17,7 @@ from core import export
 from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, number, user_errors, whole
+from ui.common import GENERATE, Slider, number, user_errors, whole
 from ui.run_view import PANEL, Controls, PairView, RunView, stop_flag, wire_stop
 from ui.stops import StopFlags
 
@@ -186,8 +186,8 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             with gr.Row():
                 word_a = gr.Textbox(label="Word A", value=first[2])
                 word_b = gr.Textbox(label="Word B", value=first[3])
-            weight = gr.Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
-                               info="the mix is weight x A + (1 - weight) x B")
+            weight = Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
+                            info="the mix is weight x A + (1 - weight) x B")
             mix_go = go_and_stop(lab.stops, "Generate both")
             gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
                         example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
@@ -348,21 +348,21 @@ def build_mix_prompts(lab: Lab) -> None:
         with gr.Column(scale=2):
             prompt_a = gr.Textbox(label="Prompt A", value=first[0])
             prompt_b = gr.Textbox(label="Prompt B", value=first[1])
-            factor = gr.Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
-                               info="(1 - factor) x encoding(A) + factor x encoding(B)")
+            factor = Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
+                            info="(1 - factor) x encoding(A) + factor x encoding(B)")
             with gr.Row():
                 prompts_go = gr.Button("Generate", variant="primary")
                 prompts_stop = gr.Button("Stop", variant="stop")
             with gr.Row():
-                count = gr.Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
-                sweep_fps = gr.Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
+                count = Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
+                sweep_fps = Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
             sweep_go = gr.Button("Sweep from A to B (same seed)")
             gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
             code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
             strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
-                               elem_id="prompts-strip", object_fit="contain")
+                               elem_id="prompts-strip", object_fit="contain", interactive=False)
             sweep_gif = gr.File(label="The sweep as a GIF")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,

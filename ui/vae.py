@@ -5,7 +5,7 @@ import gradio as gr
 
 from core.engine import Engine
 from core.views import MAX_CHANNEL_SCALE
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, given, number, user_errors
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, number, user_errors
 from ui.run_view import PANEL, image_panel
 
 NO_EDIT = "none"
@@ -22,8 +22,8 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             with gr.Row():
                 channel = gr.Dropdown(channels, value=NO_EDIT, label="Decode again with channel ...",
                                       info="to see what one channel carries")
-                scale = gr.Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25,
-                                  label="... multiplied by", info="0 removes the channel")
+                scale = Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25,
+                               label="... multiplied by", info="0 removes the channel")
             run = gr.Button("Encode and decode", variant="primary")
         with gr.Column(scale=3):
             with gr.Row():
@@ -32,7 +32,8 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             about = gr.Markdown("Press Encode and decode.", elem_id="vae-about")
             latent_channels = gr.Gallery(label="Latent channels, each stretched from its min to its max (below it)",
                                          columns=engine.bundle.latent_channels, height=PANEL // 2 + 60,
-                                         elem_classes="pixels", elem_id="vae-channels", object_fit="contain")
+                                         elem_classes="pixels", elem_id="vae-channels", object_fit="contain",
+                                         interactive=False)
             with gr.Row():
                 difference = image_panel("Difference |input - reconstruction|, x4", "vae-difference")
                 edited = image_panel("Decoded with the channel changed", "vae-edited")
