@@ -97,7 +97,7 @@ class Recipe:
     settings: Settings
     edit: Edit | None = None                    # swap or mix one token's embedding (two runs, side by side)
     learned: dict[str, torch.Tensor] = field(default_factory=dict)  # learned tokens the prompts use: (n, hidden)
-    mix: tuple[str, float] | None = None        # (prompt B, factor): (1 - factor) x A + factor x B
+    mix: tuple[str, float] | None = None        # (prompt B, factor): factor x A + (1 - factor) x B
     guidance: Guidance | None = None            # loss guidance
     image: str | None = None                    # image to image: the image's path ...
     strength: float | None = None               # ... and the strength
@@ -161,7 +161,7 @@ def _settings(recipe: Recipe) -> str:
     s = recipe.settings
     lines = ["# The run's settings", f"prompt = {recipe.prompt!r}"]
     if recipe.mix:
-        lines += [f"prompt_b = {recipe.mix[0]!r}", f"mix_factor = {recipe.mix[1]!r}  # (1 - f) x prompt + f x prompt_b"]
+        lines += [f"prompt_b = {recipe.mix[0]!r}", f"mix_factor = {recipe.mix[1]!r}  # f x prompt + (1 - f) x prompt_b"]
     lines += [f"negative_prompt = {recipe.negative_prompt!r}"]
     if recipe.image is not None:
         lines += [f"image_path = {recipe.image!r}", f"strength = {recipe.strength!r}"]
@@ -320,7 +320,7 @@ edited[0, position] = sum(weight * ({lookup}table[part]) for part, weight in par
 runs = [("as written", encode(prompt)), ("edited", encode_embeddings(edited))]
 '''
     elif recipe.mix:
-        out += "\nruns = [(\"mixed\", (1 - mix_factor) * encode(prompt) + mix_factor * encode(prompt_b))]\n"
+        out += "\nruns = [(\"mixed\", mix_factor * encode(prompt) + (1 - mix_factor) * encode(prompt_b))]\n"
     else:
         out += "\nruns = [(\"result\", encode(prompt))]\n"
     return out + "uncond_embeddings = encode(negative_prompt)  # what classifier-free guidance steers away from\n"

@@ -298,28 +298,30 @@ class Engine:
 
     def mix_prompts(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str, settings: Settings, *,
                     learned: text.Learned | None = None, should_stop: Callable[[], bool] = lambda: False) -> Run:
-        """Generate from (1 - factor) x encoding(A) + factor x encoding(B)."""
+        """Generate from factor x encoding(A) + (1 - factor) x encoding(B): the notebook's mix_factor weights the
+        first prompt."""
         if not 0.0 <= factor <= 1.0:
             raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
         settings = self.check_txt2img(prompt_a, negative_prompt, settings)
         text.check_prompt(prompt_b, "second prompt")
         a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned)
         b, more = self.conditioning(prompt_b, negative_prompt, learned=learned)
-        mixed = replace(a, cond=(1 - factor) * a.cond + factor * b.cond)
+        mixed = replace(a, cond=factor * a.cond + (1 - factor) * b.cond)
         frames = sample(self.bundle, mixed, settings, should_stop=should_stop)
         return self._run(settings, notes + more, frames)
 
     def prompt_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings, count: int, *,
                      learned: text.Learned | None = None,
                      should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[float, Image.Image]]:
-        """The mix at `count` factors from 0 to 1, same seed: (factor, image) as each finishes."""
+        """The mix from A to B (factors from 1 down to 0) at `count` evenly spaced factors, same seed: (factor,
+        image) as each finishes."""
         if not 2 <= count <= MAX_SWEEP:
             raise ValueError(f"the sweep takes from 2 to {MAX_SWEEP} images, got {count!r}")
         settings = replace(self.check_txt2img(prompt_a, negative_prompt, settings), preview_every=0)
         for i in range(count):
             if should_stop():
                 return
-            factor = i / (count - 1)
+            factor = 1 - i / (count - 1)
             run = self.mix_prompts(prompt_a, prompt_b, factor, negative_prompt, settings, learned=learned,
                                    should_stop=should_stop)
             frames = list(run.frames)

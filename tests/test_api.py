@@ -263,12 +263,12 @@ def test_learned_embeddings_stay_with_the_user_who_loaded_them(app_url, tmp_path
 def test_prompt_mix_and_sweep_endpoints(app_url):
     client = Client(app_url, verbose=False)
     settings = dict(steps=4, guidance_scale=7.5, seed=3, width=64, height=64, preview_every=1, scheduler="lms")
-    outputs = list(client.submit(prompt_a="a red circle", prompt_b="a blue star", factor=0.5, **settings,
+    outputs = list(client.submit(prompt_a="a red circle", prompt_b="a blue star", factor=0.3, **settings,
                                  api_name="/mix_prompts"))
-    assert len(image_paths(outputs, X0)) == 4 and "0.5 x A + 0.5 x B" in outputs[-1][STATUS]
+    assert len(image_paths(outputs, X0)) == 4 and "0.3 x A + 0.7 x B" in outputs[-1][STATUS]
     strip, gif = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
                                 api_name="/prompt_sweep")
-    assert [item["caption"] for item in strip] == ["0.00", "0.50", "1.00"]
+    assert [item["caption"] for item in strip] == ["1.00", "0.50", "0.00"]  # from A to B
     assert Image.open(gif).n_frames == 3
 
 

@@ -67,7 +67,7 @@ def test_mix_weight_one_is_the_pure_word(tiny_bundle):
 
 
 def test_prompt_mix_ends_are_the_pure_prompts(engine):
-    for factor, prompt in ((0.0, "a red circle"), (1.0, "a blue star")):
+    for factor, prompt in ((1.0, "a red circle"), (0.0, "a blue star")):
         mixed = list(engine.mix_prompts("a red circle", "a blue star", factor, "", SMALL).frames)[-1].latents
         pure = list(engine.txt2img(prompt, "", SMALL).frames)[-1].latents
         assert torch.equal(mixed, pure)
@@ -77,7 +77,7 @@ def test_prompt_mix_ends_are_the_pure_prompts(engine):
 
 def test_sweep_runs_from_a_to_b(engine):
     sweep = list(engine.prompt_sweep("a red circle", "a blue star", "", SMALL, count=3))
-    assert [factor for factor, _ in sweep] == [0.0, 0.5, 1.0]
+    assert [factor for factor, _ in sweep] == [1.0, 0.5, 0.0]
     alone = list(engine.txt2img("a blue star", "", SMALL).frames)[-1].image
     assert sweep[-1][1].tobytes() == alone.tobytes()
 

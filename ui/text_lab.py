@@ -348,8 +348,8 @@ def build_mix_prompts(lab: Lab) -> None:
         with gr.Column(scale=2):
             prompt_a = gr.Textbox(label="Prompt A", value=first[0])
             prompt_b = gr.Textbox(label="Prompt B", value=first[1])
-            factor = Slider(0, 1, value=first[2], step=0.05, label="Mix factor",
-                            info="(1 - factor) x encoding(A) + factor x encoding(B)")
+            factor = Slider(0, 1, value=first[2], step=0.05, label="Mix factor: the weight of A",
+                            info="the notebook's mix_factor: factor x encoding(A) + (1 - factor) x encoding(B)")
             with gr.Row():
                 prompts_go = gr.Button("Generate", variant="primary")
                 prompts_stop = gr.Button("Stop", variant="stop")
@@ -374,7 +374,7 @@ def build_mix_prompts(lab: Lab) -> None:
                                              previews, scheduler)
                 f = number(factor, "mix factor")
                 run = engine.mix_prompts(prompt_a, prompt_b, f, "", settings, learned=learned, should_stop=flag.is_set)
-            yield from prompts_view.stream(run, flag, f" · {1 - f:g} x A + {f:g} x B")
+            yield from prompts_view.stream(run, flag, f" · {f:g} x A + {1 - f:g} x B")
 
     def mix_prompts_code(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                          previews, scheduler, learned):
@@ -396,7 +396,7 @@ def sweep_handler(lab: Lab):
 
     def prompt_sweep(prompt_a, prompt_b, count, fps, steps, guidance_scale, seed, width, height, preview_every,
                      previews, scheduler, learned, request: gr.Request):
-        """The mix at evenly spaced factors from A to B with the same seed, as a strip and a GIF."""
+        """The mix from A to B (factors from 1 down to 0) with the same seed, as a strip and a GIF."""
         with stop_flag(lab.stops, request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
