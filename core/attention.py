@@ -99,6 +99,16 @@ def entries(names: Sequence[str], length: int) -> tuple[str, ...]:
     return tuple(names[:length]) + ((f"padding x{padding}",) if padding else ())
 
 
+ARTICLES = ("a</w>", "an</w>", "the</w>")
+
+
+def first_word(tokens: Sequence[str]) -> int:
+    """The position of the first word among a prompt's map entries that is not an article ("a red circle" -> 2,
+    red), the first entry after the start token when there is none."""
+    words = [i for i, name in enumerate(tokens[1:], 1) if not name.startswith(("<|", "padding x"))]
+    return next((i for i in words if tokens[i] not in ARTICLES), 1)
+
+
 def check_entry(tokens: Sequence[str], position: int) -> int:
     """A position among a prompt's map entries; ValueError naming the bad one and what this prompt has."""
     if not isinstance(position, int) or not 0 <= position < len(tokens):

@@ -193,6 +193,12 @@ def test_bad_layer_choices_say_what_the_model_has(toy_engine, layers, message):
         toy_engine.attention(PROMPT, "", toy_engine.default_settings(), layers=layers)
 
 
+@pytest.mark.parametrize("prompt, first", [("a blue star", 2), ("the cat and a dog", 2), ("red circle", 1),
+                                           ("a", 1), ("", 1)])
+def test_the_map_shown_first_is_the_first_word_past_the_articles(toy_engine, prompt, first):
+    assert attention.first_word(toy_engine.attention_tokens(prompt)) == first
+
+
 def test_entries_and_positions(toy_engine):
     tokens = toy_engine.attention_tokens("a blue star")
     assert tokens == ("<|startoftext|>", "a</w>", "blue</w>", "star</w>", "<|endoftext|>",

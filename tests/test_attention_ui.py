@@ -19,7 +19,7 @@ from tests.test_pictures import PICTURES
 
 # What /attention returns (gradio_client leaves out the State): RunView's outputs, then the tab's own.
 RESULT, PROGRESS, GRID, LARGE, MASS, MAPS = 3, 7, 8, 9, 10, 11
-TOKENS = ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "<|endoftext|>", "padding x72"]
+TOKENS = ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>", "padding x72"]  # as the tab names them
 
 
 def attend(client, **change):
@@ -46,7 +46,7 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(served, alone.images))
     assert [row[0] for row in last[MASS]["data"]] == [f"{i} {token}" for i, token in enumerate(TOKENS)]
     assert sum(row[1] for row in last[MASS]["data"]) == pytest.approx(1.0, abs=1e-5)
-    assert last[GRID][3]["caption"].startswith("3 circle</w> · ")
+    assert last[GRID][3]["caption"].startswith("3 circle · ")
     assert Image.open(last[LARGE]).size == (64, 64)
     mp4, gif = client.predict(token=2, opacity=0.5, fps=4, api_name="/attention_map_video")
     assert mp4.endswith("sdlens-attention-token2-seed4.mp4") and Image.open(gif).n_frames == 5
@@ -93,6 +93,8 @@ def toy_page():
 
 def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     page, tab = toy_page, toy_page.locator("#tab-attention")
+    expect(tab.get_by_label("Prompt", exact=True)).to_have_value("a red circle on a white background")
+    expect(tab.get_by_label("Token shown large", exact=True)).to_have_value("2")  # red: the first word past "a"
     tab.get_by_label("Prompt", exact=True).fill("a green heart on a black background")
     tab.get_by_label("Seed", exact=True).fill("2")
     set_number(tab, "Steps", 20)
@@ -105,9 +107,9 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     assert len(set(page.evaluate("window.shown"))) >= 15  # 20 streamed; a few may arrive together
     grid = page.locator("#attention-grid .thumbnail-item")
     expect(grid).to_have_count(10)
-    expect(grid.nth(3)).to_contain_text("3 heart</w> · ")
+    expect(grid.nth(3)).to_contain_text("3 heart · ")
     expect(page.locator("#attention-maps .thumbnail-item")).to_have_count(10)
-    expect(page.locator("#attention-maps .caption-label").nth(3)).to_have_text("heart</w>")
+    expect(page.locator("#attention-maps .caption-label").nth(3)).to_have_text("heart")
     expect(page.locator("#attention-mass")).to_contain_text("How this step's attention splits")
     page.screenshot(path=SHOTS / "attention.png", full_page=True)
     page.screenshot(path=PICTURES / "attention.png", full_page=True)

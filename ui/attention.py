@@ -21,7 +21,6 @@ from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
-FIRST_TOKEN = 1  # the map shown large at first: the first word after the start token
 
 
 def opened(image: Image.Image | str | None) -> Image.Image | None:
@@ -29,13 +28,18 @@ def opened(image: Image.Image | str | None) -> Image.Image | None:
     return Image.open(image) if isinstance(image, str) else image
 
 
+def word(token: str) -> str:
+    """A token as this tab names it: without the tokenizer's end-of-word mark ("red</w>" -> "red")."""
+    return token.removesuffix("</w>")
+
+
 def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], opacity: float, token: int) -> list:
     """One step's maps for the page (images or their files): each over x0 in the grid, captioned with its token
     and share; the chosen one large; the shares as a chart; the maps in grayscale, captioned with their tokens."""
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
-    names = [f"{i} {name}" for i, name in enumerate(tokens)]
+    names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
     return [[(image, f"{name} · {share:.1%}") for image, name, share in zip(over, names, shares)], over[token],
-            pd.DataFrame({"token": names, "share": shares}), list(zip(grays, tokens))]
+            pd.DataFrame({"token": names, "share": shares}), [(gray, word(name)) for gray, name in zip(grays, tokens)]]
 
 
 def kept_frames(last_run, last_maps) -> list[tuple]:
@@ -95,16 +99,20 @@ def form_column(engine: Engine) -> Form:
     return Form(prompt, negative_prompt, generate, stop, parts, cell_choice, controls)
 
 
-def maps_panels() -> Maps:
+def maps_panels(first_token: int) -> Maps:
+    """The panels, with the map of the token at `first_token` shown large at first."""
     with gr.Row():
         opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
-        token = gr.Number(value=FIRST_TOKEN, precision=0, label="Token shown large",
+        token = gr.Number(value=first_token, precision=0, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
                       format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid",
                       interactive=False)
     mass = gr.BarPlot(x="token", y="share", title="How this step's attention splits across the tokens",
                       x_label_angle=-45, height=300, elem_id="attention-mass")
+    gr.Markdown("The last bar sums the padding: every position after the end token, up to CLIP's 77. There are "
+                "many of them, so together they take a large share even where each one takes less than a word.",
+                elem_id="attention-padding")
     grays = gr.Gallery(label="The maps in grayscale, each scaled to 0-255", columns=5, format="png",
                        elem_classes="pixels", elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
@@ -121,7 +129,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=3):
             view = RunView("attention", stops, "Press Generate to watch where each token's attention lands.",
                            beside_result="The chosen token's map over x0")
-            maps = maps_panels()
+            maps = maps_panels(attention.first_word(engine.attention_tokens(form.prompt.value)))
             code = CodePanel(writers, "attention", ("attention",))
     history = gr.State(None)  # the last run's maps, step for step with view.history: [(gray files, shares, tokens)]
     wire_run(engine, form, view, maps, history, concurrency, code)
@@ -212,7 +220,8 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
             opacity = attention.check_opacity(number(opacity, "opacity"))
             fps = export.check_fps(number(fps, "frames per second"))
             frames = [export.video_frame([opened(x0), attention.overlay(opened(x0), opened(grays[token]), opacity)],
-                                         f"{tokens[token]} · {caption}") for caption, x0, grays, _, tokens in steps]
+                                         f"{word(tokens[token])} · {caption}")
+                      for caption, x0, grays, _, tokens in steps]
         with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
             stem = Path(folder) / f"sdlens-attention-token{token}-seed{last_run[0]}"
             yield (str(export.write_mp4(frames, stem.with_suffix(".mp4"), fps)),
