@@ -245,17 +245,19 @@ class Engine:
         loss_guidance.check_guidance(guidance, settings.scheduler, settings.steps)
         return settings
 
-    def conditioning(self, prompt: str, negative_prompt: str, *,
-                     learned: text.Learned | None = None) -> tuple[Conditioning, tuple[str, ...]]:
-        """Both prompts encoded (with any learned tokens they use), and a note for each one longer than CLIP
-        reads."""
+    def conditioning(self, prompt: str, negative_prompt: str, *, learned: text.Learned | None = None,
+                     name: str = "The prompt") -> tuple[Conditioning, tuple[str, ...]]:
+        """Both prompts encoded (with any learned tokens they use), a note for each one longer than CLIP reads,
+        and one when the prompt (called `name` in the notes) is empty."""
         tokens = text.tokenize(self.bundle, prompt, learned)
         negative = text.tokenize(self.bundle, negative_prompt, learned)
         uncond = self.empty_encoding if negative_prompt == "" else text.encode(self.bundle, negative, learned)
         notes = tuple(
             f"{what} is longer than CLIP's {self.bundle.max_length} tokens; ignored: “{t.truncated}”"
-            for what, t in (("The prompt", tokens), ("The negative prompt", negative)) if t.truncated
+            for what, t in ((name, tokens), ("The negative prompt", negative)) if t.truncated
         )
+        if not prompt.strip():
+            notes += (f"{name} is empty: CLIP encodes it as no text at all",)
         return Conditioning(text.encode(self.bundle, tokens, learned), uncond), notes
 
     # --- the text lab: tokens, embeddings and their edits ---
@@ -304,11 +306,11 @@ class Engine:
             raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
         settings = self.check_txt2img(prompt_a, negative_prompt, settings)
         text.check_prompt(prompt_b, "second prompt")
-        a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned)
-        b, more = self.conditioning(prompt_b, negative_prompt, learned=learned)
+        a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned, name="Prompt A")
+        b, more = self.conditioning(prompt_b, negative_prompt, learned=learned, name="Prompt B")
         mixed = replace(a, cond=factor * a.cond + (1 - factor) * b.cond)
         frames = sample(self.bundle, mixed, settings, should_stop=should_stop)
-        return self._run(settings, notes + more, frames)
+        return self._run(settings, notes + tuple(note for note in more if note not in notes), frames)
 
     def prompt_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings, count: int, *,
                      learned: text.Learned | None = None,

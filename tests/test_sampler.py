@@ -368,3 +368,12 @@ def test_cached_lms_equals_stock_lms_and_integrates_each_coefficient_once(tiny_b
                         lambda self, *args: integrals.append(args) or original(self, *args))
     again = list(sample(tiny_bundle, cond, settings))
     assert integrals == [] and torch.equal(again[-1].latents, frames[-1].latents)
+
+
+def test_an_empty_prompt_runs_with_a_note_saying_so(tiny_bundle):
+    engine = Engine(tiny_bundle)
+    assert engine.txt2img("   ", "", SMALL).notes == ("The prompt is empty: CLIP encodes it as no text at all",)
+    assert engine.txt2img("a red circle", "", SMALL).notes == ()
+    mixed = engine.mix_prompts("a red circle", "", 0.5, "x " * 90, SMALL)
+    assert [note.split(":")[0] for note in mixed.notes] == [
+        "The negative prompt is longer than CLIP's 77 tokens; ignored", "Prompt B is empty"]

@@ -100,6 +100,7 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler),
                     should_stop=flag.is_set)
             distances, kept, frame, about = [], [], None, f"seed {run.settings.seed}"
+            notes = list(run.notes)
             with user_errors():
                 for frame in run.frames:
                     if frame.x0_image is None:
@@ -109,14 +110,14 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                     norms = ", ".join(f"{n:.2f}" for n in split.noise_norms)
                     about = f"seed {run.settings.seed} · noise RMS per channel {norms}"
                     pictures = (split.uncond, split.text, split.guided, split.noise)
-                    kept.append((status_line(frame, "done", about, []),
+                    kept.append((status_line(frame, "done", about, notes),
                                                  [(cached(picture, parts), caption)
                                   for picture, caption in zip(pictures, PART_CAPTIONS)]))
-                    yield (kept[-1][1], status_line(frame, "running", about, []), distance_table(distances),
-                           progress(frame, "running", run.settings.seed, []), None)
+                    yield (kept[-1][1], status_line(frame, "running", about, notes), distance_table(distances),
+                           progress(frame, "running", run.settings.seed, notes), None)
             state = ended(frame.image if frame else None, flag)
-            yield (kept[-1][1] if kept else None, status_line(frame, state, about, []), distance_table(distances),
-                   progress(frame, state, run.settings.seed, []), kept or None)
+            yield (kept[-1][1] if kept else None, status_line(frame, state, about, notes), distance_table(distances),
+                   progress(frame, state, run.settings.seed, notes), kept or None)
 
     def cfg_parts_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                        scheduler):
@@ -264,7 +265,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
     def round_(state: str) -> Round:
         lead = max((frame for frame in last if frame), key=lambda f: (f.index + 1) / f.steps, default=None)
         return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
-                     status_line(lead, state, about, []),
+                     status_line(lead, state, about, list(runs[0].notes)),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
                      {"state": state, "entries": labels, "steps": [frame.index + 1 if frame else 0 for frame in last],
                       "seeds": [run.settings.seed for run in runs], "seed": runs[0].settings.seed})
