@@ -96,14 +96,18 @@ class Views:
                          (ours - reference).abs().max().item(), (open_ - reference).abs().max().item())
 
     @torch.no_grad()
-    def vae_view(self, image: str | Path | Image.Image, channel: int | None = None, scale: float = 0.0) -> VaeView:
-        """An image through the VAE: its latent channels, the reconstruction, the error; optionally the latents
-        decoded again with one channel multiplied by `scale` (0 removes it)."""
+    def check_channel_edit(self, channel: int | None, scale: float) -> None:
+        """ValueError unless `channel` is one of the latents' channels (or None) and `scale` is allowed."""
         channels = self.bundle.latent_channels
         if channel is not None and not 0 <= channel < channels:
             raise ValueError(f"channel must be from 0 to {channels - 1}, got {channel!r}")
         if not -MAX_CHANNEL_SCALE <= scale <= MAX_CHANNEL_SCALE:
             raise ValueError(f"scale must be from {-MAX_CHANNEL_SCALE:g} to {MAX_CHANNEL_SCALE:g}, got {scale!r}")
+
+    def vae_view(self, image: str | Path | Image.Image, channel: int | None = None, scale: float = 0.0) -> VaeView:
+        """An image through the VAE: its latent channels, the reconstruction, the error; optionally the latents
+        decoded again with one channel multiplied by `scale` (0 removes it)."""
+        self.check_channel_edit(channel, scale)
         # 1. fit and encode
         fitted = images.fit_to(self.bundle, image)
         pixels = vae.from_pil(fitted.image)                  # (1, 3, H, W)
@@ -129,11 +133,9 @@ class Views:
         return schedule.table(self.bundle.scheduler_config, scheduler, steps)
 
     @torch.no_grad()
-    def noise_row(self, image: str | Path | Image.Image, steps: int, scheduler: str, index: int, seed: int,
-                  count: int = NOISE_ROW) -> NoiseRow:
-        """The image noised with add_noise to step `index`, and to `count` steps spread over the schedule
-        (the same noise each time, so only its level changes), each decoded."""
-        # 1. check the inputs; fit the image
+    def check_noise_row(self, image: str | Path | Image.Image, steps: int, scheduler: str, index: int,
+                        seed: int) -> tuple[images.Fitted, Settings]:
+        """The image fitted to the model and the schedule's settings; ValueError for a bad input."""
         if not isinstance(index, int) or not 0 <= index < steps:
             raise ValueError(f"step must be from 0 to {steps - 1} (steps - 1), got {index!r}")
         fitted = images.fit_to(self.bundle, image)
@@ -141,6 +143,14 @@ class Views:
         settings = replace(self.base, steps=steps, scheduler=scheduler, seed=seed,
                            width=width, height=height, preview_every=0)
         check_settings(self.bundle, settings)
+        return fitted, settings
+
+    def noise_row(self, image: str | Path | Image.Image, steps: int, scheduler: str, index: int, seed: int,
+                  count: int = NOISE_ROW) -> NoiseRow:
+        """The image noised with add_noise to step `index`, and to `count` steps spread over the schedule
+        (the same noise each time, so only its level changes), each decoded."""
+        # 1. check the inputs; fit the image
+        fitted, settings = self.check_noise_row(image, steps, scheduler, index, seed)
         # 2. one draw of noise, added at each step's level
         clean = vae.image_latents(self.bundle, fitted.image)
         noise = initial_noise(self.bundle, settings)

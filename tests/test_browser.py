@@ -323,6 +323,13 @@ def test_vae_tab_shows_channels_reconstruction_and_error(page):
     for panel in ("#vae-reconstruction", "#vae-difference", "#vae-edited"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
     page.screenshot(path=SHOTS / "vae.png", full_page=True)
+    page.locator("#vae-input").get_by_role("button", name="Remove Image").click()  # a refused run leaves the panels be
+    tab.get_by_role("button", name="Encode and decode").click()
+    expect(page.get_by_text("There is no image: upload one or pick an example")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(about).to_contain_text("48x fewer numbers")
+    for panel in ("#vae-about", "#vae-reconstruction", "#vae-channels"):
+        expect(page.locator(panel).get_by_text("Error", exact=True)).to_have_count(0)
+    page.locator(".toast-close").click()
 
 
 def test_schedule_tab_table_plot_and_add_noise(page):

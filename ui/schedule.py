@@ -56,10 +56,18 @@ def build(engine: Engine, concurrency: int) -> None:
                              height=PANEL // 2 + 60,
                              elem_classes="pixels", elem_id="noise-row", object_fit="contain", interactive=False)
 
+    def read(image, steps, scheduler, step, seed) -> tuple:
+        return given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed")
+
+    def check(*inputs):
+        """Refuse bad inputs with a message before the run, leaving the last run's panels as they are."""
+        with user_errors():
+            engine.views.check_noise_row(*read(*inputs))
+
     def add_noise(image, steps, scheduler, step, seed):
         """An image's latents noised with the scheduler's add_noise to a step, decoded; and a row of steps."""
         with user_errors():
-            result = engine.views.noise_row(given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed"))
+            result = engine.views.noise_row(*read(image, steps, scheduler, step, seed))
         index, timestep, sigma, picture = result.chosen
         gallery = [(pic, f"{i}: σ {s:.2f}") for i, _, s, pic in result.row]
         text = f"step {index} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
@@ -69,5 +77,7 @@ def build(engine: Engine, concurrency: int) -> None:
           api_name="schedule", show_progress="hidden")
     steps.change(lambda n, k: gr.update(maximum=max(whole(n, "steps") - 1, 1), value=min(k, whole(n, "steps") - 1)),
                  [steps, step], step, api_visibility="private", show_progress="hidden")
-    add.click(add_noise, [image, steps, scheduler, step, seed], [noised, about, row], api_name="add_noise",
-              concurrency_id=GENERATE, concurrency_limit=concurrency)
+    inputs = [image, steps, scheduler, step, seed]
+    add.click(check, inputs, None, api_visibility="private").success(
+        add_noise, inputs, [noised, about, row], api_name="add_noise", concurrency_id=GENERATE,
+        concurrency_limit=concurrency)

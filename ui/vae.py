@@ -38,10 +38,13 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
                 difference = image_panel("Difference |input - reconstruction|, x4", "vae-difference")
                 edited = image_panel("Decoded with the channel changed", "vae-edited")
 
+    def read(image, channel, scale) -> tuple:
+        return given(image), None if channel == NO_EDIT else int(channel), number(scale, "scale")
+
     def vae(image, channel, scale):
         """Encode an image to latents and decode it back: its channels, the reconstruction, the error."""
         with user_errors():
-            view = engine.views.vae_view(given(image), None if channel == NO_EDIT else int(channel), number(scale, "scale"))
+            view = engine.views.vae_view(*read(image, channel, scale))
         gallery = [(picture, f"ch {i}: {low:.2f} … {high:.2f}")
                    for i, (picture, low, high) in enumerate(view.channels)]
         text = f"**{view.compression}** · PSNR {view.psnr:.2f} dB  \nInput: {view.note}"
@@ -49,6 +52,14 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             text += f"  \nRight: channel {channel} multiplied by {number(scale, 'scale'):g}"
         return view.image, view.reconstruction, text, gallery, view.difference, view.edited
 
-    run.click(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
-              api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
+    def check(image, channel, scale):
+        """Refuse bad inputs with a message before the run, leaving the last run's panels as they are."""
+        with user_errors():
+            image, channel, scale = read(image, channel, scale)
+            engine.fit_image(image)
+            engine.views.check_channel_edit(channel, scale)
+
+    checked = run.click(check, [image, channel, scale], None, api_visibility="private")
+    checked.success(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
+                    api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
     return image
