@@ -174,10 +174,11 @@ def test_scrubber_replays_the_run(page):
 
 def test_stop_ends_the_run_and_the_page_stays_usable(page):
     status = page.locator("#txt2img-status")
+    stop = page.get_by_role("button", name="Stop")
+    expect(stop).to_be_disabled()  # no run going nor waiting
     set_number(page, "Steps", 200)
     page.get_by_role("button", name="Generate").click()
     expect(status).to_contain_text(re.compile(r"step \d+ / 200"), timeout=RUN_TIMEOUT_MS)
-    stop = page.get_by_role("button", name="Stop")
     expect(stop).to_be_enabled()
     # A click event straight away: a trusted click waits for the page to draw the button twice at rest, which
     # a busy headless Chromium may not do before a short run ends.
@@ -185,6 +186,7 @@ def test_stop_ends_the_run_and_the_page_stays_usable(page):
     expect(status).to_contain_text("stopped", timeout=RUN_TIMEOUT_MS)
     stopped_at = int(re.search(r"step (\d+) / 200", status.inner_text()).group(1))
     assert stopped_at < 200
+    expect(stop).to_be_disabled()  # greyed out again: nothing runs
     page.screenshot(path=SHOTS / "txt2img-stopped.png", full_page=True)
     set_number(page, "Steps", 3)
     page.get_by_role("button", name="Generate").click()
@@ -200,7 +202,7 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     expect(page.locator(".toast-body.error")).to_have_css("opacity", "1")  # faded in
     expect(page.locator("#txt2img-x0")).not_to_contain_text("Error")  # the outputs are left alone
     page.screenshot(path=SHOTS / "txt2img-error.png")
-    page.get_by_role("button", name="Stop").click()  # no run going nor waiting: the next run is not stopped
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()  # the run was refused: nothing to stop
     set_number(page, "Width", 64)
     set_number(page, "Steps", 2)
     page.get_by_role("button", name="Generate").click()

@@ -17,7 +17,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
-from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first
+from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, stop_button
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
@@ -87,7 +87,7 @@ def form_column(engine: Engine) -> Form:
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
     with gr.Row():
         generate = gr.Button("Generate", variant="primary")
-        stop = gr.Button("Stop", variant="stop")
+        stop = stop_button()
     first = [place for place in attention.DEFAULT_PLACES if place in places] or places
     parts = gr.CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
                              info="the up blocks place the words best; DAAM sums all three")
@@ -191,9 +191,10 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
         return Scripts(engine).attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells))
 
     inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.token, *controls.inputs]
-    run = checked_first(form.generate, check, inputs, view.stops).success(
-        attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
-        concurrency_id=GENERATE, concurrency_limit=concurrency)
+    checked = checked_first(form.generate, check, inputs, view.stops, form.stop)
+    run = checked.success(attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
+                          concurrency_id=GENERATE, concurrency_limit=concurrency)
+    idle_after(form.stop, (run,))
     code.after(run, attention_code, inputs, view)
     view.wire(form.stop, stop_api=None)
 

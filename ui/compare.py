@@ -22,7 +22,8 @@ from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, user_errors
-from ui.run_view import EXPIRED, PANEL, Controls, cached, ended, progress, status_line, stop_flag, wire_stop
+from ui.run_view import (EXPIRED, PANEL, Controls, cached, ended, idle_after, progress, status_line, stop_button,
+                         stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
@@ -35,13 +36,14 @@ def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
 
 
 def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
-    """A prompt, a negative prompt, and a run button beside Stop; returns (prompt, negative, button)."""
+    """A prompt, a negative prompt, and a run button beside Stop; returns (prompt, negative, (button, Stop))."""
     prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0])
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
     with gr.Row():
         go = gr.Button(label, variant="primary")
-        wire_stop(gr.Button("Stop", variant="stop"), stops, (go,))
-    return prompt, negative_prompt, go
+        stop = stop_button()
+        wire_stop(stop, stops, (go,))
+    return prompt, negative_prompt, (go, stop)
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> gr.Tabs:
@@ -67,7 +69,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
         with gr.Column(scale=2):
             gr.Markdown("Each step, the UNet predicts the noise twice in one batch: without the prompt and with it. "
                         "The sampler steps with uncond + scale x (text - uncond); here are all of them as x0.")
-            prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Generate")
+            prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Generate")
         with gr.Column(scale=3):
             parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
             pick = Slider(0, 1, value=0, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
@@ -83,6 +85,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
     inputs = [prompt, negative_prompt, *controls.inputs]
     go.click(lambda: gr.update(visible=False), None, pick, queue=False, api_visibility="private")
     run = go.click(cfg_parts, inputs, [parts, status, plot, run_progress, kept], api_name="cfg_parts", **options)
+    idle_after(stop, (run,))
     run.then(step_picker, kept, pick, queue=False, api_visibility="private")
     pick.input(show_step, [pick, kept], [parts, status], api_visibility="private", show_progress="hidden")
     code.after(run, cfg_parts_code, inputs, StripView(parts, run_progress))
@@ -188,7 +191,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
         with gr.Column(scale=2):
             gr.Markdown(comparison.about)
             entries = gr.Textbox(label=kind.capitalize(), value=comparison.default, info="comma-separated, at most 12")
-            prompt, negative_prompt, go = prompts_and_buttons(engine, stops, "Compare")
+            prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Compare")
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
                             f"{kind}-strip", 6 if kind != "seeds" else 4)
@@ -230,6 +233,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
     outputs = [strip, status, *plots, *([gif] if gif else []), run_progress]
     inputs = [prompt, negative_prompt, entries, *controls.inputs]
     run = go.click(compare, inputs, outputs, api_name=comparison.api_name, **options)
+    idle_after(stop, (run,))
     code.after(run, compare_code, inputs, StripView(strip, run_progress))
 
 

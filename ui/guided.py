@@ -13,7 +13,7 @@ from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
 from core.sampler import MAX_STEPS
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
-from ui.run_view import Controls, RunView, checked_first
+from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -102,7 +102,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             form = loss_form(engine.default_guidance())
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+                stop = stop_button()
             controls = Controls(engine, tab="guided")
             for label, rows in example_blocks(engine.examples("guided"), controls.defaults.guidance_scale):
                 gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start, controls.guidance_scale],
@@ -114,7 +114,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                            beside_result="Unguided: the same seed and settings", sendable=True)
             code = CodePanel(writers, "guided", ("guided",))
     inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
-    run = wire_run(engine, controls, view, plot, generate, inputs, concurrency)
+    run = wire_run(engine, controls, view, plot, (generate, stop), inputs, concurrency)
 
     def guided_code(prompt, negative_prompt, loss, color, level, loss_scale, every, start, mode, steps,
                     guidance_scale, seed, width, height, preview_every, previews, scheduler):
@@ -128,9 +128,11 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     return Prompted(view, prompt, negative_prompt, controls)
 
 
-def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlot, generate: gr.Button,
-             inputs: list, concurrency: int) -> gr.events.Dependency:
-    """Generate: the inputs checked before the run starts, then the guided run and the unguided one."""
+def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlot,
+             buttons: tuple[gr.Button, gr.Button], inputs: list, concurrency: int) -> gr.events.Dependency:
+    """Generate: the inputs checked before the run starts, then the guided run and the unguided one; Stop
+    (`buttons`: Generate, Stop) is live while they go."""
+    generate, stop = buttons
     unguided = view.beside
 
     def check(prompt, negative_prompt, loss, color, level, loss_scale, every, start, mode, *numbers):
@@ -171,6 +173,8 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
                 plot: pd.DataFrame(losses, columns=["step", "loss"]) if losses else None,
                 unguided: unguided_image()})
 
-    return checked_first(generate, check, inputs, view.stops).success(
-        guided, inputs, [plot, unguided, *view.outputs], api_name="guided", concurrency_id=GENERATE,
-        concurrency_limit=concurrency)
+    checked = checked_first(generate, check, inputs, view.stops, stop)
+    run = checked.success(guided, inputs, [plot, unguided, *view.outputs], api_name="guided",
+                          concurrency_id=GENERATE, concurrency_limit=concurrency)
+    idle_after(stop, (run,))
+    return run

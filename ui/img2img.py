@@ -7,7 +7,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, number, user_errors, whole
-from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel
+from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -39,7 +39,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                elem_id="img2img-plan")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+                stop = stop_button()
             controls = Controls(engine, sized=False, tab="img2img")
             gr.Examples([[str(path), prompt_, strength_] for path, (prompt_, strength_)
                          in zip(EXAMPLE_IMAGES, engine.examples("img2img"))], [image, prompt, strength])
@@ -76,9 +76,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             yield from view.stream(run, flag, final=lambda: shown, result=round_trip)
 
     inputs = [image, prompt, negative_prompt, strength, lms_order, *controls.inputs]
-    run = checked_first(generate, check, inputs, view.stops).success(
-        img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img", concurrency_id=GENERATE,
-        concurrency_limit=concurrency)
+    checked = checked_first(generate, check, inputs, view.stops, stop)
+    run = checked.success(img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img",
+                          concurrency_id=GENERATE, concurrency_limit=concurrency)
+    idle_after(stop, (run,))
     code.after(run, code_writer(engine, controls), inputs, view)
     wire_plan(engine, (strength, lms_order), controls, plan)
     view.wire(stop, stop_api=None)

@@ -54,6 +54,19 @@ def stop_flag(stops: StopFlags, request: gr.Request) -> Iterator[threading.Event
         stops.end(request.session_hash, flag)
 
 
+def stop_button() -> gr.Button:
+    """Stop, greyed out while this session has no run going or waiting: a click on a run button turns it live
+    (`expect_on`), and it greys out again when the run ends (`idle_after`) or its check refuses it
+    (`checked_first`)."""
+    return gr.Button("Stop", variant="stop", interactive=False)
+
+
+def idle_after(stop: gr.Button, runs: tuple[gr.events.Dependency, ...]) -> None:
+    """Stop greys out when one of `runs` ends."""
+    for run in runs:
+        run.then(lambda: gr.Button(interactive=False), None, stop, queue=False, api_visibility="private")
+
+
 def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...] = (),
               api_name: str | None = None) -> None:
     """Stop ends this session's run before its next step, or, pressed while a run that one of `starts` asked
@@ -67,30 +80,32 @@ def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...]
     visibility = {"api_name": api_name} if api_name else {"api_visibility": "private"}
     button.click(stop_run, None, None, queue=False, **visibility)
     for start in starts:
-        expect_on(start, stops)
+        expect_on(start, stops, button)
 
 
-def expect_on(button: gr.Button, stops: StopFlags) -> None:
-    """The button's click registers its run's stop flag at once; the page sends a click's events in the order
-    they were wired, so wire this before the run."""
+def expect_on(button: gr.Button, stops: StopFlags, stop: gr.Button) -> None:
+    """The button's click registers its run's stop flag at once and turns `stop` live; the page sends a click's
+    events one after another in the order they were wired, so wire this before the run."""
 
     def expect_run(request: gr.Request):
         stops.expect(request.session_hash)
+        return gr.Button(interactive=True)
 
-    button.click(expect_run, None, None, queue=False, api_visibility="private")
+    button.click(expect_run, None, stop, queue=False, api_visibility="private")
 
 
-def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopFlags):
+def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopFlags, stop: gr.Button):
     """The button's click registers its run's stop flag, then checks the inputs before the run joins the queue
     (returns that check, for the run to follow on `.success`); a run refused there will not begin, so a later
-    Stop is not for it."""
+    Stop is not for it, and `stop` greys out again."""
 
     def forget_run(request: gr.Request):
         stops.forget(request.session_hash)
+        return gr.Button(interactive=False)
 
-    expect_on(button, stops)
+    expect_on(button, stops, stop)
     checked = button.click(check, inputs, None, api_visibility="private")
-    checked.failure(forget_run, None, None, queue=False, api_visibility="private")
+    checked.failure(forget_run, None, stop, queue=False, api_visibility="private")
     return checked
 
 

@@ -18,7 +18,7 @@ from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
-from ui.run_view import PANEL, Controls, PairView, RunView, stop_flag, wire_stop
+from ui.run_view import PANEL, Controls, PairView, RunView, idle_after, stop_button, stop_flag, wire_stop
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -33,12 +33,13 @@ def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str,
     return [(f"{position}: {name.removesuffix('</w>')}", str(position)) for position, _, name, _, _ in rows]
 
 
-def go_and_stop(stops: StopFlags, label: str) -> gr.Button:
-    """A run button beside a Stop button for this session's run; returns the run button."""
+def go_and_stop(stops: StopFlags, label: str) -> tuple[gr.Button, gr.Button]:
+    """A run button beside a Stop button for this session's run; returns both (see `stop_button`)."""
     with gr.Row():
         go = gr.Button(label, variant="primary")
-        wire_stop(gr.Button("Stop", variant="stop"), stops, (go,))
-    return go
+        stop = stop_button()
+        wire_stop(stop, stops, (go,))
+    return go, stop
 
 
 def token_picker(engine: Engine, prompt: str, value: str | None, label: str, info: str | None = None):
@@ -148,7 +149,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                                                   "a word of the prompt, or its position")
             replacement = gr.Textbox(label="Put this word there", value=first[2],
                                      info="one token, or a token id such as 2368")
-            swap_go = go_and_stop(lab.stops, "Generate both")
+            swap_go, swap_stop = go_and_stop(lab.stops, "Generate both")
             gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
                         example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
         with gr.Column(scale=3):
@@ -173,6 +174,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned]
     run = swap_go.click(swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
+    idle_after(swap_stop, (run,))
     code.after(run, swap_token_code, inputs, swap_view)
     return swap_prompt, swap_token_box
 
@@ -188,7 +190,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                 word_b = gr.Textbox(label="Word B", value=first[3])
             weight = Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
                             info="the mix is weight x A + (1 - weight) x B")
-            mix_go = go_and_stop(lab.stops, "Generate both")
+            mix_go, mix_stop = go_and_stop(lab.stops, "Generate both")
             gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
                         example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
                                         for p, t, a, b, w in engine.examples("mix_tokens")])
@@ -216,6 +218,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned]
     run = mix_go.click(mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
+    idle_after(mix_stop, (run,))
     code.after(run, mix_tokens_code, inputs, mix_view)
     return mix_prompt, mix_token_box
 
@@ -237,6 +240,7 @@ class InversionForm:
     token: gr.Dropdown
     learned_token: gr.Dropdown
     go: gr.Button
+    stop: gr.Button
 
 
 def inversion_form(lab: Lab) -> InversionForm:
@@ -251,11 +255,11 @@ def inversion_form(lab: Lab) -> InversionForm:
     ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
                                 "a word of the prompt (the notebook's way); empty: as written")
     ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
-    ti_go = go_and_stop(lab.stops, "Generate both")
+    ti_go, ti_stop = go_and_stop(lab.stops, "Generate both")
     gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
                 example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
                                 for p, t in engine.examples("textual_inversion")])
-    return InversionForm(upload, examples_button, loaded, ti_prompt, ti_token_box, ti_learned_token, ti_go)
+    return InversionForm(upload, examples_button, loaded, ti_prompt, ti_token_box, ti_learned_token, ti_go, ti_stop)
 
 
 def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
@@ -301,6 +305,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
     inputs = [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned]
     run = form.go.click(textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
+    idle_after(form.stop, (run,))
     code.after(run, textual_inversion_code, inputs, ti_view)
     return form.prompt, form.token
 
@@ -352,7 +357,7 @@ def build_mix_prompts(lab: Lab) -> None:
                             info="the notebook's mix_factor: factor x encoding(A) + (1 - factor) x encoding(B)")
             with gr.Row():
                 prompts_go = gr.Button("Generate", variant="primary")
-                prompts_stop = gr.Button("Stop", variant="stop")
+                prompts_stop = stop_button()
             with gr.Row():
                 count = Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
                 sweep_fps = Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
@@ -387,8 +392,9 @@ def build_mix_prompts(lab: Lab) -> None:
     prompts_view.wire(prompts_stop, stop_api=None, starts=(prompts_go, sweep_go))  # a click's Stop flag first
     run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
     code.after(run, mix_prompts_code, inputs, prompts_view)
-    sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
-                   [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    sweep = sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
+                           [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    idle_after(prompts_stop, (run, sweep))
 
 
 def sweep_handler(lab: Lab):

@@ -7,7 +7,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, user_errors
-from ui.run_view import Controls, RunView, checked_first
+from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -19,7 +19,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+                stop = stop_button()
             controls = Controls(engine)
             gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
         with gr.Column(scale=3):
@@ -48,8 +48,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         return Scripts(engine).txt2img(prompt, negative_prompt, settings)
 
     inputs = [prompt, negative_prompt, *controls.inputs]
-    run = checked_first(generate, check, inputs, view.stops).success(
-        txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE, concurrency_limit=concurrency)
+    checked = checked_first(generate, check, inputs, view.stops, stop)
+    run = checked.success(txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE,
+                          concurrency_limit=concurrency)
+    idle_after(stop, (run,))
     code.after(run, txt2img_code, inputs, view)
     view.wire(stop, stop_api="stop")
     return Prompted(view, prompt, negative_prompt, controls)
