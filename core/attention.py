@@ -77,7 +77,7 @@ def check_layers(bundle: ModelBundle, layers: Layers) -> list[Layer]:
     available = cross_attention_layers(bundle)
     cells = sorted({layer.cell for layer in available})
     if not layers.places or not set(layers.places) <= set(PLACES):
-        raise ValueError(f"places must be one or more of {', '.join(PLACES)}, got {list(layers.places)!r}")
+        raise ValueError(f"UNet parts must be one or more of {', '.join(PLACES)}, got {list(layers.places)!r}")
     wanted = cells if layers.cells is None else layers.cells
     if not wanted or not set(wanted) <= set(cells):
         raise ValueError(f"cells must be one or more of {', '.join(map(str, cells))} (image pixels per map cell in "
@@ -99,6 +99,7 @@ def entries(names: Sequence[str], length: int) -> tuple[str, ...]:
     return tuple(names[:length]) + ((f"padding x{padding}",) if padding else ())
 
 
+END_OF_WORD = "</w>"  # how the tokenizer marks a word's last token
 ARTICLES = ("a</w>", "an</w>", "the</w>")
 
 
@@ -112,8 +113,9 @@ def first_word(tokens: Sequence[str]) -> int:
 def check_entry(tokens: Sequence[str], position: int) -> int:
     """A position among a prompt's map entries; ValueError naming the bad one and what this prompt has."""
     if not isinstance(position, int) or not 0 <= position < len(tokens):
-        raise ValueError(f"token must be a position from 0 to {len(tokens) - 1} (this prompt's maps: "
-                         f"{', '.join(f'{i} {name}' for i, name in enumerate(tokens))}), got {position!r}")
+        maps = ", ".join(f"{i} {name.removesuffix(END_OF_WORD)}" for i, name in enumerate(tokens))
+        raise ValueError(f"token must be a position from 0 to {len(tokens) - 1} (this prompt's maps: {maps}), "
+                         f"got {position!r}")
     return position
 
 

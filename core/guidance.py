@@ -94,7 +94,8 @@ def check_guidance(guidance: Guidance, scheduler: str, steps: int) -> None:
     if not isinstance(guidance.every, int) or not 1 <= guidance.every <= MAX_EVERY:
         raise ValueError(f"every must be a whole number of steps from 1 to {MAX_EVERY}, got {guidance.every!r}")
     if not isinstance(guidance.start, int) or not 0 <= guidance.start < steps:  # a step is left to guide
-        raise ValueError(f"start must be a whole number of steps from 0 to {steps - 1}, got {guidance.start!r}")
+        raise ValueError(f"start (the first steps left unguided) must be a whole number from 0 to {steps - 1}, "
+                         f"got {guidance.start!r}")
     if guidance.mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {guidance.mode!r}")
     if not all(0.0 <= c <= 1.0 for c in (*guidance.target.color, guidance.target.level)):

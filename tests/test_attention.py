@@ -180,8 +180,8 @@ def test_layers_by_place_and_resolution(toy_engine, tiny_bundle):
 
 
 @pytest.mark.parametrize("layers, message", [
-    (attention.Layers(places=("side",)), "places must be one or more of down, mid, up, got ['side']"),
-    (attention.Layers(places=()), "places must be one or more of down, mid, up, got []"),
+    (attention.Layers(places=("side",)), "UNet parts must be one or more of down, mid, up, got ['side']"),
+    (attention.Layers(places=()), "UNet parts must be one or more of down, mid, up, got []"),
     (attention.Layers(cells=(32,)), "cells must be one or more of 8, 16 (image pixels per map cell"),
     (attention.Layers(cells=()), "cells must be one or more of 8, 16"),
     (attention.Layers(places=("mid",), cells=(8,)), "no cross-attention layer is in mid at 8 px cells; this model "
@@ -205,7 +205,7 @@ def test_entries_and_positions(toy_engine):
                       "padding x72")
     assert attention.check_entry(tokens, 3) == 3
     with pytest.raises(ValueError, match=r"token must be a position from 0 to 5 \(this prompt's maps: 0 "
-                                         r"<\|startoftext\|>, 1 a</w>, .*got 6"):
+                                         r"<\|startoftext\|>, 1 a, 2 blue, .*got 6"):
         attention.check_entry(tokens, 6)
 
 

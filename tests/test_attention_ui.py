@@ -44,7 +44,7 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     with as_the_app_runs():
         alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(served, alone.images))
-    assert [row[0] for row in last[MASS]["data"]] == [f"{i} {token}" for i, token in enumerate(TOKENS)]
+    assert [row[0] for row in last[MASS]["data"]] == [f"{i:02d} {token}" for i, token in enumerate(TOKENS)]  # sorted
     assert sum(row[1] for row in last[MASS]["data"]) == pytest.approx(1.0, abs=1e-5)
     assert last[GRID][3]["caption"].startswith("3 circle · ")
     assert Image.open(last[LARGE]).size == (64, 64)
@@ -53,9 +53,9 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a</w>"),
+    ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a, 2 red"),
     ({"cells": [8]}, "Value: 8 (type: <class 'int'>) is not in the list of choices: [16]"),
-    ({"parts": []}, "places must be one or more of down, mid, up, got []"),
+    ({"parts": []}, "UNet parts must be one or more of down, mid, up, got []"),
     ({"opacity": 2}, "Map opacity over x0 takes 0 to 1, got 2"),
 ])
 def test_bad_attention_input_gets_a_clear_error(app_url, change, message):

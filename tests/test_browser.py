@@ -397,6 +397,13 @@ def test_swap_streams_both_runs_side_by_side(page):
     expect(page.locator("#swap-left img")).to_have_count(1)
     expect(page.locator("#swap-right img")).to_have_count(1)
     page.screenshot(path=SHOTS / "text-swap.png", full_page=True)
+    tab.get_by_label("Put this word there").fill("stegosaurus")  # refused: the last pair stays, Stop greys out
+    tab.get_by_role("button", name="Generate both").click()
+    expect(page.get_by_text("'stegosaurus' is")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#swap-left img")).to_have_count(1)
+    expect(status).to_contain_text("token 5 → 'cat'")
+    expect(tab.get_by_role("button", name="Stop")).to_be_disabled()
+    page.locator(".toast-close").click()
 
 
 def test_mix_tokens(page):

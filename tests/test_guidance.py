@@ -98,8 +98,9 @@ def test_a_non_finite_loss_stops_the_guidance_and_the_run_goes_on(engine, monkey
     ({"loss": "red"}, "loss must be one of blue, color, brightness, saturation, contrast, got 'red'"),
     ({"scale": float("nan")}, "loss scale must be from 0 to 5000, got nan"),
     ({"every": 0}, "every must be a whole number of steps from 1 to 200, got 0"),
-    ({"start": -1}, "start must be a whole number of steps from 0 to 11, got -1"),
-    ({"start": 12}, "start must be a whole number of steps from 0 to 11, got 12"),  # SMALL has 12 steps
+    # SMALL has 12 steps
+    ({"start": -1}, "start (the first steps left unguided) must be a whole number from 0 to 11, got -1"),
+    ({"start": 12}, "start (the first steps left unguided) must be a whole number from 0 to 11, got 12"),
     ({"mode": "exact"}, "mode must be one of cheap, accurate, got 'exact'"),
     ({"target": Target(color=(2.0, 0.0, 0.0))}, "target color and level must be from 0 to 1"),
 ])

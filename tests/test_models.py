@@ -210,13 +210,15 @@ def test_defaults_out_of_range_for_the_model_are_refused_at_load(tiny_sd_dir, tm
     with pytest.raises(ValueError, match="steps must be a whole number from 1 to 200, got 5000"):
         Engine(load_bundle(str(folder), device="cpu"))
     (folder / "lens_defaults.json").write_text(json.dumps({"settings": {"steps": 20}, "guidance": {"start": 20}}))
-    with pytest.raises(ValueError, match="start must be a whole number of steps from 0 to 19, got 20"):
+    with pytest.raises(ValueError,
+                       match=r"start \(the first steps left unguided\) must be a whole number from 0 to 19, got 20"):
         Engine(load_bundle(str(folder), device="cpu"))
     # without a folder's steps, the guidance start is checked against the Guidance tab's 50, not text to image's 30
     (folder / "lens_defaults.json").write_text(json.dumps({"guidance": {"start": 40}}))
     assert Engine(load_bundle(str(folder), device="cpu")).default_guidance().start == 40
     (folder / "lens_defaults.json").write_text(json.dumps({"guidance": {"start": 50}}))
-    with pytest.raises(ValueError, match="start must be a whole number of steps from 0 to 49, got 50"):
+    with pytest.raises(ValueError,
+                       match=r"start \(the first steps left unguided\) must be a whole number from 0 to 49, got 50"):
         Engine(load_bundle(str(folder), device="cpu"))
 
 

@@ -30,7 +30,7 @@ def opened(image: Image.Image | str | None) -> Image.Image | None:
 
 def word(token: str) -> str:
     """A token as this tab names it: without the tokenizer's end-of-word mark ("red</w>" -> "red")."""
-    return token.removesuffix("</w>")
+    return token.removesuffix(attention.END_OF_WORD)
 
 
 def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], opacity: float, token: int) -> list:
@@ -38,8 +38,9 @@ def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], 
     and share; the chosen one large; the shares as a chart; the maps in grayscale, captioned with their tokens."""
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
     names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
+    bars = [f"{i:02d} {word(name)}" for i, name in enumerate(tokens)]  # the chart sorts its bars as text
     return [[(image, f"{name} · {share:.1%}") for image, name, share in zip(over, names, shares)], over[token],
-            pd.DataFrame({"token": names, "share": shares}), [(gray, word(name)) for gray, name in zip(grays, tokens)]]
+            pd.DataFrame({"token": bars, "share": shares}), [(gray, word(name)) for gray, name in zip(grays, tokens)]]
 
 
 def kept_frames(last_run, last_maps) -> list[tuple]:
@@ -194,7 +195,7 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
     checked = checked_first(form.generate, check, inputs, view.stops, form.stop)
     run = checked.success(attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
                           concurrency_id=GENERATE, concurrency_limit=concurrency)
-    idle_after(form.stop, (run,))
+    idle_after(form.stop, (run,), view.stops)
     code.after(run, attention_code, inputs, view)
     view.wire(form.stop, stop_api=None)
 

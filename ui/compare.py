@@ -22,8 +22,8 @@ from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, user_errors
-from ui.run_view import (EXPIRED, PANEL, Controls, cached, ended, idle_after, progress, status_line, stop_button,
-                         stop_flag, wire_stop)
+from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
+                         status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
@@ -42,7 +42,7 @@ def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
     with gr.Row():
         go = gr.Button(label, variant="primary")
         stop = stop_button()
-        wire_stop(stop, stops, (go,))
+        wire_stop(stop, stops)
     return prompt, negative_prompt, (go, stop)
 
 
@@ -84,8 +84,9 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
     cfg_parts, cfg_parts_code = parts_handlers(engine, stops, controls, parts)
     inputs = [prompt, negative_prompt, *controls.inputs]
     go.click(lambda: gr.update(visible=False), None, pick, queue=False, api_visibility="private")
-    run = go.click(cfg_parts, inputs, [parts, status, plot, run_progress, kept], api_name="cfg_parts", **options)
-    idle_after(stop, (run,))
+    run = checked_by_script(go, cfg_parts_code, inputs, stops, stop).success(
+        cfg_parts, inputs, [parts, status, plot, run_progress, kept], api_name="cfg_parts", **options)
+    idle_after(stop, (run,), stops)
     run.then(step_picker, kept, pick, queue=False, api_visibility="private")
     pick.input(show_step, [pick, kept], [parts, status], api_visibility="private", show_progress="hidden")
     code.after(run, cfg_parts_code, inputs, StripView(parts, run_progress))
@@ -232,8 +233,9 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
 
     outputs = [strip, status, *plots, *([gif] if gif else []), run_progress]
     inputs = [prompt, negative_prompt, entries, *controls.inputs]
-    run = go.click(compare, inputs, outputs, api_name=comparison.api_name, **options)
-    idle_after(stop, (run,))
+    run = checked_by_script(go, compare_code, inputs, stops, stop).success(
+        compare, inputs, outputs, api_name=comparison.api_name, **options)
+    idle_after(stop, (run,), stops)
     code.after(run, compare_code, inputs, StripView(strip, run_progress))
 
 

@@ -176,5 +176,5 @@ def wire_run(engine: Engine, controls: Controls, view: RunView, plot: gr.LinePlo
     checked = checked_first(generate, check, inputs, view.stops, stop)
     run = checked.success(guided, inputs, [plot, unguided, *view.outputs], api_name="guided",
                           concurrency_id=GENERATE, concurrency_limit=concurrency)
-    idle_after(stop, (run,))
+    idle_after(stop, (run,), view.stops)
     return run

@@ -11,16 +11,15 @@ from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, id
 from ui.send import Prompted
 from ui.stops import StopFlags
 
-DEFAULT_STRENGTH = 0.6
-
 
 def _inputs(engine: Engine) -> tuple:
     """The run's own inputs: the image, the prompts, the strength and how LMS counts its order."""
     image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
                       height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
-    prompt = gr.Textbox(label="Prompt", value=engine.examples("img2img")[0][0], lines=2)
+    first_prompt, first_strength = engine.examples("img2img")[0]  # the tab opens on its first example
+    prompt = gr.Textbox(label="Prompt", value=first_prompt, lines=2)
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-    strength = Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+    strength = Slider(0, 1, value=first_strength, step=0.05, label="Strength",
                       info="0 keeps the image, 1 ignores it")
     lms_order = gr.Radio([("from the run's start (this app)", "run"),
                           ("from the schedule's start (as diffusers)", "diffusers")], value="run",
@@ -35,7 +34,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     with gr.Row():
         with gr.Column(scale=2):
             image, prompt, negative_prompt, strength, lms_order = _inputs(engine)
-            plan = gr.Markdown(engine.img2img_plan(DEFAULT_STRENGTH, defaults.steps, defaults.scheduler).describe(),
+            plan = gr.Markdown(engine.img2img_plan(strength.value, defaults.steps, defaults.scheduler).describe(),
                                elem_id="img2img-plan")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
@@ -79,7 +78,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     checked = checked_first(generate, check, inputs, view.stops, stop)
     run = checked.success(img2img, inputs, [fitted, begin, about, *view.outputs], api_name="img2img",
                           concurrency_id=GENERATE, concurrency_limit=concurrency)
-    idle_after(stop, (run,))
+    idle_after(stop, (run,), view.stops)
     code.after(run, code_writer(engine, controls), inputs, view)
     wire_plan(engine, (strength, lms_order), controls, plan)
     view.wire(stop, stop_api=None)

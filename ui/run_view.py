@@ -61,10 +61,16 @@ def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", interactive=False)
 
 
-def idle_after(stop: gr.Button, runs: tuple[gr.events.Dependency, ...]) -> None:
-    """Stop greys out when one of `runs` ends."""
+def idle_after(stop: gr.Button, runs: tuple[gr.events.Dependency, ...], stops: StopFlags) -> None:
+    """Stop greys out when one of `runs` ends, done or refused, unless the session has another run going or
+    waiting."""
+
+    def after_run(request: gr.Request):
+        return gr.Button(interactive=stops.busy(request.session_hash))
+
     for run in runs:
-        run.then(lambda: gr.Button(interactive=False), None, stop, queue=False, api_visibility="private")
+        for ended in (run.success, run.failure):
+            ended(after_run, None, stop, queue=False, api_visibility="private")
 
 
 def wire_stop(button: gr.Button, stops: StopFlags, starts: tuple[gr.Button, ...] = (),
@@ -101,12 +107,24 @@ def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopF
 
     def forget_run(request: gr.Request):
         stops.forget(request.session_hash)
-        return gr.Button(interactive=False)
+        return gr.Button(interactive=stops.busy(request.session_hash))
 
     expect_on(button, stops, stop)
     checked = button.click(check, inputs, None, api_visibility="private")
     checked.failure(forget_run, None, stop, queue=False, api_visibility="private")
     return checked
+
+
+def checked_by_script(button: gr.Button, writer: Callable, inputs: list, stops: StopFlags, stop: gr.Button):
+    """`checked_first` with the run's script writer as the check: a writer checks its inputs as its run does,
+    without running the model."""
+
+    def check(*values):
+        """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
+        with user_errors():
+            writer(*values)
+
+    return checked_first(button, check, inputs, stops, stop)
 
 
 class Controls:

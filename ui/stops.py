@@ -33,6 +33,11 @@ class StopFlags:
         with self._lock:
             self._waiting.pop(session, None)
 
+    def busy(self, session: str) -> bool:
+        """Whether this session has a run going, or one asked for that has not begun."""
+        with self._lock:
+            return session in self._going or session in self._waiting
+
     def begin(self, session: str) -> threading.Event:
         """The flag of the run this session is starting, once `admit` lets it start: the one it waited with
         (set if Stop was pressed meanwhile), or a fresh one."""

@@ -18,7 +18,8 @@ from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
-from ui.run_view import PANEL, Controls, PairView, RunView, idle_after, stop_button, stop_flag, wire_stop
+from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, idle_after,
+                         stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -38,7 +39,7 @@ def go_and_stop(stops: StopFlags, label: str) -> tuple[gr.Button, gr.Button]:
     with gr.Row():
         go = gr.Button(label, variant="primary")
         stop = stop_button()
-        wire_stop(stop, stops, (go,))
+        wire_stop(stop, stops)
     return go, stop
 
 
@@ -173,8 +174,9 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
         return lab.edit_script(prompt, token, [(replacement, 1.0)], settings, learned, "A token swapped")
 
     inputs = [swap_prompt, swap_token_box, replacement, *controls.inputs, lab.learned]
-    run = swap_go.click(swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
-    idle_after(swap_stop, (run,))
+    run = checked_by_script(swap_go, swap_token_code, inputs, lab.stops, swap_stop).success(
+        swap_token, inputs, swap_view.outputs, api_name="swap_token", **lab.options)
+    idle_after(swap_stop, (run,), lab.stops)
     code.after(run, swap_token_code, inputs, swap_view)
     return swap_prompt, swap_token_box
 
@@ -217,8 +219,9 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
         return lab.edit_script(prompt, token, [(word_a, w), (word_b, 1 - w)], settings, learned, "Two tokens mixed")
 
     inputs = [mix_prompt, mix_token_box, word_a, word_b, weight, *controls.inputs, lab.learned]
-    run = mix_go.click(mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
-    idle_after(mix_stop, (run,))
+    run = checked_by_script(mix_go, mix_tokens_code, inputs, lab.stops, mix_stop).success(
+        mix_tokens, inputs, mix_view.outputs, api_name="mix_tokens", **lab.options)
+    idle_after(mix_stop, (run,), lab.stops)
     code.after(run, mix_tokens_code, inputs, mix_view)
     return mix_prompt, mix_token_box
 
@@ -304,8 +307,9 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                        title="Text to image with learned embeddings")
 
     inputs = [form.prompt, form.token, form.learned_token, *controls.inputs, lab.learned]
-    run = form.go.click(textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
-    idle_after(form.stop, (run,))
+    run = checked_by_script(form.go, textual_inversion_code, inputs, lab.stops, form.stop).success(
+        textual_inversion, inputs, ti_view.outputs, api_name="textual_inversion", **lab.options)
+    idle_after(form.stop, (run,), lab.stops)
     code.after(run, textual_inversion_code, inputs, ti_view)
     return form.prompt, form.token
 
@@ -366,7 +370,7 @@ def build_mix_prompts(lab: Lab) -> None:
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
             code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
-            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 60, elem_classes="pixels",
+            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_classes="pixels",
                                elem_id="prompts-strip", object_fit="contain", interactive=False)
             sweep_gif = gr.File(label="The sweep as a GIF")
 
@@ -389,12 +393,13 @@ def build_mix_prompts(lab: Lab) -> None:
                                            learned=learned)
 
     inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
-    prompts_view.wire(prompts_stop, stop_api=None, starts=(prompts_go, sweep_go))  # a click's Stop flag first
-    run = prompts_go.click(mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
+    prompts_view.wire(prompts_stop, stop_api=None, starts=(sweep_go,))  # a click's Stop flag first
+    run = checked_by_script(prompts_go, mix_prompts_code, inputs, lab.stops, prompts_stop).success(
+        mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
     code.after(run, mix_prompts_code, inputs, prompts_view)
     sweep = sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
                            [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
-    idle_after(prompts_stop, (run, sweep))
+    idle_after(prompts_stop, (run, sweep), lab.stops)
 
 
 def sweep_handler(lab: Lab):

@@ -51,7 +51,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     checked = checked_first(generate, check, inputs, view.stops, stop)
     run = checked.success(txt2img, inputs, view.outputs, api_name="txt2img", concurrency_id=GENERATE,
                           concurrency_limit=concurrency)
-    idle_after(stop, (run,))
+    idle_after(stop, (run,), view.stops)
     code.after(run, txt2img_code, inputs, view)
     view.wire(stop, stop_api="stop")
     return Prompted(view, prompt, negative_prompt, controls)
