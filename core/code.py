@@ -30,6 +30,10 @@ from core.schedule import LMS_MAX_ORDER, OVERRIDES
 
 SCHEDULER_CLASSES = {"lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler",
                      "dpm++": "DPMSolverMultistepScheduler"}
+
+
+class Unscriptable(ValueError):
+    """A run the app makes but cannot write as a script (the optimiser sampler): the run itself is fine."""
 LOSSES = {  # core.guidance's losses, as the script writes them (images: (1, 3, H, W) in [0, 1])
     "blue": ("The notebook's blue loss: how far the blue channel is from 0.9, on average",
              "return (images[:, 2] - 0.9).abs().mean()"),
@@ -117,7 +121,7 @@ def script(bundle: ModelBundle, recipe: Recipe) -> str:
     """The run as a script: runnable as it is, and readable from top to bottom."""
     for sampler in recipe.samplers():
         if sampler not in SCHEDULER_CLASSES:
-            raise ValueError(f"the code is written for the samplers {', '.join(SCHEDULER_CLASSES)}; "
+            raise Unscriptable(f"the code is written for the samplers {', '.join(SCHEDULER_CLASSES)}; "
                              f"{sampler!r} is this app's own")
     blocks = [_header(bundle, recipe), _settings(recipe), _load(recipe), _encoding(recipe)]
     if recipe.guidance:

@@ -121,7 +121,7 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     expect(large).not_to_have_attribute("src", shown)
     tiles = [gallery.locator("img").nth(0) for gallery in (grid, page.locator("#attention-maps .thumbnail-item"))]
     before = [tile.get_attribute("src") for tile in tiles]
-    set_number(tab, "Scrub through the run", 2)
+    set_number(tab, "Scrub through the run", 3)
     expect(status).to_contain_text("step 3 / 20")
     expect(status).to_contain_text("scrubbing")
     for tile, src in zip(tiles, before):  # the overlays and the grayscale maps both show step 3

@@ -165,7 +165,7 @@ def test_scrubber_replays_the_run(page):
     status = page.locator("#txt2img-status")
     x0 = page.locator("#txt2img-x0 img")
     last = x0.get_attribute("src")
-    set_number(page, "Scrub through the run", 2)
+    set_number(page, "Scrub through the run", 3)
     expect(status).to_contain_text("step 3 / 20")
     expect(status).to_contain_text("scrubbing")
     assert x0.get_attribute("src") != last
@@ -479,7 +479,7 @@ def test_guidance_taken_apart_shows_any_step_of_the_last_run(page):
     pictures = page.locator("#parts-gallery img")
     expect(pictures).to_have_count(4)
     last = [pictures.nth(k).get_attribute("src") for k in range(4)]
-    set_number(page, "Step to take apart", 0)
+    set_number(page, "Step to take apart", 1)
     expect(status).to_contain_text("step 1 / ")
     expect(status).to_contain_text("taken apart from the last run")
     expect(pictures.first).not_to_have_attribute("src", last[0])

@@ -16,7 +16,7 @@ from core import attention, export
 from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, number, user_errors, whole
+from ui.common import GENERATE, Slider, nth, number, user_errors, whole
 from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, stop_button
 from ui.stops import StopFlags
 
@@ -209,8 +209,7 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
         if not last_run or not last_maps:
             return [gr.skip()] * len(shown)
         with user_errors():
-            steps = kept_frames(last_run, last_maps)
-            _, x0, grays, shares, tokens = steps[min(int(position), len(steps) - 1)]
+            _, x0, grays, shares, tokens = nth(kept_frames(last_run, last_maps), position)
             token = attention.check_entry(tokens, whole(token, "token"))
             return panels(x0, grays, shares, tokens, attention.check_opacity(number(opacity, "opacity")), token)
 

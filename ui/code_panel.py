@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from core.code import Unscriptable
 from ui.common import user_errors
 
 LABEL = "This run as a script (diffusers, transformers and torch only): python script.py OUT.png"
@@ -75,7 +76,7 @@ class CodePanel:
             with user_errors():
                 try:
                     script = writer(**arguments)
-                except ValueError as err:  # a run the code cannot write (the optimiser sampler): the box says why
+                except Unscriptable as err:
                     script = f"# No script for this run: {err}\n"
             linked = {name: value for name, value in arguments.items() if name not in UNLINKED}
             runs = history.add(runs, tab, linked, view.thumbnail(*shown))

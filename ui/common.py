@@ -82,6 +82,17 @@ class ImageFile(gr.Image):
         return payload.path
 
 
+def nth(items: list, position):
+    """The item at a slider's 1-based position, clamped into the list: the page counts previews and steps from 1,
+    as the status line does."""
+    return items[min(max(int(position), 1), len(items)) - 1]
+
+
+def counter(count: int) -> dict:
+    """A 1-based slider over `count` kept things, on the last one; hidden when there are fewer than two."""
+    return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
+
+
 class Slider(gr.Slider):
     """A slider that refuses a value typed outside its range with a message naming the slider and its range
     (gr.Slider's own says "Value 1.5 is greater than maximum value 1." and names neither)."""

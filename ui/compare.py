@@ -21,7 +21,7 @@ from core import export
 from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, user_errors
+from ui.common import GENERATE, Slider, counter, nth, user_errors
 from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
                          status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
@@ -72,7 +72,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Generate")
         with gr.Column(scale=3):
             parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
-            pick = Slider(0, 1, value=0, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
+            pick = Slider(1, 2, value=1, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
                           info="the steps the run streamed, first to last: the two predictions differ most in "
                                "the early steps, and by the last one all three x0 agree")
             status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True)
@@ -138,15 +138,14 @@ def distance_table(distances: list[tuple[int, float]]) -> pd.DataFrame:
 
 def step_picker(kept):
     """The slider over the last run's steps, on its last one; hidden when it kept fewer than two."""
-    count = len(kept or [])
-    return gr.update(maximum=max(count - 1, 1), value=max(count - 1, 0), visible=count > 1)
+    return counter(len(kept or []))
 
 
 def show_step(position, kept):
     """One kept step's four pictures and its status line."""
     if not kept:
         return gr.skip(), gr.skip()
-    line, pictures = kept[min(int(position), len(kept) - 1)]
+    line, pictures = nth(kept, position)
     if not all(os.path.exists(path) for path, _ in pictures):
         return gr.skip(), EXPIRED
     return pictures, line.replace(" · done · ", " · taken apart from the last run · ")

@@ -7,7 +7,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +16,11 @@ from gradio import image_utils
 from PIL import Image
 
 from core import export
+from core.code import Unscriptable
 from core.engine import RANDOM_SEED, Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
 from core.schedule import SCHEDULERS
-from ui.common import Slider, number, user_errors, whole
+from ui.common import Slider, counter, nth, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
@@ -117,12 +118,13 @@ def checked_first(button: gr.Button, check: Callable, inputs: list, stops: StopF
 
 def checked_by_script(button: gr.Button, writer: Callable, inputs: list, stops: StopFlags, stop: gr.Button):
     """`checked_first` with the run's script writer as the check: a writer checks its inputs as its run does,
-    without running the model."""
+    without running the model (a run it cannot write as a script still goes)."""
 
     def check(*values):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
         with user_errors():
-            writer(*values)
+            with suppress(Unscriptable):
+                writer(*values)
 
     return checked_first(button, check, inputs, stops, stop)
 
@@ -226,7 +228,7 @@ class RunView:
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
         self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
-        self.scrub = Slider(0, 1, value=0, step=1, label="Scrub through the run", visible=False,
+        self.scrub = Slider(1, 2, value=1, step=1, label="Scrub through the run", visible=False,
                             info="the previews it streamed, first to last: the status line names each one's step")
         with gr.Row():
             self.result = image_panel("Result", f"{name}-result")
@@ -310,14 +312,13 @@ class RunView:
                 if frame.image is not None:  # the last step: its images go out with the final message
                     break
                 yield {self.status: status_line(frame, "running", about, notes), self.result: None,
-                       self.scrub: 0, self.mp4: None, self.gif: None,
+                       self.scrub: 1, self.mp4: None, self.gif: None,
                        self.progress: progress(frame, "running", run.settings.seed, notes)} | clear | extra(frame)
                 clear = {}
         state = ended(image, flag)
         last = shown[-1] if shown else (None,) * 4
-        scrubber = gr.update(maximum=max(len(shown) - 1, 1), value=len(shown) - 1, visible=len(shown) > 1)
         yield ({self.x_t: last[2], self.x0: last[3], self.result: image, self.mp4: None, self.gif: None,
-                self.status: status_line(frame, state, about, notes), self.scrub: scrubber,
+                self.status: status_line(frame, state, about, notes), self.scrub: counter(len(shown)),
                 self.progress: progress(frame, state, run.settings.seed, notes),
                 self.history: (run.settings.seed, shown) if shown else None}
                | (extra(frame) if frame is not None and frame.image is not None else {}) | final())
@@ -346,8 +347,7 @@ class RunView:
         def show_frame(position, last_run):
             if not last_run:
                 return gr.skip(), gr.skip(), gr.skip()
-            frames = last_run[1]
-            caption, _, x_t, x0 = frames[min(int(position), len(frames) - 1)]
+            caption, _, x_t, x0 = nth(last_run[1], position)
             if not os.path.exists(x0):
                 return gr.skip(), gr.skip(), EXPIRED
             return x_t, x0, f"{caption} · scrubbing the last run"
