@@ -345,6 +345,10 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     expect(page.locator("#noise-about")).to_contain_text("step 7 · timestep", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#noise-row img")).to_have_count(6)
     page.screenshot(path=SHOTS / "schedule.png", full_page=True)
+    set_number(tab, "Steps", 1)  # one step: step 0 is the only one, and the step slider greys out
+    step = tab.get_by_label("number input for Step (0 = the noisiest)")
+    expect(step).to_be_disabled()
+    expect(step).to_have_value("0")
 
 
 def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
@@ -357,8 +361,12 @@ def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("A campfire (oil on canvas)")
     set_number(tab, "Loss scale", 300)
     set_number(tab, "Guide every N steps", 2)
+    set_number(tab, "Leave the first N steps unguided", 12)
+    set_number(tab, "Steps", 10)  # the unguided steps follow: at most 9 of 10, and 12 comes down to 9
+    start = tab.get_by_label("number input for Leave the first N steps unguided")
+    expect(start).to_have_attribute("max", "9")
+    expect(start).to_have_value("9")
     set_number(tab, "Leave the first N steps unguided", 4)
-    set_number(tab, "Steps", 10)
     tab.get_by_role("button", name="Generate").click()
     expect(page.locator("#guided-beside img")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#guided-status")).to_contain_text("done")

@@ -93,6 +93,18 @@ def counter(count: int) -> dict:
     return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
 
 
+def within_steps(steps: gr.Slider, step: gr.Slider) -> None:
+    """`step`, a step of the run counted from 0, offers only the steps that `steps` makes; at one step, where 0 is
+    the only choice, it greys out."""
+
+    def follow(count, chosen):
+        with user_errors():
+            last = whole(count, "steps") - 1
+            return gr.update(maximum=max(last, 1), value=min(whole(chosen, "step"), last), interactive=last > 0)
+
+    steps.change(follow, [steps, step], step, api_visibility="private", show_progress="hidden")
+
+
 class Slider(gr.Slider):
     """A slider that refuses a value typed outside its range with a message naming the slider and its range
     (gr.Slider's own says "Value 1.5 is greater than maximum value 1." and names neither)."""

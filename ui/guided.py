@@ -10,9 +10,8 @@ import pandas as pd
 from core.code import Scripts
 from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
-from core.sampler import MAX_STEPS
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, number, user_errors, whole
+from ui.common import GENERATE, Slider, number, user_errors, whole, within_steps
 from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -50,7 +49,8 @@ class LossForm:
         return [self.loss, self.color, self.level, self.loss_scale, self.every, self.start, self.mode]
 
 
-def loss_form(first: Guidance) -> LossForm:
+def loss_form(first: Guidance, steps: int) -> LossForm:
+    """The loss's controls, starting from `first`; the unguided steps offered are those of a run of `steps`."""
     with gr.Row():
         loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
         loss_scale = Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
@@ -61,7 +61,7 @@ def loss_form(first: Guidance) -> LossForm:
     with gr.Row():
         every = Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
                        info="the notebook: every 5")
-        start = Slider(0, MAX_STEPS - 1, value=first.start, step=1, label="Leave the first N steps unguided",
+        start = Slider(0, max(steps - 1, 1), value=first.start, step=1, label="Leave the first N steps unguided",
                        info="the notebook: 0; the first steps set the layout, and guidance after them "
                             "mostly keeps it")
     with gr.Row():
@@ -99,7 +99,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            form = loss_form(engine.default_guidance())
+            form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
@@ -113,6 +113,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
                            beside_result="Unguided: the same seed and settings", sendable=True)
             code = CodePanel(writers, "guided", ("guided",))
+    within_steps(controls.steps, form.start)
     inputs = [prompt, negative_prompt, *form.inputs, *controls.inputs]
     run = wire_run(engine, controls, view, plot, (generate, stop), inputs, concurrency)
 

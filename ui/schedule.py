@@ -7,7 +7,7 @@ import pandas as pd
 from core.engine import Engine
 from core.sampler import MAX_STEPS
 from core.schedule import SCHEDULERS
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, user_errors, whole, within_steps
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
@@ -75,8 +75,7 @@ def build(engine: Engine, concurrency: int) -> None:
 
     gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
           api_name="schedule", show_progress="hidden")
-    steps.change(lambda n, k: gr.update(maximum=max(whole(n, "steps") - 1, 1), value=min(k, whole(n, "steps") - 1)),
-                 [steps, step], step, api_visibility="private", show_progress="hidden")
+    within_steps(steps, step)
     inputs = [image, steps, scheduler, step, seed]
     add.click(check, inputs, None, api_visibility="private").success(
         add_noise, inputs, [noised, about, row], api_name="add_noise", concurrency_id=GENERATE,
