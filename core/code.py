@@ -649,9 +649,7 @@ class Scripts:
 
     def mix_prompts(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str, settings: Settings, *,
                     learned: dict | None = None) -> str:
-        if not 0.0 <= factor <= 1.0:
-            raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
-        settings = self.engine.check_txt2img(prompt_a, negative_prompt, settings)
+        settings = self.engine.check_mix(prompt_a, prompt_b, factor, negative_prompt, settings)
         return self._script(Recipe("Two prompts mixed", prompt_a, negative_prompt, settings, mix=(prompt_b, factor),
                                    learned=used(learned, prompt_a, prompt_b, negative_prompt)))
 

@@ -302,24 +302,34 @@ class Engine:
                     learned: text.Learned | None = None, should_stop: Callable[[], bool] = lambda: False) -> Run:
         """Generate from factor x encoding(A) + (1 - factor) x encoding(B): the notebook's mix_factor weights the
         first prompt."""
-        if not 0.0 <= factor <= 1.0:
-            raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
-        settings = self.check_txt2img(prompt_a, negative_prompt, settings)
-        text.check_prompt(prompt_b, "second prompt")
+        settings = self.check_mix(prompt_a, prompt_b, factor, negative_prompt, settings)
         a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned, name="Prompt A")
         b, more = self.conditioning(prompt_b, negative_prompt, learned=learned, name="Prompt B")
         mixed = replace(a, cond=factor * a.cond + (1 - factor) * b.cond)
         frames = sample(self.bundle, mixed, settings, should_stop=should_stop)
         return self._run(settings, notes + tuple(note for note in more if note not in notes), frames)
 
+    def check_mix(self, prompt_a: str, prompt_b: str, factor: float, negative_prompt: str,
+                  settings: Settings) -> Settings:
+        """A mix's settings, checked with its prompts and factor."""
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"mix factor must be from 0 to 1, got {factor!r}")
+        text.check_prompt(prompt_b, "prompt B")
+        return self.check_txt2img(prompt_a, negative_prompt, settings)
+
+    def check_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings,
+                    count: int) -> Settings:
+        """A sweep's settings (final images only), checked with its prompts and count."""
+        if not 2 <= count <= MAX_SWEEP:
+            raise ValueError(f"the sweep takes from 2 to {MAX_SWEEP} images, got {count!r}")
+        return replace(self.check_mix(prompt_a, prompt_b, 1.0, negative_prompt, settings), preview_every=0)
+
     def prompt_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings, count: int, *,
                      learned: text.Learned | None = None,
                      should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[float, Image.Image]]:
         """The mix from A to B (factors from 1 down to 0) at `count` evenly spaced factors, same seed: (factor,
         image) as each finishes."""
-        if not 2 <= count <= MAX_SWEEP:
-            raise ValueError(f"the sweep takes from 2 to {MAX_SWEEP} images, got {count!r}")
-        settings = replace(self.check_txt2img(prompt_a, negative_prompt, settings), preview_every=0)
+        settings = self.check_sweep(prompt_a, prompt_b, negative_prompt, settings, count)
         for i in range(count):
             if should_stop():
                 return

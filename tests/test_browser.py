@@ -438,6 +438,8 @@ def test_textual_inversion_upload_and_use(page, tmp_path):
     tab.locator("#ti-upload input[type=file]").set_input_files(tmp_path / "wide.bin")
     expect(page.get_by_text("'<wide>' is 768 wide, but this model's text encoder is 32 wide")).to_be_visible(
         timeout=RUN_TIMEOUT_MS)
+    expect(tab.locator("#ti-upload")).not_to_contain_text("wide.bin")  # the refused file leaves the box
+    expect(page.locator("#ti-loaded")).to_contain_text("<thing>")
 
 
 def test_prompt_mix_sweep(page):
@@ -447,6 +449,12 @@ def test_prompt_mix_sweep(page):
     expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
     expect(page.get_by_text(re.compile(r"sdlens-prompt-sweep.*\.gif"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=SHOTS / "text-prompts.png", full_page=True)
+    tab.get_by_label("Prompt B").fill("x" * 4001)  # refused before it starts: the strip stays, Stop greys out
+    tab.get_by_role("button", name="Sweep from A to B").click()
+    expect(page.get_by_text("prompt B must be at most 4000 characters, got 4001")).to_be_visible(
+        timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#prompts-strip img")).to_have_count(4)
+    expect(tab.get_by_role("button", name="Stop")).to_be_disabled()
 
 
 def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_url):

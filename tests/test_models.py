@@ -168,6 +168,17 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 2
 
 
+def test_every_example_label_shows_whole(toy_engine, tiny_sd_dir):
+    """An example's label shows through its first input's example view, which cuts text past 60 characters
+    (gradio's Textbox example): the toy's labels and the notebook's all fit."""
+    for engine in (toy_engine, Engine(load_bundle(str(tiny_sd_dir), device="cpu"))):
+        page = build_app(engine).get_config_file()
+        labels = [label for c in page["components"] if c["type"] == "dataset"
+                  for label in c["props"].get("sample_labels") or []]
+        assert len(labels) >= 6
+        assert [label for label in labels if len(label) > 60] == []
+
+
 def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     folder = Path(core.toyworld.__file__).parent / "model"
     defaults = ModelDefaults.read(folder)

@@ -75,6 +75,19 @@ def test_prompt_mix_ends_are_the_pure_prompts(engine):
     assert not torch.equal(middle, pure)
 
 
+@pytest.mark.parametrize("prompt_b, count, message", [
+    ("x" * 4001, 3, "prompt B must be at most 4000 characters, got 4001"),
+    ("a blue star", 1, "the sweep takes from 2 to 12 images, got 1"),
+])
+def test_a_sweep_is_checked_before_its_first_image(engine, prompt_b, count, message):
+    """The page checks a sweep with `check_sweep` before it starts; the sweep itself refuses the same."""
+    with pytest.raises(ValueError, match=message):
+        engine.check_sweep("a red circle", prompt_b, "", SMALL, count)
+    with pytest.raises(ValueError, match=message):
+        next(engine.prompt_sweep("a red circle", prompt_b, "", SMALL, count=count))
+    assert engine.check_sweep("a red circle", "a blue star", "", SMALL, 3).preview_every == 0
+
+
 def test_sweep_runs_from_a_to_b(engine):
     sweep = list(engine.prompt_sweep("a red circle", "a blue star", "", SMALL, count=3))
     assert [factor for factor, _ in sweep] == [1.0, 0.5, 0.0]

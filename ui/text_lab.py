@@ -18,7 +18,7 @@ from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
-from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, idle_after,
+from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
                          stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
@@ -194,8 +194,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                             info="the mix is weight x A + (1 - weight) x B")
             mix_go, mix_stop = go_and_stop(lab.stops, "Generate both")
             gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
-                        example_labels=[f"{p}: {t} → {w:g} x {a} + {1 - w:g} x {b}"
-                                        for p, t, a, b, w in engine.examples("mix_tokens")])
+                        example_labels=[f"{p}: {a} + {b}" for p, _, a, b, _ in engine.examples("mix_tokens")])
         with gr.Column(scale=3):
             mix_view = PairView("mix", lab.stops, "As written", "Mixed")
             code = CodePanel(lab.writers, "mix_tokens", ("text", "mix"), "mix")
@@ -346,7 +345,8 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
         return session_learned, *describe(session_learned)
 
     outputs = [lab.learned, form.loaded, form.learned_token]
-    form.upload.upload(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
+    loading = form.upload.upload(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
+    loading.failure(lambda: None, None, form.upload, queue=False, api_visibility="private")  # the refused file goes
     form.examples_button.click(load_examples, lab.learned, outputs, api_visibility="private")
 
 
@@ -393,17 +393,28 @@ def build_mix_prompts(lab: Lab) -> None:
                                            learned=learned)
 
     inputs = [prompt_a, prompt_b, factor, *controls.inputs, lab.learned]
-    prompts_view.wire(prompts_stop, stop_api=None, starts=(sweep_go,))  # a click's Stop flag first
+    prompts_view.wire(prompts_stop, stop_api=None)
     run = checked_by_script(prompts_go, mix_prompts_code, inputs, lab.stops, prompts_stop).success(
         mix_prompts, inputs, prompts_view.outputs, api_name="mix_prompts", **lab.options)
     code.after(run, mix_prompts_code, inputs, prompts_view)
-    sweep = sweep_go.click(sweep_handler(lab), [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned],
-                           [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    prompt_sweep, check_sweep = sweep_handlers(lab)
+    sweep_inputs = [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned]
+    sweep = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
+        prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
     idle_after(prompts_stop, (run, sweep), lab.stops)
 
 
-def sweep_handler(lab: Lab):
+def sweep_handlers(lab: Lab):
+    """The sweep from A to B, and the check of its inputs before it starts."""
     engine, controls = lab.engine, lab.controls
+
+    def check_sweep(prompt_a, prompt_b, count, fps, steps, guidance_scale, seed, width, height, preview_every,
+                    previews, scheduler, learned):
+        """Reject bad inputs with a message before the sweep starts (the last strip stays)."""
+        with user_errors():
+            export.check_fps(number(fps, "frames per second"))
+            engine.check_sweep(prompt_a, prompt_b, "", controls.settings(
+                steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), whole(count, "count"))
 
     def prompt_sweep(prompt_a, prompt_b, count, fps, steps, guidance_scale, seed, width, height, preview_every,
                      previews, scheduler, learned, request: gr.Request):
@@ -426,4 +437,4 @@ def sweep_handler(lab: Lab):
                 frames = [export.video_frame([image], f"mix factor {mix}") for image, mix in shown]
                 yield shown, str(export.write_gif(frames, path, fps))
 
-    return prompt_sweep
+    return prompt_sweep, check_sweep
