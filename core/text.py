@@ -182,7 +182,9 @@ def load_learned(path: str | Path, hidden: int) -> Learned:
         data = load_file(path) if path.suffix == ".safetensors" else torch.load(
             path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every way a file can fail to load says the same to the user
-        raise ValueError(f"{path.name} cannot be read as embeddings: {type(err).__name__}: {err}"[:400]) from err
+        kind = "a safetensors file" if path.suffix == ".safetensors" else "a torch file of tensors alone"
+        # not torch's own message: it suggests loading the file unsafely
+        raise ValueError(f"{path.name} cannot be read as embeddings: it is not {kind} ({type(err).__name__})") from err
     if isinstance(data, dict) and "string_to_param" in data:  # {"string_to_param": {"*": (n, hidden)}, "name": ...}
         params = data["string_to_param"]
         name = data.get("name") or path.stem

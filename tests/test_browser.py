@@ -70,6 +70,19 @@ def test_the_page_opens_without_a_link_and_without_errors(page):
     expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
 
 
+def test_sending_before_a_result_says_so_and_leaves_the_other_tabs_as_they_are(page):
+    for button in ("#txt2img-send-img2img", "#txt2img-send-vae"):
+        page.locator(button).click()
+        expect(page.get_by_text("There is no result to send yet: press Generate first")).to_be_visible(
+            timeout=RUN_TIMEOUT_MS)
+        page.locator(".toast-close").click()
+    expect(page.get_by_role("tab", name="Text to image", exact=True)).to_have_attribute("aria-selected", "true")
+    page.get_by_role("tab", name="Image to image", exact=True).click()
+    expect(page.locator("#tab-img2img").get_by_label("Prompt", exact=True)).to_be_editable()
+    expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
+    page.get_by_role("tab", name="Text to image", exact=True).click()
+
+
 def test_generate_streams_distinct_frames(page):
     status = page.locator("#txt2img-status")
     page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")

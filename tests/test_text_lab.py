@@ -156,9 +156,11 @@ def test_a_pickle_carrying_code_is_refused_without_running_it(engine, tmp_path):
 
     path = tmp_path / "learned_embeds.bin"
     path.write_bytes(pickle.dumps({"<evil>": Payload()}, protocol=2))
-    with pytest.raises(ValueError, match="learned_embeds.bin cannot be read as embeddings: UnpicklingError"):
+    with pytest.raises(ValueError, match="learned_embeds.bin cannot be read as embeddings: it is not a torch file of "
+                                         "tensors alone") as refused:
         engine.load_learned(path)
     assert not marker.exists()
+    assert "weights_only" not in str(refused.value)  # torch's advice to load it unsafely is not passed on
 
 
 @pytest.mark.parametrize("content, message", [
@@ -176,6 +178,13 @@ def test_other_files_are_refused(engine, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="notes.txt: textual-inversion embeddings come as .safetensors, .bin, .pt"):
         engine.load_learned(tmp_path / "notes.txt")
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.pt cannot be read as embeddings: it is not a torch file of tensors"):
+        engine.load_learned(tmp_path / "notes.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match=r"broken.safetensors cannot be read as embeddings: it is not a safetensors "
+                                         r"file \(\w+\)$"):
+        engine.load_learned(tmp_path / "broken.safetensors")
 
 
 @torch.no_grad()

@@ -31,25 +31,28 @@ def wire(tabs: gr.Tabs, sources: list[Prompted], img2img: Prompted, vae_image: g
     def to_img2img(result, last_run, prompt, negative_prompt, *settings):
         """The result as image to image's input, with the prompt and the settings it was made with (the seed
         the run used, when it drew one)."""
-        check_result(result)
         seed = last_run[0] if last_run else settings[CARRIED.index("seed")]
         settings = [seed if name == "seed" else value for name, value in zip(CARRIED, settings)]
         return result, prompt, negative_prompt, *settings, gr.Tabs(selected="img2img")
 
     def to_vae(result):
         """The result as the VAE tab's input."""
-        check_result(result)
         return result, gr.Tabs(selected="vae")
 
     for source in sources:
         view = source.view
         inputs = [view.result, view.history, source.prompt, source.negative_prompt,
                   *(getattr(source.controls, name) for name in CARRIED)]
-        view.send_img2img.click(to_img2img, inputs, targets, api_visibility="private", queue=False)
-        view.send_vae.click(to_vae, view.result, [vae_image, tabs], api_visibility="private", queue=False)
+        # checked first, through the queue, whose errors the page shows as a message: a send refused there
+        # leaves the other tab's inputs as they are
+        view.send_img2img.click(check_result, view.result, None, api_visibility="private").success(
+            to_img2img, inputs, targets, api_visibility="private", queue=False)
+        view.send_vae.click(check_result, view.result, None, api_visibility="private").success(
+            to_vae, view.result, [vae_image, tabs], api_visibility="private", queue=False)
 
 
 def check_result(result) -> None:
+    """Refuse to send before there is a result."""
     if result is None:
         with user_errors():
             raise ValueError("There is no result to send yet: press Generate first")
