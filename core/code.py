@@ -28,6 +28,7 @@ from core.models import ModelBundle
 from core.sampler import Settings
 from core.schedule import LMS_MAX_ORDER, OVERRIDES
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 SCHEDULER_CLASSES = {"lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler",
                      "dpm++": "DPMSolverMultistepScheduler"}
 
@@ -136,13 +137,22 @@ def script(bundle: ModelBundle, recipe: Recipe) -> str:
     return re.sub(r"\n{4,}", "\n\n\n", "\n".join(blocks))  # two blank lines between definitions, as PEP 8 has it
 
 
+def _in_repository(source: str) -> str | None:
+    """A model folder that ships with SD Lens (the toy world), named as a reader finds it in the repository."""
+    folder = Path(source)
+    if folder.is_absolute() and folder.is_relative_to(REPOSITORY):
+        return f"{folder.relative_to(REPOSITORY).as_posix()} in the SD Lens repository"
+    return None
+
+
 def _header(bundle: ModelBundle, recipe: Recipe) -> str:
     imports = ["import sys"] + (["import re"] if recipe.learned else [])
     if recipe.attention or recipe.parts:
         imports += ["from pathlib import Path"]
     scheduler = ", ".join(SCHEDULER_CLASSES[name] for name in recipe.samplers())
     pil = "Image, ImageOps" if recipe.image is not None else "Image"
-    return f'''"""{recipe.title} with {bundle.source}, as SD Lens ran it.
+    shipped = _in_repository(bundle.source)
+    return f'''"""{recipe.title} with {shipped or bundle.source}, as SD Lens ran it.
 
     python this_script.py OUT.png               # writes the image
     python this_script.py OUT.png LATENTS.pt    # and saves the final latents
@@ -156,7 +166,7 @@ from PIL import {pil}
 from transformers import CLIPTextModel, CLIPTokenizer
 
 # The model, and where it runs
-model = {bundle.source!r}
+model = {bundle.source!r}{f"  # {shipped}: point this at your copy" if shipped else ""}
 device, dtype = {bundle.device.type!r}, {bundle.dtype}
 '''
 

@@ -138,6 +138,13 @@ def test_a_link_reopens_the_experiment(page, app_url):
         other.get_by_text("Generation settings for every experiment on this tab").click()
         expect(other.locator("#tab-text").get_by_label("Seed", exact=True)).to_have_value("5")
         other.screenshot(path=SHOTS / "link-swap.png")
+        other.goto(app_url + "?tab=txt2img&prompt=a+cat&steps=9999&seed=abc")  # each bad value says so, left as is
+        expect(other.get_by_text("The link's steps=9999 is out of range (Steps takes 1 to 200): steps is left as it "
+                                 "was")).to_be_visible(timeout=LINK_TIMEOUT_MS)
+        expect(other.get_by_text("The link's seed='abc' is not a number: seed is left as it was")).to_be_visible()
+        txt2img = other.locator("#tab-txt2img")
+        expect(txt2img.get_by_label("Prompt", exact=True)).to_have_value("a cat")
+        expect(txt2img.get_by_label("number input for Steps")).not_to_have_value("9999")
     finally:
         other.close()
 
@@ -146,7 +153,7 @@ def test_the_history_reopens_a_run_with_its_settings(page):
     """The session's history holds the run above; clicking it puts the run's settings back."""
     history = page.locator("#history")
     expect(history.locator("img")).to_have_count(1)
-    expect(history).to_contain_text("txt2img: a red circle on a white background · seed")
+    expect(history).to_contain_text("text to image: a red circle on a white background · seed")
     tab = page.locator("#tab-txt2img")
     tab.get_by_label("Prompt", exact=True).fill("a green square")
     set_number(page, "Steps", 7)
@@ -482,7 +489,7 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     box.get_by_text("Show the code").click()
     code = page.locator("#cfg_sweep-code")
     expect(code).to_contain_text("guidance_scales = [1.0, 4.0]")  # the editor draws the lines in view only
-    expect(page.locator("#history")).to_contain_text("cfg_sweep: ")
+    expect(page.locator("#history")).to_contain_text(re.compile(r"scales: \S.* · 1, 4"))
     code.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "code-compare.png")
     link = page.locator("#cfg_sweep-link textarea").input_value()

@@ -158,6 +158,16 @@ def test_mixing_two_tokens_and_guiding_accurately_or_by_colour(tiny_bundle, tmp_
                 tmp_path / "guided")
 
 
+def test_the_script_says_where_the_shipped_toy_lives(toy_engine, tiny_bundle):
+    """A script given away (a share link, a zip) names the toy's folder as the repository has it."""
+    settings = toy_engine.default_settings()
+    toy = Scripts(toy_engine).txt2img("a red circle", "", settings)
+    assert toy.startswith('"""Text to image with core/toyworld/model in the SD Lens repository, as SD Lens ran it.')
+    assert f"model = {toy_engine.bundle.source!r}  # core/toyworld/model in the SD Lens repository" in toy
+    other = Scripts(Engine(tiny_bundle)).txt2img("a red circle", "", settings)
+    assert f"model = {tiny_bundle.source!r}\n" in other and "SD Lens repository" not in other
+
+
 def test_the_script_says_what_it_cannot_write(tiny_bundle):
     engine = Engine(tiny_bundle)
     s = replace(engine.default_settings(), steps=6, scheduler="optim")

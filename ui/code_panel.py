@@ -27,6 +27,10 @@ UNLINKED = ("learned", "image")  # session state and uploads: a link cannot carr
 FULL_LINK = "(query) => query ? window.location.origin + window.location.pathname + query : ''"
 
 HISTORY = 20            # runs a session's history keeps
+RUN_KINDS = {"txt2img": "text to image", "img2img": "image to image", "swap_token": "token swap",
+             "mix_tokens": "token mix", "textual_inversion": "textual inversion", "mix_prompts": "prompt mix",
+             "guided": "guidance", "attention": "attention", "cfg_parts": "guidance taken apart",
+             "cfg_sweep": "scales", "compare_samplers": "samplers", "compare_seeds": "seeds"}  # history captions
 THUMBNAIL = 128         # pixels on the longer side of a history thumbnail
 
 Writer = Callable[..., str]  # a tab's named parameters (those of its endpoint) -> the script of that run
@@ -121,10 +125,16 @@ class History:
             return runs
         thumbnail = Image.fromarray(np.asarray(image, dtype=np.uint8))
         thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-        caption = " · ".join(str(v) for k, v in settings.items() if k in ("prompt", "prompt_a")) or tab
         entry = {"tab": tab, "settings": settings, "thumbnail": np.asarray(thumbnail),
-                 "caption": f"{tab}: {caption} · seed {settings.get('seed')}"}
+                 "caption": History.caption(tab, settings)}
         return [entry, *runs][:HISTORY]
+
+    @staticmethod
+    def caption(tab: str, settings: dict) -> str:
+        """What a run was, e.g. "prompt mix: a red circle + a blue star · seed 32", "seeds: a red circle · 1, 2"."""
+        prompts = " + ".join(str(settings[k]) for k in ("prompt", "prompt_a", "prompt_b") if k in settings)
+        which = settings["entries"] if "entries" in settings else f"seed {settings.get('seed')}"
+        return f"{RUN_KINDS.get(tab, tab)}: {prompts} · {which}"
 
     @staticmethod
     def shown(runs: list) -> list:
@@ -161,7 +171,7 @@ class Writers:
             entry = runs[selected.index]
             return self.reopen(entry["tab"], entry["settings"], tabs, sub_tabs)
 
-        demo.load(open_link, None, outputs, api_visibility="private", queue=False)
+        demo.load(open_link, None, outputs, api_visibility="private")  # queued: its messages show
         with gr.Accordion("History", open=True):
             self.history.gallery.render()
         self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private", queue=False)
@@ -200,12 +210,17 @@ class Writers:
 
 
 def linked_value(component, name: str, value):
-    """A link's (or the history's) value for an input, as the input takes it; a number that is not one is left
-    as it was."""
+    """A link's (or the history's) value for an input, as the input takes it; a number that is not one, or a
+    slider's number outside its range, is left as it was, with a message."""
     if not isinstance(component, (gr.Number, gr.Slider)):
         return value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         gr.Warning(f"The link's {name}={value!r} is not a number: {name} is left as it was")
         return gr.skip()
+    if isinstance(component, gr.Slider) and not component.minimum <= number <= component.maximum:
+        gr.Warning(f"The link's {name}={value} is out of range ({component.label} takes {component.minimum:g} to "
+                   f"{component.maximum:g}): {name} is left as it was")
+        return gr.skip()
+    return number
