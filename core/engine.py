@@ -20,7 +20,7 @@ from core import images, schedule, text, vae
 from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
-from core.sampler import (MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
+from core.sampler import (MAX_GUIDANCE, MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
                           sample)
 from core.views import Views
 
@@ -180,6 +180,9 @@ class Engine:
     @staticmethod
     def parse_scales(text: str) -> list[dict]:
         scales = compare.parse_list(text, "scales", float, "a number", "1,3,7.5")
+        for scale in scales:
+            if not 0 <= scale <= MAX_GUIDANCE:
+                raise ValueError(f"scales: each takes 0 to {MAX_GUIDANCE:g}, got {scale:g}")
         return [{"guidance_scale": scale} for scale in scales]
 
     @staticmethod

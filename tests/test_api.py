@@ -207,6 +207,9 @@ def test_vae_schedule_and_add_noise_endpoints(app_url):
     assert "init_noise_sigma = 14.6146" in explain
     noised, about, row = client.predict(handle_file(str(EXAMPLE)), 15, "lms", 7, 1, api_name="/add_noise")
     assert about.startswith("step 7 · timestep") and len(row) == 6
+    # steps count from 1 here as in a run's status line: step 7 is the table's 7th row
+    assert table["data"][6][0] == 7 and f"sigma {table['data'][6][2]:.4f}" in about
+    assert row[0]["caption"].startswith("1: σ 14.61") and row[-1]["caption"].startswith("15: σ")
 
 
 def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):

@@ -70,19 +70,6 @@ def test_the_page_opens_without_a_link_and_without_errors(page):
     expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
 
 
-def test_sending_before_a_result_says_so_and_leaves_the_other_tabs_as_they_are(page):
-    for button in ("#txt2img-send-img2img", "#txt2img-send-vae"):
-        page.locator(button).click()
-        expect(page.get_by_text("There is no result to send yet: press Generate first")).to_be_visible(
-            timeout=RUN_TIMEOUT_MS)
-        page.locator(".toast-close").click()
-    expect(page.get_by_role("tab", name="Text to image", exact=True)).to_have_attribute("aria-selected", "true")
-    page.get_by_role("tab", name="Image to image", exact=True).click()
-    expect(page.locator("#tab-img2img").get_by_label("Prompt", exact=True)).to_be_editable()
-    expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
-    page.get_by_role("tab", name="Text to image", exact=True).click()
-
-
 def test_generate_streams_distinct_frames(page):
     status = page.locator("#txt2img-status")
     page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")
@@ -189,6 +176,11 @@ def test_scrubber_replays_the_run(page):
     expect(status).to_contain_text("step 3 / 20")
     expect(status).to_contain_text("scrubbing")
     assert x0.get_attribute("src") != last
+    box = page.get_by_label("number input for Scrub through the run")
+    box.fill("99")  # past the end: the last step, as the box then reads, and no message
+    box.press("Enter")
+    expect(status).to_contain_text("step 20 / 20 · timestep")
+    expect(page.get_by_text("Scrub through the run takes")).to_have_count(0)
     page.screenshot(path=SHOTS / "txt2img-scrub.png", full_page=True)
 
 
@@ -322,6 +314,15 @@ def test_a_strength_out_of_range_is_named_with_its_range(page):
     expect(page.locator("#img2img-plan")).to_contain_text("strength 0.5 with")
 
 
+def test_an_img2img_example_sets_its_prompt_and_strength_and_clears_the_negative_prompt(page):
+    tab = open_tab(page, "Image to image", "tab-img2img")
+    tab.get_by_label("Negative prompt", exact=True).fill("purple")
+    tab.locator("tr.tr-body").nth(1).click()  # the notebook's second: a man on a bench at 0.6
+    expect(tab.get_by_label("Prompt", exact=True)).to_have_value("An oil painting of a man on a bench")
+    expect(tab.get_by_label("Negative prompt", exact=True)).to_have_value("")
+    expect(tab.get_by_label("number input for Strength")).to_have_value("0.6")
+
+
 def test_img2img_bad_upload_gets_a_clear_error(page, tmp_path):
     tab = open_tab(page, "Image to image", "tab-img2img")
     bad = tmp_path / "holiday.png"
@@ -360,15 +361,15 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     table = page.locator("#schedule-table")
     expect(table).to_contain_text("9.6826")  # the notebook's second sigma at 15 steps
     expect(page.locator("#schedule-explain")).to_contain_text("init_noise_sigma = 14.6146")
-    set_number(tab, "Step (0 = the noisiest)", 7)
+    set_number(tab, "Step (1 = the noisiest)", 7)
     tab.get_by_role("button", name="Add noise").click()
     expect(page.locator("#noise-about")).to_contain_text("step 7 · timestep", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#noise-row img")).to_have_count(6)
     page.screenshot(path=SHOTS / "schedule.png", full_page=True)
-    set_number(tab, "Steps", 1)  # one step: step 0 is the only one, and the step slider greys out
-    step = tab.get_by_label("number input for Step (0 = the noisiest)")
+    set_number(tab, "Steps", 1)  # one step: the only one to choose, and the step slider greys out
+    step = tab.get_by_label("number input for Step (1 = the noisiest)")
     expect(step).to_be_disabled()
-    expect(step).to_have_value("0")
+    expect(step).to_have_value("1")
 
 
 def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
@@ -521,3 +522,18 @@ def test_guidance_taken_apart_shows_any_step_of_the_last_run(page):
     expect(pictures.first).not_to_have_attribute("src", last[0])
     assert [pictures.nth(k).get_attribute("src") for k in range(4)] != last
     page.screenshot(path=SHOTS / "compare-parts-step1.png", full_page=True)
+
+
+def test_sending_before_a_result_says_so_and_leaves_the_other_tabs_as_they_are(page, app_url):
+    fresh = page.context.browser.new_page()  # a page of its own, with no result yet
+    fresh.goto(app_url)
+    for button in ("#txt2img-send-img2img", "#txt2img-send-vae"):
+        fresh.locator(button).click()
+        expect(fresh.get_by_text("There is no result to send yet: press Generate first")).to_be_visible(
+            timeout=RUN_TIMEOUT_MS)
+        fresh.locator(".toast-close").click()
+    expect(fresh.get_by_role("tab", name="Text to image", exact=True)).to_have_attribute("aria-selected", "true")
+    fresh.get_by_role("tab", name="Image to image", exact=True).click()
+    expect(fresh.locator("#tab-img2img").get_by_label("Prompt", exact=True)).to_be_editable()
+    expect(fresh.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
+    fresh.close()

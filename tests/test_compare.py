@@ -63,6 +63,16 @@ def test_bad_sampler_lists_say_what_is_allowed(text, message):
         Engine.parse_samplers(text)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("3, 500", "scales: each takes 0 to 50, got 500"),
+    ("3, -1", "scales: each takes 0 to 50, got -1"),
+    ("3, x", "scales: 'x' is not a number, as in 1,3,7.5"),
+])
+def test_bad_scale_lists_name_the_scales(text, message):
+    with pytest.raises(ValueError, match=message):
+        Engine.parse_scales(text)
+
+
 # --- through the API ---
 
 SETTINGS = dict(steps=4, guidance_scale=7.5, seed=3, width=64, height=64, preview_every=1, scheduler="lms")

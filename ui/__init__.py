@@ -25,6 +25,7 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 .pixels .thumbnail-item img { min-height: 0; flex: 1; }
 .pixels .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto 0;
                          background: none; color: var(--body-text-color); box-shadow: none; }
+#attention-grid .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
 """
 # Runs in the browser: the upscaling choice is a page style, no round trip to the server.

@@ -93,14 +93,15 @@ def counter(count: int) -> dict:
     return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
 
 
-def within_steps(steps: gr.Slider, step: gr.Slider) -> None:
-    """`step`, a step of the run counted from 0, offers only the steps that `steps` makes; at one step, where 0 is
-    the only choice, it greys out."""
+def within_steps(steps: gr.Slider, step: gr.Slider, first: int = 0) -> None:
+    """`step`, a step of the run counted from `first` (or a count of steps, from 0), offers only the steps that
+    `steps` makes; at one step, the only choice, it greys out."""
 
     def follow(count, chosen):
         with user_errors():
-            last = whole(count, "steps") - 1
-            return gr.update(maximum=max(last, 1), value=min(whole(chosen, "step"), last), interactive=last > 0)
+            last = whole(count, "steps") - 1 + first
+            return gr.update(maximum=max(last, first + 1), value=min(whole(chosen, "step"), last),
+                             interactive=last > first)
 
     steps.change(follow, [steps, step], step, api_visibility="private", show_progress="hidden")
 
@@ -115,4 +116,16 @@ class Slider(gr.Slider):
         if payload is not None and not self.minimum <= payload <= self.maximum:
             raise gr.Error(f"{self.label} takes {self.minimum:g} to {self.maximum:g}, got {payload:g}",
                            print_exception=False)
+        return super().preprocess(payload)
+
+
+class Scrubber(Slider):
+    """A slider over what a finished run kept: a value typed past either end shows that end, as the page's box
+    then reads, where a setting's slider refuses it."""
+
+    is_template = True  # drawn by gr.Slider's front end
+
+    def preprocess(self, payload):
+        if payload is not None:
+            payload = min(max(payload, self.minimum), self.maximum)
         return super().preprocess(payload)

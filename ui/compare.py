@@ -21,7 +21,7 @@ from core import export
 from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, counter, nth, user_errors
+from ui.common import GENERATE, Scrubber, counter, nth, user_errors
 from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
                          status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
@@ -72,7 +72,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Generate")
         with gr.Column(scale=3):
             parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
-            pick = Slider(1, 2, value=1, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
+            pick = Scrubber(1, 2, value=1, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
                           info="the steps the run streamed, first to last: the two predictions differ most in "
                                "the early steps, and by the last one all three x0 agree")
             status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True)
@@ -200,7 +200,8 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
             plots = ([gr.LinePlot(x="step", y="x0 movement", color="sampler", height=220, elem_id="samplers-movement",
                                   title="how far x0 moves in each step (RMS)"),
                       gr.LinePlot(x="step", y="sigma", color="sampler", height=220, elem_id="samplers-sigmas",
-                                  title="the sigma schedules")] if kind == "samplers" else [])
+                                  title="the sigma schedules (samplers on one schedule draw one line)")]
+                     if kind == "samplers" else [])
             gif = gr.File(label="The runs as a GIF") if kind == "scales" else None
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, comparison.api_name, ("compare", f"compare-{kind}"))

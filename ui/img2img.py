@@ -40,8 +40,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
             controls = Controls(engine, sized=False, tab="img2img")
-            gr.Examples([[str(path), prompt_, strength_] for path, (prompt_, strength_)
-                         in zip(EXAMPLE_IMAGES, engine.examples("img2img"))], [image, prompt, strength])
+            examples = [[str(path), prompt_, "", strength_]  # an example has no negative prompt: it clears one
+                        for path, (prompt_, strength_) in zip(EXAMPLE_IMAGES, engine.examples("img2img"))]
+            gr.Examples(examples, [image, prompt, negative_prompt, strength])
         with gr.Column(scale=3):
             with gr.Row():
                 fitted = image_panel("The input as the model takes it", "img2img-fitted")

@@ -20,7 +20,7 @@ from core.code import Unscriptable
 from core.engine import RANDOM_SEED, Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
 from core.schedule import SCHEDULERS
-from ui.common import Slider, counter, nth, number, user_errors, whole
+from ui.common import Scrubber, Slider, counter, nth, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
@@ -228,7 +228,7 @@ class RunView:
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
         self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
-        self.scrub = Slider(1, 2, value=1, step=1, label="Scrub through the run", visible=False,
+        self.scrub = Scrubber(1, 2, value=1, step=1, label="Scrub through the run", visible=False,
                             info="the previews it streamed, first to last: the status line names each one's step")
         with gr.Row():
             self.result = image_panel("Result", f"{name}-result")
@@ -368,7 +368,7 @@ class PairView:
         with gr.Row():
             self.left = image_panel(f"{left}: predicted x0", f"{name}-left")
             self.right = image_panel(f"{right}: predicted x0", f"{name}-right")
-        self.status = gr.Markdown("Press Generate: both run from the same noise.", elem_id=f"{name}-status",
+        self.status = gr.Markdown("Press Generate both: the two run from the same noise.", elem_id=f"{name}-status",
                                   line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")
 

@@ -21,10 +21,11 @@ def build(engine: Engine, concurrency: int) -> None:
     defaults = engine.default_settings()
 
     def schedule(steps, scheduler):
-        """The schedule as a table (index, timestep, sigma, scale_model_input factor) and a plot of sigma."""
+        """The schedule as a table (step, counted from 1 as a run counts them; timestep, sigma, scale_model_input
+        factor) and a plot of sigma."""
         with user_errors():
             numbers = engine.views.schedule_table(whole(steps, "steps"), scheduler)
-        frame = pd.DataFrame({"step": range(len(numbers.timesteps)), "timestep": numbers.timesteps,
+        frame = pd.DataFrame({"step": range(1, len(numbers.timesteps) + 1), "timestep": numbers.timesteps,
                               "sigma": numbers.sigmas, "1/sqrt(sigma²+1)": numbers.input_scales})
         return frame.round(4), frame[["step", "sigma"]], EXPLAIN.format(init=numbers.init_noise_sigma)
 
@@ -45,8 +46,8 @@ def build(engine: Engine, concurrency: int) -> None:
                               height=PANEL // 2, elem_id="noise-input", value=str(EXAMPLE_IMAGES[-1]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():
-                step = Slider(0, defaults.steps - 1, value=defaults.steps // 2, step=1,
-                              label="Step (0 = the noisiest)")
+                step = Slider(1, defaults.steps, value=defaults.steps // 2 + 1, step=1,
+                              label="Step (1 = the noisiest)", info="counted as a run counts them")
                 seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise")
             add = gr.Button("Add noise", variant="primary")
         with gr.Column(scale=3):
@@ -57,7 +58,8 @@ def build(engine: Engine, concurrency: int) -> None:
                              elem_classes="pixels", elem_id="noise-row", object_fit="contain", interactive=False)
 
     def read(image, steps, scheduler, step, seed) -> tuple:
-        return given(image), whole(steps, "steps"), scheduler, whole(step, "step"), whole(seed, "seed")
+        """The inputs as the engine takes them: its steps are counted from 0."""
+        return given(image), whole(steps, "steps"), scheduler, whole(step, "step") - 1, whole(seed, "seed")
 
     def check(*inputs):
         """Refuse bad inputs with a message before the run, leaving the last run's panels as they are."""
@@ -69,13 +71,13 @@ def build(engine: Engine, concurrency: int) -> None:
         with user_errors():
             result = engine.views.noise_row(*read(image, steps, scheduler, step, seed))
         index, timestep, sigma, picture = result.chosen
-        gallery = [(pic, f"{i}: σ {s:.2f}") for i, _, s, pic in result.row]
-        text = f"step {index} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
+        gallery = [(pic, f"{i + 1}: σ {s:.2f}") for i, _, s, pic in result.row]
+        text = f"step {index + 1} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
         return picture, text, gallery
 
     gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
           api_name="schedule", show_progress="hidden")
-    within_steps(steps, step)
+    within_steps(steps, step, first=1)
     inputs = [image, steps, scheduler, step, seed]
     add.click(check, inputs, None, api_visibility="private").success(
         add_noise, inputs, [noised, about, row], api_name="add_noise", concurrency_id=GENERATE,
