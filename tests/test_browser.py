@@ -68,6 +68,8 @@ def test_the_page_opens_without_a_link_and_without_errors(page):
     """A plain address applies no link: no input shows the error badge of a failed page load."""
     expect(page.locator("#tab-txt2img").get_by_label("Prompt", exact=True)).to_be_visible()
     expect(page.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
+    notebook = page.locator("#model-info a", has_text="Stable Diffusion Deep Dive")  # what "the notebook" is
+    expect(notebook).to_have_attribute("href", re.compile(r"^https://github\.com/fastai/diffusion-nbs/"))
 
 
 def test_generate_streams_distinct_frames(page):

@@ -14,6 +14,9 @@ from ui.stops import StopFlags
 from ui.upkeep import Upkeep
 
 TITLE = "SD Lens: look inside Stable Diffusion"
+NOTEBOOK = ("Grown out of the [Stable Diffusion Deep Dive]"
+            "(https://github.com/fastai/diffusion-nbs/blob/master/Stable%20Diffusion%20Deep%20Dive.ipynb) notebook "
+            "(fastai, Jonathan Whitaker), which the notes under the controls call \"the notebook\".")
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
 # Galleries: captions under the thumbnails and the download button above them, not over them; the history
 # keeps its thumbnails small, ten to a row, however few there are.
@@ -41,7 +44,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
     stops = StopFlags(admit=upkeep.check_space)
     with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
         writers = Writers()
-        gr.Markdown(f"# {TITLE}\n**Model:** {engine.describe()}", elem_id="model-info")
+        gr.Markdown(f"# {TITLE}\n**Model:** {engine.describe()}  \n{NOTEBOOK}", elem_id="model-info")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
         upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
