@@ -39,6 +39,14 @@ def build(engine: Engine, concurrency: int) -> None:
                                elem_id="schedule-plot")
             explain = gr.Markdown(first_explain, elem_id="schedule-explain")
         table = gr.Dataframe(first_table, label="The schedule", elem_id="schedule-table", max_height=380)
+    gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
+          api_name="schedule", show_progress="hidden")
+    build_add_noise(engine, concurrency, steps, scheduler)
+
+
+def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, scheduler: gr.Dropdown) -> None:
+    """add_noise at work: an image noised to a step of the schedule above, and the same noise across it."""
+    defaults = engine.default_settings()
     gr.Markdown("### add_noise: an image noised to a step")
     with gr.Row():
         with gr.Column(scale=2):
@@ -75,8 +83,6 @@ def build(engine: Engine, concurrency: int) -> None:
         text = f"step {index + 1} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
         return picture, text, gallery
 
-    gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
-          api_name="schedule", show_progress="hidden")
     within_steps(steps, step, first=1)
     inputs = [image, steps, scheduler, step, seed]
     add.click(check, inputs, None, api_visibility="private").success(
