@@ -19,7 +19,8 @@ NOTEBOOK = ("Grown out of the [Stable Diffusion Deep Dive]"
             "(fastai, Jonathan Whitaker), which the notes under the controls call \"the notebook\".")
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
 # Galleries: captions under the thumbnails and the download button above them, not over them; the history
-# keeps its thumbnails small, ten to a row, however few there are.
+# keeps its thumbnails small, ten to a row, however few there are, three lines of each caption, and
+# frames none once clicked: a click reopens a run, and a frame left behind would sit on another as new runs come in.
 CSS = """
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
@@ -29,7 +30,12 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 .pixels .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto 0;
                          background: none; color: var(--body-text-color); box-shadow: none; }
 #attention-grid .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; }
+#history .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; display: -webkit-box;
+                          -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
+                          line-height: 1.3; max-height: 3.9em; padding-top: 0; padding-bottom: 0; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
+#history .thumbnail-item { aspect-ratio: 3 / 4; }
+#history .thumbnail-item.selected:not(:hover) { --ring-color: transparent; border-color: var(--border-color-primary); }
 """
 # Runs in the browser: the upscaling choice is a page style, no round trip to the server.
 UPSCALE_JS = "(choice) => { document.body.classList.toggle('smooth-upscale', choice === 'smooth'); return []; }"

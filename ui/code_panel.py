@@ -32,6 +32,7 @@ RUN_KINDS = {"txt2img": "text to image", "img2img": "image to image", "swap_toke
              "guided": "guidance", "attention": "attention", "cfg_parts": "guidance taken apart",
              "cfg_sweep": "scales", "compare_samplers": "samplers", "compare_seeds": "seeds"}  # history captions
 THUMBNAIL = 128         # pixels on the longer side of a history thumbnail
+CAPTION_PROMPT = 80     # characters of a run's prompts kept in its history caption
 
 Writer = Callable[..., str]  # a tab's named parameters (those of its endpoint) -> the script of that run
 
@@ -116,7 +117,7 @@ class History:
     def __init__(self):
         self.state = gr.State([])  # [{"tab": ..., "settings": {...}, "thumbnail": array, "caption": ...}]
         self.gallery = gr.Gallery(label=f"Your last {HISTORY} runs: click one to reopen its tab with its settings",
-                                  columns=10, height=190, allow_preview=False, object_fit="contain",
+                                  columns=10, height=240, allow_preview=False, object_fit="contain",
                                   elem_id="history", elem_classes="pixels", render=False)
 
     @staticmethod
@@ -131,10 +132,12 @@ class History:
 
     @staticmethod
     def caption(tab: str, settings: dict) -> str:
-        """What a run was, e.g. "prompt mix: a red circle + a blue star · seed 32", "seeds: a red circle · 1, 2"."""
+        """What a run was, its prompts last (the part the page's three lines may cut), e.g. "prompt mix · seed 32:
+        a red circle + a blue star", "seeds · 1, 2: a red circle"."""
         prompts = " + ".join(str(settings[k]) for k in ("prompt", "prompt_a", "prompt_b") if k in settings)
+        prompts = prompts if len(prompts) <= CAPTION_PROMPT else prompts[:CAPTION_PROMPT - 1].rstrip() + "…"
         which = settings["entries"] if "entries" in settings else f"seed {settings.get('seed')}"
-        return f"{RUN_KINDS.get(tab, tab)}: {prompts} · {which}"
+        return f"{RUN_KINDS.get(tab, tab)} · {which}: {prompts}"
 
     @staticmethod
     def shown(runs: list) -> list:
