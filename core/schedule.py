@@ -44,6 +44,13 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "dpm++": DPMSolverMultistepScheduler,     # DPM-Solver++ (2M)
     "optim": OptimScheduler,                  # sampling as optimisation: torch.optim on the noise prediction
 }
+SAMPLER_NOTES = {  # each sampler in a few plain words, as the page's menus offer them
+    "lms": "the notebook's, each step blending the last 4",
+    "euler": "one straight step along the noise prediction",
+    "ddim": "DDIM, through x0, adding no new noise",
+    "dpm++": "DPM-Solver++ 2M, good in fewer steps",
+    "optim": "SGD with momentum on the latents, may end early",
+}
 # Latents are not images in [-1, 1]: DDIM must not clip its x0 prediction (SD v1's own DDIM config).
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}
 VARIANCE_EXPLODING = (LMSDiscreteScheduler, EulerDiscreteScheduler)  # x_t = x0 + sigma * noise

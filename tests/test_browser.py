@@ -544,3 +544,17 @@ def test_sending_before_a_result_says_so_and_leaves_the_other_tabs_as_they_are(p
     expect(fresh.locator("#tab-img2img").get_by_label("Prompt", exact=True)).to_be_editable()
     expect(fresh.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)
     fresh.close()
+
+
+def test_the_sampler_menu_says_what_each_sampler_does_and_runs_the_one_chosen(page, app_url):
+    fresh = page.context.browser.new_page()
+    fresh.goto(app_url)
+    tab = fresh.locator("#tab-txt2img")
+    tab.get_by_label("Sampler").click()
+    fresh.get_by_role("option", name="euler: one straight step along the noise prediction").click()
+    set_number(fresh, "Steps", 3)
+    tab.get_by_role("button", name="Generate", exact=True).click()
+    expect(tab.locator("#txt2img-status")).to_contain_text("step 3 / 3", timeout=RUN_TIMEOUT_MS)
+    tab.get_by_text("Show the code").click()
+    expect(tab.locator("#txt2img-code")).to_contain_text("EulerDiscreteScheduler")  # the value behind the words
+    fresh.close()

@@ -21,13 +21,14 @@ from core import export
 from core.code import Scripts
 from core.engine import Engine, Run
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Scrubber, counter, nth, user_errors
+from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
 from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
                          status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
 SWEEP_FPS = 2
+SAMPLERS_ABOUT = "\n".join(f"- {label}" for label, _ in SAMPLER_CHOICES)
 
 
 def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
@@ -57,7 +58,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         for kind, default, about in (
                 ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
                 ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler; `euler:15` gives "
-                                                          "one its own step count; `optim` may end early."),
+                                                          "one its own step count.\n\n" + SAMPLERS_ABOUT),
                 ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
             with gr.Tab(kind.capitalize(), id=f"compare-{kind}", elem_id=f"compare-{kind}"):
                 build_comparison(engine, stops, controls, options, ComparisonTab(kind, default, about), writers)

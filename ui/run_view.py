@@ -19,8 +19,7 @@ from core import export
 from core.code import Unscriptable
 from core.engine import RANDOM_SEED, Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
-from core.schedule import SCHEDULERS
-from ui.common import Scrubber, Slider, counter, nth, number, user_errors, whole
+from ui.common import SAMPLER_CHOICES, Scrubber, Slider, counter, nth, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
@@ -162,7 +161,7 @@ class Controls:
             self.previews = gr.Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
                                      info=about("previews", " · ".join(f"{name}: {text}"
                                                                        for name, text in PREVIEWS.items())))
-        self.scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Sampler",
+        self.scheduler = gr.Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler",
                                      info=about("scheduler"))
         dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
 
