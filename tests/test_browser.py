@@ -305,6 +305,7 @@ def test_img2img_states_the_strength_shows_the_start_and_streams(page):
     for panel in ("#img2img-fitted", "#img2img-start", "#img2img-result"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
     expect(page.locator("#img2img-about")).to_contain_text("Input: 64x64 RGB, used as it is")
+    expect(page.locator("#img2img-about")).to_contain_text("the first step's predicted x0 shows what it sees")
     page.screenshot(path=SHOTS / "img2img.png", full_page=True)
 
 

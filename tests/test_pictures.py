@@ -73,6 +73,7 @@ def test_image_to_image_streams_from_the_sent_image_and_clears_stale_panels(page
     set_number(tab, "Strength", 0)
     tab.get_by_role("button", name="Generate").click()
     expect(page.locator("#img2img-about")).to_contain_text("no step runs", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#img2img-about")).not_to_contain_text("predicted x0")  # no noised start to speak of
     expect(status).to_contain_text("no step run · done")
     for panel in ("#img2img-xt", "#img2img-x0"):  # the last run's frames are gone
         expect(page.locator(f"{panel} img")).to_have_count(0)

@@ -11,6 +11,9 @@ from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, id
 from ui.send import Prompted
 from ui.stops import StopFlags
 
+START_NOTE = ("Decoded, a noised start can look like plain noise while the UNet still finds the picture in it: the "
+              "first step's predicted x0 shows what it sees.")
+
 
 def _inputs(engine: Engine) -> tuple:
     """The run's own inputs: the image, the prompts, the strength and how LMS counts its order."""
@@ -70,7 +73,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                 run = engine.img2img(prompt, negative_prompt, given(image, "input image"), number(strength, "strength"),
                                      settings, lms_order=lms_order, should_stop=flag.is_set)
             source = run.source
-            shown = {fitted: source.image, begin: source.start, about: f"{source.plan.describe()}\nInput: {source.note}"}
+            mid_schedule = 0 < source.plan.first < run.settings.steps
+            told = f"{source.plan.describe()}\nInput: {source.note}" + (f"\n{START_NOTE}" if mid_schedule else "")
+            shown = {fitted: source.image, begin: source.start, about: told}
             yield shown
             round_trip = source.start if source.plan.first == run.settings.steps else None  # strength 0: no step
             yield from view.stream(run, flag, final=lambda: shown, result=round_trip)

@@ -6,7 +6,8 @@ import pandas as pd
 
 from core.engine import Engine
 from core.sampler import MAX_STEPS
-from ui.common import EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, ImageFile, Slider, given, user_errors, whole, within_steps
+from ui.common import (EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, ImageFile, Slider, given, user_errors, whole,
+                       within_steps)
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
