@@ -20,11 +20,12 @@ from core import images, schedule, text, vae
 from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
-from core.sampler import (MAX_GUIDANCE, MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
+from core.sampler import (MAX_GUIDANCE, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
                           sample)
 from core.views import Views
 
 RANDOM_SEED = -1  # asks the engine to pick a seed; the run reports the one it used
+RANDOM_SEEDS = 2**32  # a picked seed is below it: short enough to read and type again
 MAX_SWEEP = 12  # images in a prompt-mix sweep
 
 def free_memory(device: torch.device) -> None:
@@ -132,7 +133,7 @@ class Engine:
         text.check_prompt(prompt)
         text.check_prompt(negative_prompt, "negative_prompt")
         if settings.seed == RANDOM_SEED:
-            settings = replace(settings, seed=random.randint(0, MAX_SEED))
+            settings = replace(settings, seed=random.randrange(RANDOM_SEEDS))
         check_settings(self.bundle, settings)
         return settings
 

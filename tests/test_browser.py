@@ -511,6 +511,13 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
         expect(scales.get_by_label("Scales")).to_have_value("2, 6", timeout=LINK_TIMEOUT_MS)
     finally:
         other.close()
+    page.get_by_role("tab", name="Seeds", exact=True).click()  # a random seed: the link keeps the one drawn
+    seeds = page.locator("#compare-seeds")
+    seeds.get_by_label("Seeds").fill("-1, 5")
+    seeds.get_by_role("button", name="Compare").click()
+    expect(page.locator("#seeds-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    seeds.get_by_text("Show the code").click()
+    expect(page.locator("#compare_seeds-link textarea")).to_have_value(re.compile(r"entries=\d+%2C\+5"))
 
 
 def test_guidance_taken_apart_shows_any_step_of_the_last_run(page):

@@ -109,6 +109,20 @@ def test_each_entry_equals_the_same_run_on_txt2img(app_url, endpoint, entries, c
         assert np.abs(pixels(item["image"]) - pixels(alone)).max() == 0, (endpoint, caption)
 
 
+def test_a_random_seed_in_a_comparison_is_shown_as_the_seed_it_drew(app_url):
+    client = Client(app_url, verbose=False)
+    outputs = client.predict(prompt="a red circle", negative_prompt="", entries="-1,5", **SETTINGS,
+                             api_name="/compare_seeds")
+    strip, status, progress = outputs[0], outputs[1], outputs[-1]
+    drawn = int(strip[0]["caption"])
+    assert 0 <= drawn < 2**32 and [item["caption"] for item in strip][1:] == ["5"]
+    assert progress["seeds"] == [drawn, 5] and progress["entries"] == [str(drawn), "5"]
+    assert f"seeds {drawn}, 5" in status
+    alone = client.predict(prompt="a red circle", negative_prompt="", **(SETTINGS | {"seed": drawn}),
+                           api_name="/txt2img")[3]
+    assert np.abs(pixels(strip[0]["image"]) - pixels(alone)).max() == 0
+
+
 def test_the_scale_sweep_ends_with_a_gif_and_the_sampler_plots(app_url):
     client = Client(app_url, verbose=False)
     *_, gif, _ = client.predict(prompt="a red circle", negative_prompt="", entries="1,3,7.5", **SETTINGS,

@@ -66,8 +66,8 @@ class CodePanel:
 
     def after(self, run: gr.events.Dependency, writer: Writer, inputs: list, view) -> None:
         """Once `run` succeeds, its script, its link and its place in the session's history: `writer` of the
-        run's `inputs`, with the seed the run reported in `view.progress` (a random seed is drawn by the run);
-        the history shows `view.thumbnail` of what the view keeps."""
+        run's `inputs`, with the seed (and a comparison's entries) the run reported in `view.progress` (a random
+        seed is drawn by the run); the history shows `view.thumbnail` of what the view keeps."""
         self.writers.experiments[self.tab] = Experiment(writer, inputs, self.place)
         tab, history = self.tab, self.writers.history
 
@@ -78,6 +78,8 @@ class CodePanel:
             arguments = inspect.signature(writer).bind(*given).arguments
             if reported and reported.get("seed") is not None:
                 arguments["seed"] = reported["seed"]
+            if reported and reported.get("entries") and "entries" in arguments:  # a comparison's seeds as drawn
+                arguments["entries"] = ", ".join(reported["entries"])
             with user_errors():
                 try:
                     script = writer(**arguments)

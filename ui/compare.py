@@ -20,6 +20,7 @@ from PIL import Image
 from core import export
 from core.code import Scripts
 from core.engine import Engine, Run
+from core.sampler import Settings
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
 from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
@@ -217,7 +218,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
                 runs = engine.compare_runs(prompt, negative_prompt, controls.settings(
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), changes,
                     should_stop=flag.is_set)
-            labels = [label_of(change) for change in changes]
+            labels = [label_of(change, run.settings) for change, run in zip(changes, runs)]
             for update in stream_side_by_side(engine, runs, labels, flag):
                 values = [update.strip, update.status, *(update.plots if plots else [])]
                 if gif is None or update.state != "done":
@@ -240,13 +241,14 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
     code.after(run, compare_code, inputs, StripView(strip, run_progress))
 
 
-def label_of(change: dict) -> str:
-    """An entry's caption: the scale, the sampler key (with its steps when given) or the seed."""
+def label_of(change: dict, settings: Settings) -> str:
+    """An entry's caption: the scale, the sampler key (with its steps when given) or the seed its run used (a
+    random one drawn for -1)."""
     if "guidance_scale" in change:
         return f"{change['guidance_scale']:g}"
     if "scheduler" in change:
         return change["scheduler"] + (f":{change['steps']}" if "steps" in change else "")
-    return str(change["seed"])
+    return str(settings.seed)
 
 
 @dataclass(frozen=True)
