@@ -194,7 +194,7 @@ class Engine:
     def parse_samplers(text: str) -> list[dict]:
         """"lms, euler:15" -> each sampler, with its own step count where one follows a colon."""
         def sampler(entry: str) -> dict:
-            name, _, steps = (part.strip() for part in entry.partition(":"))
+            name, _, steps = (part.strip() for part in entry.lower().partition(":"))
             if name not in schedule.SCHEDULERS:
                 raise ValueError(name)
             return {"scheduler": name, **({"steps": int(steps)} if steps else {})}

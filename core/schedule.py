@@ -45,11 +45,11 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "optim": OptimScheduler,                  # sampling as optimisation: torch.optim on the noise prediction
 }
 SAMPLER_NOTES = {  # each sampler in a few plain words, as the page's menus offer them
-    "lms": "the notebook's, each step blending the last 4",
+    "lms": "the notebook's: each step uses the last 4 noise predictions",
     "euler": "one straight step along the noise prediction",
     "ddim": "DDIM, through x0, adding no new noise",
     "dpm++": "DPM-Solver++ 2M, good in fewer steps",
-    "optim": "SGD with momentum on the latents, may end early",
+    "optim": "this app's own: SGD with momentum on the latents, may end early",
 }
 # Latents are not images in [-1, 1]: DDIM must not clip its x0 prediction (SD v1's own DDIM config).
 OVERRIDES: dict[str, dict] = {"ddim": {"clip_sample": False, "set_alpha_to_one": False}}

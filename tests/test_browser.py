@@ -368,6 +368,7 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     set_number(tab, "Steps", 15)
     table = page.locator("#schedule-table")
     expect(table).to_contain_text("9.6826")  # the notebook's second sigma at 15 steps
+    expect(table).to_contain_text("input scale")  # scale_model_input's factor: 1/sqrt(sigma²+1) here, 1 for DDIM
     expect(page.locator("#schedule-explain")).to_contain_text("init_noise_sigma = 14.6146")
     set_number(tab, "Step (1 = the noisiest)", 7)
     tab.get_by_role("button", name="Add noise").click()

@@ -46,7 +46,7 @@ def test_without_guidance_there_is_nothing_to_take_apart(tiny_bundle):
 
 def test_each_compared_run_is_the_text_to_image_run(tiny_bundle):
     engine = Engine(tiny_bundle)
-    runs = engine.compare_runs("a red circle", "", SMALL, engine.parse_samplers("lms,euler:4"))
+    runs = engine.compare_runs("a red circle", "", SMALL, engine.parse_samplers("lms, Euler:4"))  # any case
     for run, change in zip(runs, [{"scheduler": "lms"}, {"scheduler": "euler", "steps": 4}]):
         alone = list(engine.txt2img("a red circle", "", replace(SMALL, **change)).frames)[-1]
         assert torch.equal(list(run.frames)[-1].latents, alone.latents)

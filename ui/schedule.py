@@ -13,8 +13,9 @@ from ui.run_view import PANEL, image_panel
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
 by this, so the first latents carry the first step's noise level (for LMS and Euler the latents are
 x0 + sigma * noise, so they grow with sigma; DDIM and DPM-Solver++ keep them at unit variance and use 1).
-Before each UNet call `scale_model_input` divides LMS/Euler latents by sqrt(sigma² + 1), bringing them back
-to unit variance: the last column."""
+Before each UNet call `scale_model_input` multiplies the latents by the last column, the input scale: for LMS and
+Euler 1/sqrt(sigma² + 1), bringing them back to unit variance; for DDIM and DPM-Solver++ 1, as they are there
+already."""
 
 
 def build(engine: Engine, concurrency: int) -> None:
@@ -26,7 +27,7 @@ def build(engine: Engine, concurrency: int) -> None:
         with user_errors():
             numbers = engine.views.schedule_table(whole(steps, "steps"), scheduler)
         frame = pd.DataFrame({"step": range(1, len(numbers.timesteps) + 1), "timestep": numbers.timesteps,
-                              "sigma": numbers.sigmas, "1/sqrt(sigma²+1)": numbers.input_scales})
+                              "sigma": numbers.sigmas, "input scale": numbers.input_scales})
         return frame.round(4), frame[["step", "sigma"]], EXPLAIN.format(init=numbers.init_noise_sigma)
 
     first_table, first_plot, first_explain = schedule(defaults.steps, defaults.scheduler)
