@@ -72,6 +72,8 @@ def contrast(images: torch.Tensor, target: Target) -> torch.Tensor:
 Loss = Callable[[torch.Tensor, Target], torch.Tensor]
 LOSSES: dict[str, Loss] = {"blue": blue, "color": color, "brightness": brightness, "saturation": saturation,
                            "contrast": contrast}
+TARGET_OF = {"color": "color", "brightness": "level", "saturation": "level", "contrast": "level"}  # what a loss
+# reads of its Target (the blue loss, the notebook's, has its own: B = 0.9)
 GUIDED_SAMPLERS = ("lms", "euler")  # x_t = x0 + sigma * noise: the samplers the update above is written for
 
 

@@ -389,6 +389,11 @@ def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     expect(tab.get_by_text(re.compile("^Examples at CFG"))).to_have_count(0)
     tab.get_by_text("A campfire (oil on canvas): blue loss x 200", exact=True).click()
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("A campfire (oil on canvas)")
+    for loss, shown in (("color", "Target color"), ("brightness", "Target level"), ("blue", None)):
+        tab.get_by_label("Loss on the decoded x0").click()  # each loss shows the target it reads, and no other
+        page.get_by_role("option", name=loss, exact=True).click()
+        for target in ("Target color", "Target level"):
+            expect(tab.get_by_text(target, exact=True)).to_have_count(1 if target == shown else 0)
     set_number(tab, "Loss scale", 300)
     set_number(tab, "Guide every N steps", 2)
     set_number(tab, "Leave the first N steps unguided", 12)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from core.code import Scripts
 from core.engine import Engine
-from core.guidance import LOSSES, MAX_EVERY, MODES, Guidance, Target
+from core.guidance import LOSSES, MAX_EVERY, MODES, TARGET_OF, Guidance, Target
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole, within_steps
 from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
@@ -54,10 +54,13 @@ def loss_form(first: Guidance, steps: int) -> LossForm:
     with gr.Row():
         loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
         loss_scale = Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
-    with gr.Row():
-        color = gr.ColorPicker(value="#0000ff", label="Target color", info="for the color loss")
+        color = gr.ColorPicker(value="#0000ff", label="Target color", info="every pixel is pulled toward it",
+                               visible=TARGET_OF.get(first.loss) == "color")
         level = Slider(0, 1, value=first.target.level, step=0.05, label="Target level",
-                       info="for brightness, saturation, contrast")
+                       info="the level the loss pulls toward", visible=TARGET_OF.get(first.loss) == "level")
+    loss.change(lambda name: (gr.update(visible=TARGET_OF.get(name) == "color"),
+                              gr.update(visible=TARGET_OF.get(name) == "level")),
+                loss, [color, level], api_visibility="private", queue=False, show_progress="hidden")
     with gr.Row():
         every = Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
                        info="the notebook: every 5")
