@@ -353,6 +353,12 @@ def test_vae_tab_shows_channels_reconstruction_and_error(page):
     expect(page.locator("#vae-channels img")).to_have_count(4)
     for panel in ("#vae-reconstruction", "#vae-difference", "#vae-edited"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
+    expect(about).to_contain_text("Right: channel 1 multiplied by 0")
+    set_number(tab, "... multiplied by", 2)  # decodes again without the button
+    expect(about).to_contain_text("Right: channel 1 multiplied by 2", timeout=RUN_TIMEOUT_MS)
+    tab.get_by_label("Decode again with channel ...").click()
+    page.get_by_role("option", name="3").click()
+    expect(about).to_contain_text("Right: channel 3 multiplied by 2", timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=SHOTS / "vae.png", full_page=True)
     page.locator("#vae-input").get_by_role("button", name="Remove Image").click()  # a refused run leaves the panels be
     tab.get_by_role("button", name="Encode and decode").click()

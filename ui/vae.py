@@ -59,7 +59,9 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             engine.fit_image(image)
             engine.views.check_channel_edit(channel, scale)
 
-    checked = run.click(check, [image, channel, scale], None, api_visibility="private")
+    # a new channel or multiplier decodes again at once, as the button does (a slider dragged: once, at its last value)
+    checked = gr.on([run.click, channel.change, scale.change], check, [image, channel, scale], None,
+                    api_visibility="private", trigger_mode="always_last")
     checked.success(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
                     api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
     return image
