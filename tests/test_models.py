@@ -20,6 +20,7 @@ from core.models import (SD_V1, TOY, ModelLoadError, auto_choice, load_bundle, l
                          resolve_dtype)
 from tests.conftest import ROOT, free_port
 from ui import build_app
+from ui.run_view import CFG_NOTE
 
 
 def test_tiny_bundle_shape(tiny_bundle):
@@ -158,9 +159,8 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
         page = build_app(engine).get_config_file()
         return [c["props"].get(key) for c in page["components"] if c["props"].get("label") == label]
 
-    assert set(props(engine, "Guidance scale (CFG)")) == {
-        "1 turns classifier-free guidance off · this model: 3; LMS breaks above it"}
-    assert set(props(plain, "Guidance scale (CFG)")) == {"1 turns classifier-free guidance off"}
+    assert set(props(engine, "Guidance scale (CFG)")) == {f"{CFG_NOTE} · this model: 3; LMS breaks above it"}
+    assert set(props(plain, "Guidance scale (CFG)")) == {CFG_NOTE}
     assert set(props(plain, "Width")) == {f"a multiple of {plain.bundle.vae_scale_factor}"}
     assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
     # the Guidance and Image to image tabs alone start from the notebook's demos of them: 50 steps at CFG 8

@@ -24,6 +24,7 @@ from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
 PANEL = 320  # pixels of page height per image panel; small images are scaled up to fill it
+CFG_NOTE = "how hard the prompt pulls: each step takes uncond + CFG x (text - uncond); 1 turns guidance off"
 EXPIRED = "This run's frames have expired from the cache (--cache-max-age): generate it again"
 NO_RUN = "There is no run to make a video of yet: press Generate first"
 
@@ -143,7 +144,7 @@ class Controls:
         self.steps = Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info=about("steps"))
         self.guidance_scale = Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
                                      label="Guidance scale (CFG)",
-                                     info=about("guidance_scale", "1 turns classifier-free guidance off"))
+                                     info=about("guidance_scale", CFG_NOTE))
         with gr.Row():
             self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed",
                                   info=about("seed", "-1: a random seed"))
