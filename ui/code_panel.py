@@ -172,14 +172,16 @@ class Writers:
             return self.reopen(query.pop("tab", ""), query, tabs, sub_tabs)
 
         def open_run(runs: list, selected: gr.SelectData) -> dict:
-            """A run of the history: its tab opened with its settings."""
+            """A run of the history: its tab opened with its settings (the pictures there stay the last run's)."""
             entry = runs[selected.index]
+            gr.Info(f"The settings of “{entry['caption']}” are back in its tab: run it again to see its pictures")
             return self.reopen(entry["tab"], entry["settings"], tabs, sub_tabs)
 
         demo.load(open_link, None, outputs, api_visibility="private")  # queued: its messages show
         with gr.Accordion("History", open=True):
             self.history.gallery.render()
-        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private", queue=False)
+        # queued, so that its message shows
+        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private")
 
     def code(self, tab: str, parameters: dict, session_learned: dict):
         """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (every one of that
