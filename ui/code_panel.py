@@ -59,7 +59,7 @@ class CodePanel:
             self.link = gr.Textbox(label="Link to this experiment: opens this tab with this run's settings",
                                    interactive=False, buttons=["copy"], elem_id=f"{elem}-link",
                                    placeholder="appears when a run ends")
-            self.code = gr.Code(IDLE, language="python", label=LABEL, interactive=False, max_lines=40,
+            self.code = gr.Code(IDLE, language="python", label=LABEL, interactive=False, max_lines=40, wrap_lines=True,
                                 buttons=["copy", "download"], elem_id=f"{elem}-code")
             self.download = gr.DownloadButton("Download this run (.zip): its images, settings and code",
                                               size="sm", elem_id=f"{elem}-zip")
