@@ -20,7 +20,7 @@ from core import images, schedule, text, vae
 from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
-from core.sampler import (MAX_GUIDANCE, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
+from core.sampler import (MAX_GUIDANCE, MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
                           sample)
 from core.views import Views
 
@@ -134,6 +134,9 @@ class Engine:
         text.check_prompt(negative_prompt, "negative_prompt")
         if settings.seed == RANDOM_SEED:
             settings = replace(settings, seed=random.randrange(RANDOM_SEEDS))
+        elif isinstance(settings.seed, int) and not 0 <= settings.seed <= MAX_SEED:
+            raise ValueError(f"seed must be {RANDOM_SEED} (a random seed) or a whole number from 0 to {MAX_SEED}, "
+                             f"got {settings.seed}")
         check_settings(self.bundle, settings)
         return settings
 

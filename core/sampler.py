@@ -150,8 +150,7 @@ def check_settings(bundle: ModelBundle, settings: Settings) -> None:
     if not 0.0 <= settings.guidance_scale <= MAX_GUIDANCE:  # also false for NaN
         raise ValueError(f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {settings.guidance_scale!r}")
     if not isinstance(settings.seed, int) or not 0 <= settings.seed <= MAX_SEED:
-        raise ValueError(f"seed must be -1 (a random seed) or a whole number from 0 to {MAX_SEED}, "
-                         f"got {settings.seed!r}")
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {settings.seed!r}")
     factor, max_side = bundle.vae_scale_factor, bundle.max_side
     for name, side in (("height", settings.height), ("width", settings.width)):
         if not isinstance(side, int) or not MIN_SIDE <= side <= max_side:

@@ -45,7 +45,7 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "optim": OptimScheduler,                  # sampling as optimisation: torch.optim on the noise prediction
 }
 SAMPLER_NOTES = {  # each sampler in a few plain words, as the page's menus offer them
-    "lms": "the notebook's: each step uses the last 4 noise predictions",
+    "lms": "the notebook's: each step uses up to the last 4 noise predictions",
     "euler": "one straight step along the noise prediction",
     "ddim": "DDIM, through x0, adding no new noise",
     "dpm++": "DPM-Solver++ 2M, good in fewer steps",

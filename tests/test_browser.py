@@ -153,8 +153,9 @@ def test_the_history_reopens_a_run_with_its_settings(page):
                                        r"background” are back in its tab: run it again"))).to_be_visible()
     page.locator(".toast-close").click()
     page.mouse.move(0, 0)  # away from the thumbnail: no frame stays on it, to sit on another run once new ones come
-    ring = history.locator(".thumbnail-item").first.evaluate("e => getComputedStyle(e).getPropertyValue('--ring-color')")
-    assert ring == "transparent"
+    clicked = history.locator(".thumbnail-item").first
+    expect(clicked).to_have_class(re.compile(r"\bselected\b"))  # the gallery marks it, and the page draws no frame
+    assert clicked.evaluate("e => getComputedStyle(e).getPropertyValue('--ring-color')") == "transparent"
     caption = history.locator(".caption-label").first  # three lines: what the run was, its seed, its prompt's start
     assert caption.evaluate("e => e.clientHeight > 2.5 * parseFloat(getComputedStyle(e).lineHeight)")
     history.scroll_into_view_if_needed()

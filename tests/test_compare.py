@@ -92,7 +92,7 @@ def test_cfg_parts_endpoint_ends_with_the_four_pictures(app_url):
 
 
 @pytest.mark.parametrize("endpoint, entries, captions, change", [
-    ("/cfg_sweep", "1,7.5", ["1", "7.5"], lambda v: {"guidance_scale": float(v)}),
+    ("/cfg_sweep", "1,7.123456789", ["1", "7.123456789"], lambda v: {"guidance_scale": float(v)}),
     ("/compare_samplers", "euler,ddim:3", ["euler", "ddim:3"],
      lambda v: {"scheduler": v.split(":")[0], "steps": int(v.split(":")[1]) if ":" in v else 4}),
     ("/compare_seeds", "1,2", ["1", "2"], lambda v: {"seed": int(v)}),

@@ -292,7 +292,7 @@ def test_hook_predict_noise_reproduces_the_step_prediction(tiny_bundle):
     ({"steps": 500}, "got 500"),
     ({"guidance_scale": -1.0}, "guidance_scale must be from 0 to 50, got -1.0"),
     ({"guidance_scale": float("nan")}, "got nan"),
-    ({"seed": -7}, "seed must be -1 (a random seed) or a whole number from 0 to 9007199254740991, got -7"),
+    ({"seed": -7}, "seed must be a whole number from 0 to 9007199254740991, got -7"),
     ({"seed": 2**53}, "got 9007199254740992"),  # a browser would round it
     ({"height": 100}, "height must be a multiple of 8, got 100"),
     ({"width": 4096}, "width must be from 64 to 128 pixels, got 4096"),
@@ -314,6 +314,9 @@ def test_engine_txt2img_random_seed_and_truncation_note(tiny_bundle):
     engine = Engine(tiny_bundle)
     run = engine.txt2img("a red circle " * 40, "", Settings(**{**SMALL.__dict__, "seed": RANDOM_SEED}))
     assert 0 <= run.settings.seed < 2**32  # a seed a person can read, and a page keeps exact
+    with pytest.raises(ValueError, match=re.escape("seed must be -1 (a random seed) or a whole number from 0 to "
+                                                   "9007199254740991, got -5")):
+        engine.txt2img("a red circle", "", replace(SMALL, seed=-5))
     assert len(run.notes) == 1 and "longer than CLIP's 77 tokens" in run.notes[0]
     assert len(list(run.frames)) == SMALL.steps
     with pytest.raises(ValueError, match="prompt must be at most 4000 characters, got 5000"):

@@ -3,6 +3,7 @@ link that reopens the tab with the run's settings; `/code` writes the script of 
 own named parameters."""
 from __future__ import annotations
 
+import html
 import inspect
 import json
 import tempfile
@@ -174,7 +175,8 @@ class Writers:
         def open_run(runs: list, selected: gr.SelectData) -> dict:
             """A run of the history: its tab opened with its settings (the pictures there stay the last run's)."""
             entry = runs[selected.index]
-            gr.Info(f"The settings of “{entry['caption']}” are back in its tab: run it again to see its pictures")
+            caption = html.escape(entry["caption"], quote=False)  # a toast is HTML: a learned <teal> stays in it
+            gr.Info(f"The settings of “{caption}” are back in its tab: run it again to see its pictures")
             return self.reopen(entry["tab"], entry["settings"], tabs, sub_tabs)
 
         demo.load(open_link, None, outputs, api_visibility="private")  # queued: its messages show

@@ -15,8 +15,8 @@ from core.schedule import SAMPLER_NOTES, SCHEDULERS
 GENERATE = "generate"  # the concurrency group of every event that runs the UNet: one queue for the device
 GPU_SECONDS = 120  # what each such event asks ZeroGPU for: a 12-image sweep of SD at 50 steps fits
 log = logging.getLogger("sdlens")
-# Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
 SAMPLER_CHOICES = [(f"{name}: {SAMPLER_NOTES[name]}", name) for name in SCHEDULERS]  # a menu: its words, its value
+# Drawn by core.toyworld.data; any model takes them (they are scaled to its native size).
 EXAMPLE_IMAGES = sorted((Path(__file__).parent / "assets" / "examples").glob("*.png"))
 
 

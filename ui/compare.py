@@ -245,7 +245,8 @@ def label_of(change: dict, settings: Settings) -> str:
     """An entry's caption: the scale, the sampler key (with its steps when given) or the seed its run used (a
     random one drawn for -1)."""
     if "guidance_scale" in change:
-        return f"{change['guidance_scale']:g}"
+        scale = change["guidance_scale"]
+        return f"{scale:g}" if float(f"{scale:g}") == scale else repr(scale)  # short, yet the very scale run
     if "scheduler" in change:
         return change["scheduler"] + (f":{change['steps']}" if "steps" in change else "")
     return str(settings.seed)

@@ -63,5 +63,5 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
     checked = gr.on([run.click, channel.change, scale.change], check, [image, channel, scale], None,
                     api_visibility="private", trigger_mode="always_last")
     checked.success(vae, [image, channel, scale], [fitted, reconstruction, about, latent_channels, difference, edited],
-                    api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency)
+                    api_name="vae", concurrency_id=GENERATE, concurrency_limit=concurrency, trigger_mode="always_last")
     return image
