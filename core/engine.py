@@ -5,7 +5,6 @@ generator, stop flag belong to the call), so many users can share one engine.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -20,12 +19,10 @@ from core import images, schedule, text, vae
 from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
-from core.sampler import (MAX_GUIDANCE, MAX_SEED, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
-                          sample)
+from core.sampler import (MAX_GUIDANCE, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
+                          drawn, sample)
 from core.views import Views
 
-RANDOM_SEED = -1  # asks the engine to pick a seed; the run reports the one it used
-RANDOM_SEEDS = 2**32  # a picked seed is below it: short enough to read and type again
 MAX_SWEEP = 12  # images in a prompt-mix sweep
 
 def free_memory(device: torch.device) -> None:
@@ -132,11 +129,7 @@ class Engine:
         """Raise ValueError for bad inputs; return the settings with a random seed drawn."""
         text.check_prompt(prompt)
         text.check_prompt(negative_prompt, "negative_prompt")
-        if settings.seed == RANDOM_SEED:
-            settings = replace(settings, seed=random.randrange(RANDOM_SEEDS))
-        elif isinstance(settings.seed, int) and not 0 <= settings.seed <= MAX_SEED:
-            raise ValueError(f"seed must be {RANDOM_SEED} (a random seed) or a whole number from 0 to {MAX_SEED}, "
-                             f"got {settings.seed}")
+        settings = drawn(settings)
         check_settings(self.bundle, settings)
         return settings
 

@@ -7,6 +7,7 @@ per-step hooks (loss guidance), and how often to decode a preview. The loop yiel
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, closing
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # annotations only: core.models imports core.defaults, which 
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**53 - 1  # the largest whole number a browser keeps exact, so that a page or a link never rounds a seed
+RANDOM_SEED = -1  # asks for a seed to be picked (`drawn`); the run reports the one it used
+RANDOM_SEEDS = 2**32  # a picked seed is below it: short enough to read and type again
 MIN_SIDE = 64
 PREVIEWS = {  # how previews are decoded; the final image always goes through the VAE
     "auto": "fast when previewing every step, else the full VAE",
@@ -143,6 +146,11 @@ class Frame:
 Step = tuple[Frame, Callable[[], tuple]]  # a step's frame, and the call that decodes its images
 
 
+def drawn(settings: Settings) -> Settings:
+    """The settings with a seed picked for RANDOM_SEED; any other as it is."""
+    return replace(settings, seed=random.randrange(RANDOM_SEEDS)) if settings.seed == RANDOM_SEED else settings
+
+
 def check_settings(bundle: ModelBundle, settings: Settings) -> None:
     """Every check of a run's numbers, each message naming the bad value and what is allowed."""
     if not isinstance(settings.steps, int) or not 1 <= settings.steps <= MAX_STEPS:
@@ -150,7 +158,8 @@ def check_settings(bundle: ModelBundle, settings: Settings) -> None:
     if not 0.0 <= settings.guidance_scale <= MAX_GUIDANCE:  # also false for NaN
         raise ValueError(f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {settings.guidance_scale!r}")
     if not isinstance(settings.seed, int) or not 0 <= settings.seed <= MAX_SEED:
-        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {settings.seed!r}")
+        raise ValueError(f"seed must be {RANDOM_SEED} (a random seed) or a whole number from 0 to {MAX_SEED}, "
+                         f"got {settings.seed!r}")
     factor, max_side = bundle.vae_scale_factor, bundle.max_side
     for name, side in (("height", settings.height), ("width", settings.width)):
         if not isinstance(side, int) or not MIN_SIDE <= side <= max_side:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from core import images, schedule, text, vae
 from core.models import ModelBundle
-from core.sampler import Settings, check_settings, initial_noise
+from core.sampler import Settings, check_settings, drawn, initial_noise
 
 MAX_CHANNEL_SCALE = 5.0  # the VAE tab may multiply a latent channel by -5 .. 5
 DIFFERENCE_GAIN = 4  # the VAE's error map is |input - reconstruction| times this
@@ -53,6 +53,7 @@ class NoiseRow:
     note: str
     chosen: tuple[int, float, float, Image.Image]
     row: list[tuple[int, float, float, Image.Image]]
+    seed: int                      # the noise's seed (one drawn for RANDOM_SEED)
 
 
 def heat_image(matrix: torch.Tensor, cell: int = 4) -> Image.Image:
@@ -140,8 +141,8 @@ class Views:
             raise ValueError(f"step must be from 0 to {steps - 1} (steps - 1), got {index!r}")
         fitted = images.fit_to(self.bundle, image)
         width, height = fitted.image.size
-        settings = replace(self.base, steps=steps, scheduler=scheduler, seed=seed,
-                           width=width, height=height, preview_every=0)
+        settings = drawn(replace(self.base, steps=steps, scheduler=scheduler, seed=seed,
+                                 width=width, height=height, preview_every=0))
         check_settings(self.bundle, settings)
         return fitted, settings
 
@@ -163,4 +164,4 @@ class Views:
         pictures = vae.to_pil(vae.decode(self.bundle, torch.cat(noised)))
         table = schedule.table(self.bundle.scheduler_config, scheduler, steps)
         shown = [(i, table.timesteps[i], table.sigmas[i], picture) for i, picture in zip([index, *row], pictures)]
-        return NoiseRow(fitted.image, fitted.note, shown[0], shown[1:])
+        return NoiseRow(fitted.image, fitted.note, shown[0], shown[1:], settings.seed)

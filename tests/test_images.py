@@ -182,6 +182,10 @@ def test_noise_row_uses_one_noise_at_growing_levels(engine, picture):
     assert row.chosen[3].tobytes() == expected.tobytes()
     with pytest.raises(ValueError, match="step must be from 0 to 14"):
         engine.views.noise_row(picture, 15, "lms", index=15, seed=3)
+    drawn = engine.views.noise_row(picture, 15, "lms", index=7, seed=-1)  # -1 picks a seed, as a run does
+    assert 0 <= drawn.seed < 2**32 and row.seed == 3
+    again = engine.views.noise_row(picture, 15, "lms", index=7, seed=drawn.seed)
+    assert again.chosen[3].tobytes() == drawn.chosen[3].tobytes()
 
 
 # --- images users bring ---

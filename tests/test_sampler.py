@@ -10,10 +10,10 @@ import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
 
 from core import optim_sampler, sampler, schedule, text, vae
-from core.engine import RANDOM_SEED, Engine
+from core.engine import Engine
 from core.models import torch_threads
 from core.vae import decode, to_pil
-from core.sampler import Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
+from core.sampler import RANDOM_SEED, Conditioning, HookResult, RunFailed, Settings, Start, initial_noise, sample
 
 SMALL = Settings(steps=8, guidance_scale=7.5, seed=3, height=64, width=64)
 
@@ -292,7 +292,7 @@ def test_hook_predict_noise_reproduces_the_step_prediction(tiny_bundle):
     ({"steps": 500}, "got 500"),
     ({"guidance_scale": -1.0}, "guidance_scale must be from 0 to 50, got -1.0"),
     ({"guidance_scale": float("nan")}, "got nan"),
-    ({"seed": -7}, "seed must be a whole number from 0 to 9007199254740991, got -7"),
+    ({"seed": -7}, "seed must be -1 (a random seed) or a whole number from 0 to 9007199254740991, got -7"),
     ({"seed": 2**53}, "got 9007199254740992"),  # a browser would round it
     ({"height": 100}, "height must be a multiple of 8, got 100"),
     ({"width": 4096}, "width must be from 64 to 128 pixels, got 4096"),

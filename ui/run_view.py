@@ -17,8 +17,8 @@ from PIL import Image
 
 from core import export
 from core.code import Unscriptable
-from core.engine import RANDOM_SEED, Engine, Run
-from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, Frame, RunFailed, Settings
+from core.engine import Engine, Run
+from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, RANDOM_SEED, Frame, RunFailed, Settings
 from ui.common import SAMPLER_CHOICES, Scrubber, Slider, counter, nth, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags

@@ -57,7 +57,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
             with gr.Row():
                 step = Slider(1, defaults.steps, value=defaults.steps // 2 + 1, step=1,
                               label="Step (1 = the noisiest)", info="counted as a run counts them")
-                seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise")
+                seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise", info="-1: a random seed")
             add = gr.Button("Add noise", variant="primary")
         with gr.Column(scale=3):
             noised = image_panel("Noised to the step, decoded", "noise-chosen")
@@ -81,7 +81,8 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
             result = engine.views.noise_row(*read(image, steps, scheduler, step, seed))
         index, timestep, sigma, picture = result.chosen
         gallery = [(pic, f"{i + 1}: σ {s:.2f}") for i, _, s, pic in result.row]
-        text = f"step {index + 1} · timestep {timestep:.1f} · sigma {sigma:.4f}  \nInput: {result.note}"
+        text = (f"step {index + 1} · timestep {timestep:.1f} · sigma {sigma:.4f} · seed {result.seed}  \n"
+                f"Input: {result.note}")
         return picture, text, gallery
 
     within_steps(steps, step, first=1)
