@@ -348,6 +348,7 @@ def test_img2img_bad_upload_gets_a_clear_error(page, tmp_path):
 
 def test_vae_tab_shows_channels_reconstruction_and_error(page):
     tab = open_tab(page, "VAE", "tab-vae")
+    expect(tab.get_by_label("number input for ... multiplied by")).to_be_disabled()  # until a channel is chosen
     tab.get_by_label("Decode again with channel ...").click()
     page.get_by_role("option", name="1").click()
     tab.get_by_role("button", name="Encode and decode").click()
@@ -358,6 +359,7 @@ def test_vae_tab_shows_channels_reconstruction_and_error(page):
     for panel in ("#vae-reconstruction", "#vae-difference", "#vae-edited"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
     expect(about).to_contain_text("Right: channel 1 multiplied by 0")
+    expect(tab.get_by_label("number input for ... multiplied by")).to_be_enabled()
     set_number(tab, "... multiplied by", 2)  # decodes again without the button
     expect(about).to_contain_text("Right: channel 1 multiplied by 2", timeout=RUN_TIMEOUT_MS)
     tab.get_by_label("Decode again with channel ...").click()

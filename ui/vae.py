@@ -22,7 +22,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             with gr.Row():
                 channel = gr.Dropdown(channels, value=NO_EDIT, label="Decode again with channel ...",
                                       info="to see what one channel carries")
-                scale = Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25,
+                scale = Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25, interactive=False,
                                label="... multiplied by", info="0 removes the channel")
             run = gr.Button("Encode and decode", variant="primary")
         with gr.Column(scale=3):
@@ -59,6 +59,8 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             engine.fit_image(image)
             engine.views.check_channel_edit(channel, scale)
 
+    channel.change(lambda chosen: gr.update(interactive=chosen != NO_EDIT), channel, scale,  # no channel: no factor
+                   api_visibility="private", queue=False, show_progress="hidden")
     # a new channel or multiplier decodes again at once, as the button does (a slider dragged: once, at its last value)
     checked = gr.on([run.click, channel.change, scale.change], check, [image, channel, scale], None,
                     api_visibility="private", trigger_mode="always_last")
