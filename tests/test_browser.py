@@ -538,23 +538,28 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     expect(page.locator("#compare_seeds-link textarea")).to_have_value(re.compile(r"entries=\d+%2C\+5"))
 
 
-def test_guidance_taken_apart_shows_any_step_of_the_last_run(page):
-    """After the run, the slider takes an earlier step apart: its own four pictures and its step on the status."""
+def test_guidance_taken_apart_ends_where_the_predictions_differ_most_and_shows_any_step(page):
+    """The run ends on the step where the two predictions differ most, the slider with it; the slider then takes
+    the last step apart: its own four pictures and its step on the status."""
     page.get_by_role("tab", name="Inside a step", exact=True).click()
     page.get_by_role("tab", name="Guidance taken apart", exact=True).click()
     tab = page.locator("#compare-parts")
     tab.get_by_role("button", name="Generate").click()
     status = page.locator("#parts-status")
-    expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("done · shown: the step where the two predictions differ most",
+                                   timeout=RUN_TIMEOUT_MS)
+    shown = re.match(r"step (\d+) / (\d+) ", status.inner_text()).groups()
+    expect(page.get_by_label("number input for Step to take apart")).to_have_value(shown[0])
+    page.screenshot(path=SHOTS / "compare-parts.png", full_page=True)
     pictures = page.locator("#parts-gallery img")
     expect(pictures).to_have_count(4)
-    last = [pictures.nth(k).get_attribute("src") for k in range(4)]
-    set_number(page, "Step to take apart", 1)
-    expect(status).to_contain_text("step 1 / ")
+    widest = [pictures.nth(k).get_attribute("src") for k in range(4)]
+    assert shown[0] != shown[1]
+    set_number(page, "Step to take apart", shown[1])
+    expect(status).to_contain_text(f"step {shown[1]} / {shown[1]} ")
     expect(status).to_contain_text("taken apart from the last run")
-    expect(pictures.first).not_to_have_attribute("src", last[0])
-    assert [pictures.nth(k).get_attribute("src") for k in range(4)] != last
-    page.screenshot(path=SHOTS / "compare-parts-step1.png", full_page=True)
+    expect(pictures.first).not_to_have_attribute("src", widest[0])
+    assert [pictures.nth(k).get_attribute("src") for k in range(4)] != widest
 
 
 def test_sending_before_a_result_says_so_and_leaves_the_other_tabs_as_they_are(page, app_url):

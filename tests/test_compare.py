@@ -82,13 +82,19 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-def test_cfg_parts_endpoint_ends_with_the_four_pictures(app_url):
+def test_cfg_parts_endpoint_ends_on_the_step_where_the_predictions_differ_most(app_url):
+    """The run ends showing the four pictures of the step that its plot puts highest, not the last step, where all
+    three x0 agree."""
     client = Client(app_url, verbose=False)
     parts, status, plot, progress = client.predict(prompt="a red circle", negative_prompt="", **SETTINGS,
                                                    api_name="/cfg_parts")
     assert [item["caption"] for item in parts] == ["unconditional x0", "text x0", "guided x0", "noise prediction"]
-    assert [row[0] for row in plot["data"]] == [1, 2, 3, 4] and " · done · " in status
-    assert progress["state"] == "done"
+    steps, distances = zip(*plot["data"])
+    assert steps == (1, 2, 3, 4) and distances[-1] < max(distances)
+    widest = steps[distances.index(max(distances))]
+    assert status.startswith(f"step {widest} / 4 · ")
+    assert " · done · shown: the step where the two predictions differ most · " in status
+    assert progress["state"] == "done" and progress["step"] == 4
 
 
 @pytest.mark.parametrize("endpoint, entries, captions, change", [

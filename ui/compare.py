@@ -82,7 +82,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
                                height=220, elem_id="parts-plot")
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
-    kept = gr.State(None)  # the last run's steps taken apart: [(status line, [(file, caption) x 4]), ...]
+    kept = gr.State(None)  # the last run's steps taken apart: [(status line, [(file, caption) x 4], distance), ...]
     cfg_parts, cfg_parts_code = parts_handlers(engine, stops, controls, parts)
     inputs = [prompt, negative_prompt, *controls.inputs]
     go.click(lambda: gr.update(visible=False), None, pick, queue=False, api_visibility="private")
@@ -117,13 +117,14 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                     about = f"seed {run.settings.seed} · noise RMS per channel {norms}"
                     pictures = (split.uncond, split.text, split.guided, split.noise)
                     kept.append((status_line(frame, "done", about, notes),
-                                                 [(cached(picture, parts), caption)
-                                  for picture, caption in zip(pictures, PART_CAPTIONS)]))
+                                 [(cached(picture, parts), caption)
+                                  for picture, caption in zip(pictures, PART_CAPTIONS)], split.distance))
                     yield (kept[-1][1], status_line(frame, "running", about, notes), distance_table(distances),
                            progress(frame, "running", run.settings.seed, notes), None)
             state = ended(frame.image if frame else None, flag)
-            yield (kept[-1][1] if kept else None, status_line(frame, state, about, notes), distance_table(distances),
-                   progress(frame, state, run.settings.seed, notes), kept or None)
+            pictures, line = widest(kept, state) if kept else (None, status_line(frame, state, about, notes))
+            yield (pictures, line, distance_table(distances), progress(frame, state, run.settings.seed, notes),
+                   kept or None)
 
     def cfg_parts_code(prompt, negative_prompt, steps, guidance_scale, seed, width, height, preview_every, previews,
                        scheduler):
@@ -138,16 +139,32 @@ def distance_table(distances: list[tuple[int, float]]) -> pd.DataFrame:
     return pd.DataFrame(distances, columns=["step", "distance"])
 
 
+def widest_position(kept) -> int:
+    """The 1-based position of the kept step whose two predictions lie furthest apart."""
+    return 1 + max(range(len(kept)), key=lambda k: kept[k][2])
+
+
+def widest(kept, state: str) -> tuple[list, str]:
+    """What a finished run shows: the four pictures of the step where the two predictions differ most (the last
+    step shows little: by then all three x0 agree), and its status line saying so."""
+    line, pictures, _ = kept[widest_position(kept) - 1]
+    shown = f" · {state} · shown: the step where the two predictions differ most · "
+    return pictures, line.replace(" · done · ", shown)
+
+
 def step_picker(kept):
-    """The slider over the last run's steps, on its last one; hidden when it kept fewer than two."""
-    return counter(len(kept or []))
+    """The slider over the last run's steps, on the step shown at the end; hidden when it kept fewer than two."""
+    update = counter(len(kept or []))
+    if kept:
+        update["value"] = widest_position(kept)
+    return update
 
 
 def show_step(position, kept):
     """One kept step's four pictures and its status line."""
     if not kept:
         return gr.skip(), gr.skip()
-    line, pictures = nth(kept, position)
+    line, pictures, _ = nth(kept, position)
     if not all(os.path.exists(path) for path, _ in pictures):
         return gr.skip(), EXPIRED
     return pictures, line.replace(" · done · ", " · taken apart from the last run · ")
