@@ -131,6 +131,8 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
     ({"prompt": "x" * 5000}, "prompt must be at most 4000 characters, got 5000"),
     ({"scheduler": "heun"}, "Value: heun is not in the list of choices: ['lms', 'euler', 'ddim', 'dpm++', 'optim']"),
     ({"seed": None}, "seed is empty: enter a number"),
+    ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
+    ({"steps": 2.5}, "steps must be a whole number, got 2.5"),
     ({"width": 4096}, "Width takes 64 to 128, got 4096"),
 ])
 def test_bad_input_gets_a_clear_error(app_url, change, message):

@@ -227,6 +227,12 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     page.screenshot(path=SHOTS / "txt2img-error.png")
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()  # the run was refused: nothing to stop
     set_number(page, "Width", 64)
+    seed = page.locator("#tab-txt2img").get_by_label("Seed", exact=True)
+    kept = seed.input_value()
+    seed.fill("1.5")  # refused by name, not rounded to a seed nobody typed
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("seed must be a whole number, got 1.5")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    seed.fill(kept)
     set_number(page, "Steps", 2)
     page.get_by_role("button", name="Generate").click()
     expect(status).to_contain_text("step 2 / 2", timeout=RUN_TIMEOUT_MS)

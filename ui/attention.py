@@ -104,7 +104,7 @@ def maps_panels(first_token: int) -> Maps:
     """The panels, with the map of the token at `first_token` shown large at first."""
     with gr.Row():
         opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
-        token = gr.Number(value=first_token, precision=0, label="Token shown large",
+        token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
                       format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid",

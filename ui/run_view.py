@@ -146,7 +146,7 @@ class Controls:
                                      label="Guidance scale (CFG)",
                                      info=about("guidance_scale", CFG_NOTE))
         with gr.Row():
-            self.seed = gr.Number(value=defaults.seed, precision=0, label="Seed",
+            self.seed = gr.Number(value=defaults.seed, label="Seed",
                                   info=about("seed", "-1: a random seed"))
             dice = gr.Button("Random seed", size="sm")
         self.size = []

@@ -57,7 +57,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
             with gr.Row():
                 step = Slider(1, defaults.steps, value=defaults.steps // 2 + 1, step=1,
                               label="Step (1 = the noisiest)", info="counted as a run counts them")
-                seed = gr.Number(value=defaults.seed, precision=0, label="Seed of the noise", info="-1: a random seed")
+                seed = gr.Number(value=defaults.seed, label="Seed of the noise", info="-1: a random seed")
             add = gr.Button("Add noise", variant="primary")
         with gr.Column(scale=3):
             noised = image_panel("Noised to the step, decoded", "noise-chosen")
