@@ -540,6 +540,10 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     seeds.get_by_label("Seeds").fill("-1, 5")
     seeds.get_by_role("button", name="Compare").click()
     expect(page.locator("#seeds-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    strip, pictures = page.locator("#seeds-strip").bounding_box(), page.locator("#seeds-strip img")
+    expect(pictures).to_have_count(2)
+    for box in (pictures.nth(k).bounding_box() for k in range(2)):  # two pictures small enough to show whole
+        assert box["width"] < strip["width"] / 3 and box["y"] + box["height"] <= strip["y"] + strip["height"]
     seeds.get_by_text("Show the code").click()
     expect(page.locator("#compare_seeds-link textarea")).to_have_value(re.compile(r"entries=\d+%2C\+5"))
 

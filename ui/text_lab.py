@@ -370,8 +370,8 @@ def build_mix_prompts(lab: Lab) -> None:
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
             code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
-            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_classes="pixels",
-                               elem_id="prompts-strip", object_fit="contain", interactive=False)
+            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_id="prompts-strip",
+                               elem_classes=["pixels", "columns-6"], object_fit="contain", interactive=False)
             sweep_gif = gr.File(label="The sweep as a GIF")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
