@@ -134,6 +134,7 @@ class StepMaps:
     maps: torch.Tensor             # (entries, H, W) at the image size; at each pixel the entries sum to 1
     mass: tuple[float, ...]        # each entry's share of the step's attention (its map's mean); sums to 1
     images: tuple[Image.Image, ...]  # each map in grayscale, scaled on its own from its min to its max
+    ranges: tuple[tuple[float, float], ...]  # each map's (min, max): the values its image shows as 0 and 255
 
 
 def gray_images(maps: torch.Tensor) -> tuple[Image.Image, ...]:
@@ -142,6 +143,22 @@ def gray_images(maps: torch.Tensor) -> tuple[Image.Image, ...]:
     span = (maps.amax((1, 2), keepdim=True) - low).clamp_min(1e-12)
     levels = ((maps - low) / span * 255).round().to(torch.uint8).cpu().numpy()  # (entries, H, W)
     return tuple(Image.fromarray(level, mode="L") for level in levels)
+
+
+def on_one_scale(images: Sequence[Image.Image], ranges: Sequence[tuple[float, float]],
+                 tokens: Sequence[str]) -> tuple[Image.Image, ...]:
+    """A step's grayscale maps, each stretched on its own (`images`, showing `ranges`), redrawn on one scale: black
+    is no attention, white the most any word takes at a pixel. Each map on its own shows where its token lands,
+    even one that takes next to nothing; on one scale they show how much each takes. The start token and the
+    padding do not set the scale (the padding, many positions summed, takes the most, and in SD so may the start
+    token: every word would be left dark); above it they clip to white."""
+    words = [k for k, name in enumerate(tokens) if k > 0 and not name.startswith("padding x")]
+    top = max(ranges[k][1] for k in words)
+    redrawn = []
+    for image, (low, high) in zip(images, ranges):
+        values = low + np.asarray(image.convert("L"), dtype=np.float64) / 255 * (high - low)
+        redrawn.append(Image.fromarray(np.clip(values / top * 255, 0, 255).round().astype(np.uint8), mode="L"))
+    return tuple(redrawn)
 
 
 def check_opacity(opacity: float) -> float:
@@ -270,4 +287,5 @@ class Recorder:
                     for sums in self._sums.values())
         maps = (total / self._count).cpu()                   # (entries, H, W)
         self._sums, self._count = {}, 0
-        return StepMaps(self.tokens, maps, tuple(maps.mean((1, 2)).tolist()), gray_images(maps))
+        ranges = tuple(zip(maps.amin((1, 2)).tolist(), maps.amax((1, 2)).tolist()))
+        return StepMaps(self.tokens, maps, tuple(maps.mean((1, 2)).tolist()), gray_images(maps), ranges)

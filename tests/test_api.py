@@ -296,8 +296,8 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap
     sweep = client.predict("cfg_sweep", TXT2IMG_PARAMETERS | {"entries": "1, 5"}, api_name="/code")
     assert "guidance_scales = [1.0, 5.0]" in sweep and "for guidance_scale in guidance_scales:" in sweep
-    maps = client.predict("attention", TXT2IMG_PARAMETERS | {"parts": ["up"], "cells": [16], "opacity": 0.5, "token": 1},
-                          api_name="/code")
+    maps = client.predict("attention", TXT2IMG_PARAMETERS | {"parts": ["up"], "cells": [16], "opacity": 0.5,
+                                                             "scale": "one", "token": 1}, api_name="/code")
     assert "step_weights.append(" in maps and "'down_blocks" not in maps and "'up_blocks" in maps
 
 

@@ -121,6 +121,20 @@ def test_maps_are_shares_of_each_pixels_attention(tiny_bundle):
     assert not torch.equal(frames[0].observed["attention"].maps, step.maps)  # a summary per step
 
 
+def test_on_one_scale_each_map_is_its_share_against_the_most_any_word_takes(tiny_bundle):
+    """Redrawn from the images each stretched on its own: black 0, white the largest value among the words (not
+    the start token or the padding, which clip), every map within one gray level of its exact values."""
+    step = recorded(tiny_bundle)[-1].observed["attention"]
+    assert np.allclose(step.ranges, [(m.min().item(), m.max().item()) for m in step.maps])
+    redrawn = attention.on_one_scale(step.images, step.ranges, step.tokens)
+    top = step.maps[1:-1].max()  # the words, "a" to the end token
+    exact = (step.maps / top * 255).clamp(0, 255)
+    levels = torch.from_numpy(np.stack([np.asarray(image) for image in redrawn])).float()
+    assert (levels - exact).abs().max().item() <= 1.0
+    assert max(image.getextrema()[1] for image in redrawn[1:-1]) == 255
+    assert redrawn[-1].getextrema() == (255, 255)  # the padding takes more than any word everywhere
+
+
 def test_the_maps_are_the_text_conditioned_half_of_the_batch(tiny_bundle):
     """At the first step both runs give the UNet the same x_t: with CFG the maps must be those of the
     prompt's half of the [uncond, cond] batch, as a run without CFG (batch [cond]) records them."""
@@ -271,7 +285,13 @@ def test_on_the_toy_the_shape_word_lands_on_the_shape(toy_last_step, prompt):
 @pytest.mark.parametrize("prompt", ["a blue square on a yellow background", "a green heart on a black background",
                                     "a yellow star on a blue background"])
 def test_on_the_toy_the_background_word_takes_less_attention_than_the_shape_word(toy_last_step, prompt):
+    """By share, and on one scale, where the background word's map stays dark: its brightest pixel less than half
+    the shape word's."""
     step, _ = toy_last_step(prompt, seed=2)
     words = prompt.split()
+    shape = step.tokens.index(f"{words[words.index('on') - 1]}</w>")
     share = dict(zip(step.tokens, step.mass))
-    assert share["background</w>"] * 1.5 < share[f"{words[words.index('on') - 1]}</w>"]
+    assert share["background</w>"] * 1.5 < share[step.tokens[shape]]
+    redrawn = attention.on_one_scale(step.images, step.ranges, step.tokens)
+    brightest = dict(zip(step.tokens, (image.getextrema()[1] for image in redrawn)))
+    assert brightest["background</w>"] * 2 < brightest[step.tokens[shape]]

@@ -11,6 +11,7 @@ from gradio_client import Client
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from core import attention
 from core.engine import Engine
 from core.sampler import Settings
 from tests.conftest import as_the_app_runs, free_port, start_app
@@ -52,7 +53,21 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     assert mp4.endswith("sdlens-attention-token2-seed4.mp4") and Image.open(gif).n_frames == 5
 
 
+def test_on_one_scale_the_maps_are_the_engines_redrawn(app_url, tiny_bundle):
+    """scale="one": the last message's grayscale maps are the run's own maps on one scale, the same as the engine's
+    run alone redrawn; the word maps no longer each span 0-255."""
+    last = attend(Client(app_url, verbose=False), scale="one", token=2).result()
+    served = [np.asarray(Image.open(item["image"])) for item in last[MAPS]]
+    settings = Settings(steps=5, guidance_scale=7.5, seed=4, height=64, width=64)
+    with as_the_app_runs():
+        alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
+    redrawn = attention.on_one_scale(alone.images, alone.ranges, alone.tokens)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, redrawn))
+    assert sum(image.max() == 255 for image in served[1:-1]) == 1  # one word sets the scale
+
+
 @pytest.mark.parametrize("change, message", [
+    ({"scale": "log"}, "Value: 'log' (type: <class 'str'>) is not in the list of choices: ['own', 'one']"),
     ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a, 2 red"),
     ({"cells": [8]}, "Value: 8 (type: <class 'int'>) is not in the list of choices: [16]"),
     ({"parts": []}, "UNet parts must be one or more of down, mid, up, got []"),
@@ -130,3 +145,20 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     tab.get_by_role("button", name="Make the video of the chosen token's map").click()
     expect(page.get_by_text(re.compile(r"sdlens-attention-token2-seed2.*\.gif"))).to_have_count(
         1, timeout=RUN_TIMEOUT_MS)
+
+
+def test_on_one_scale_the_background_words_map_goes_dark(toy_page):
+    """After the run above: "one scale for all" redraws the maps against the most any word takes, so the word that
+    takes little (background, about a sixth of the shape word's share on the toy) shows dim where, on its own
+    scale, it spans black to white like every other."""
+    page, tab = toy_page, toy_page.locator("#tab-attention")
+    set_number(tab, "Scrub through the run", 20)
+    expect(page.locator("#attention-status")).to_contain_text("step 20 / 20")
+    background = page.locator("#attention-maps img").nth(7)
+    expect(page.locator("#attention-maps .caption-label").nth(7)).to_have_text("background")
+    own = background.get_attribute("src")
+    tab.get_by_label("one scale for all: how much each token takes").check()
+    expect(background).not_to_have_attribute("src", own)
+    page.screenshot(path=SHOTS / "attention-one-scale.png", full_page=True)
+    served = background.get_attribute("src").split("file=", 1)[1]  # the app's cache, on this machine
+    assert np.asarray(Image.open(served)).max() < 128

@@ -21,6 +21,8 @@ from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
+OWN, ONE = "own", "one"  # the map scales: each map stretched on its own, or all on one scale
+SCALES = [("each map on its own: where each token lands", OWN), ("one scale for all: how much each token takes", ONE)]
 
 
 def opened(image: Image.Image | str | None) -> Image.Image | None:
@@ -33,9 +35,26 @@ def word(token: str) -> str:
     return token.removesuffix(attention.END_OF_WORD)
 
 
-def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], opacity: float, token: int) -> list:
-    """One step's maps for the page (images or their files): each over x0 in the grid, captioned with its token
-    and share; the chosen one large; the shares as a chart; the maps in grayscale, captioned with their tokens."""
+def check_scale(scale: str) -> str:
+    if scale not in (OWN, ONE):
+        raise ValueError(f"map scale must be {OWN!r} or {ONE!r}, got {scale!r}")
+    return scale
+
+
+def scaled(grays: list, ranges, tokens: tuple[str, ...], scale: str) -> list:
+    """A step's grayscale maps (images or their files) on the chosen scale: as the run drew them, each on its own,
+    or redrawn on one scale."""
+    if check_scale(scale) == OWN:
+        return list(grays)
+    return list(attention.on_one_scale([opened(gray) for gray in grays], ranges, tokens))
+
+
+def panels(x0, step: tuple, opacity: float, token: int, scale: str) -> list:
+    """One step's maps for the page, `step` = (grayscale maps as images or files, shares, tokens, ranges): each
+    over x0 in the grid, captioned with its token and share; the chosen one large; the shares as a chart; the
+    maps in grayscale on the chosen scale, captioned with their tokens."""
+    grays, shares, tokens, ranges = step
+    grays = scaled(grays, ranges, tokens, scale)
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
     names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
     bars = [f"{i:02d} {word(name)}" for i, name in enumerate(tokens)]  # the chart sorts its bars as text
@@ -44,14 +63,14 @@ def panels(x0, grays: list, shares: tuple[float, ...], tokens: tuple[str, ...], 
 
 
 def kept_frames(last_run, last_maps) -> list[tuple]:
-    """The last run's previewed steps: (video caption, x0 file, gray map files, shares, tokens); ValueError
-    when there is none or its files have expired from the cache."""
+    """The last run's previewed steps: (video caption, x0 file, (gray map files, shares, tokens, ranges));
+    ValueError when there is none or its files have expired from the cache."""
     if not last_run or not last_maps:
         raise ValueError(NO_RUN)
     check_kept(last_run[1])
-    if not all(os.path.exists(gray) for grays, _, _ in last_maps for gray in grays):
+    if not all(os.path.exists(gray) for grays, *_ in last_maps for gray in grays):
         raise ValueError(EXPIRED)
-    return [(caption, x0, *maps) for (_, caption, _, x0), maps in zip(last_run[1], last_maps)]
+    return [(caption, x0, maps) for (_, caption, _, x0), maps in zip(last_run[1], last_maps)]
 
 
 @dataclass
@@ -71,6 +90,7 @@ class Maps:
     """The tab's own panels: how the maps are drawn, the grid, the chosen token large (RunView's `beside`), the
     split of attention, the grayscale maps, and the chosen token's video."""
     opacity: Slider
+    scale: gr.Radio
     token: gr.Number
     grid: gr.Gallery
     mass: gr.BarPlot
@@ -104,6 +124,8 @@ def maps_panels(first_token: int) -> Maps:
     """The panels, with the map of the token at `first_token` shown large at first."""
     with gr.Row():
         opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
+        scale = gr.Radio(SCALES, value=OWN, label="Map scale",
+                         info="on one scale black is no attention and white the most any word takes at a pixel")
         token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
@@ -114,13 +136,13 @@ def maps_panels(first_token: int) -> Maps:
     gr.Markdown("The last bar sums the padding: every position after the end token, up to CLIP's 77. There are "
                 "many of them, so together they take a large share even where each one takes less than a word.",
                 elem_id="attention-padding")
-    grays = gr.Gallery(label="The maps in grayscale, each scaled to 0-255", columns=5, format="png",
+    grays = gr.Gallery(label="The maps in grayscale, on the map scale chosen", columns=5, format="png",
                        elem_classes="pixels", elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
     with gr.Row():
         mp4 = gr.File(label="map video (MP4)")
         gif = gr.File(label="map video (GIF)")
-    return Maps(opacity, token, grid, mass, grays, make_video, mp4, gif)
+    return Maps(opacity, scale, token, grid, mass, grays, make_video, mp4, gif)
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> None:
@@ -132,7 +154,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                            beside_result="The chosen token's map over x0")
             maps = maps_panels(attention.first_word(engine.attention_tokens(form.prompt.value)))
             code = CodePanel(writers, "attention", ("attention",))
-    history = gr.State(None)  # the last run's maps, step for step with view.history: [(gray files, shares, tokens)]
+    history = gr.State(None)  # the last run's maps, step for step with view.history:
+    # [(gray files, shares, tokens, ranges)]
     wire_run(engine, form, view, maps, history, concurrency, code)
     wire_after_run(view, maps, history)
 
@@ -148,22 +171,23 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
     controls = form.controls
     shown = [maps.grid, view.beside, maps.mass, maps.grays]
 
-    def check(prompt, negative_prompt, parts, cells, opacity, token, *numbers):
+    def check(prompt, negative_prompt, parts, cells, opacity, scale, token, *numbers):
         """Reject bad inputs with a message before the run starts (the outputs stay as they are)."""
         with user_errors():
             engine.check_attention(prompt, negative_prompt, controls.settings(*numbers), read_layers(parts, cells))
             attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
             attention.check_opacity(number(opacity, "opacity"))
+            check_scale(scale)
 
-    def attend(prompt, negative_prompt, parts, cells, opacity, token, steps, guidance_scale, seed, width, height,
-               preview_every, previews, scheduler, request: gr.Request):
+    def attend(prompt, negative_prompt, parts, cells, opacity, scale, token, steps, guidance_scale, seed, width,
+               height, preview_every, previews, scheduler, request: gr.Request):
         """Generate from a prompt, streaming x_t, x0 and every prompt token's cross-attention map at each step;
         the last message has the result and each token's final map in grayscale, captioned with the token."""
         with view.stop_flag(request) as flag:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                opacity = attention.check_opacity(number(opacity, "opacity"))
+                opacity, scale = attention.check_opacity(number(opacity, "opacity")), check_scale(scale)
                 token = attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
                 run = engine.attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells),
                                        should_stop=flag.is_set)
@@ -172,11 +196,11 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
             def step_panels(frame):
                 base[0] = frame.x0_image or frame.image or base[0]
                 step = frame.observed["attention"]
-                grays = step.images
+                drawn = (step.images, step.mass, step.tokens, step.ranges)
                 if frame.x0_image is not None:  # kept for the scrubber, step for step with the x0 history
-                    grays = [view.cached(gray) for gray in grays]
-                    kept.append((grays, step.mass, step.tokens))
-                latest.update(zip(shown, panels(base[0], grays, step.mass, step.tokens, opacity, token)))
+                    drawn = ([view.cached(gray) for gray in step.images], *drawn[1:])
+                    kept.append(drawn)
+                latest.update(zip(shown, panels(base[0], drawn, opacity, token, scale)))
                 return {**latest, maps.mp4: None, maps.gif: None}
 
             def final():
@@ -184,14 +208,15 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
 
             yield from view.stream(run, flag, extra=step_panels, final=final)
 
-    def attention_code(prompt, negative_prompt, parts, cells, opacity, token, steps, guidance_scale, seed, width,
-                       height, preview_every, previews, scheduler):
-        """The run as a script that also writes the last step's maps (the opacity and token only choose what the
-        page shows)."""
+    def attention_code(prompt, negative_prompt, parts, cells, opacity, scale, token, steps, guidance_scale, seed,
+                       width, height, preview_every, previews, scheduler):
+        """The run as a script that also writes the last step's maps (the opacity, scale and token only choose
+        what the page shows)."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
         return Scripts(engine).attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells))
 
-    inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.token, *controls.inputs]
+    inputs = [form.prompt, form.negative_prompt, form.parts, form.cells, maps.opacity, maps.scale, maps.token,
+              *controls.inputs]
     checked = checked_first(form.generate, check, inputs, view.stops, form.stop)
     run = checked.success(attend, inputs, [*view.outputs, *shown, maps.mp4, maps.gif, history], api_name="attention",
                           concurrency_id=GENERATE, concurrency_limit=concurrency)
@@ -201,28 +226,32 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
 
 
 def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
-    """The scrubber, the opacity and the chosen token redraw the last run's maps; the chosen token's video."""
+    """The scrubber, the opacity, the scale and the chosen token redraw the last run's maps; the chosen token's
+    video."""
     shown = [maps.grid, view.beside, maps.mass, maps.grays]
 
-    def show(position, opacity, token, last_run, last_maps):
-        """The last run's maps at the scrubber's step, with the opacity and chosen token as they are now."""
+    def show(position, opacity, scale, token, last_run, last_maps):
+        """The last run's maps at the scrubber's step, with the opacity, scale and chosen token as they are now."""
         if not last_run or not last_maps:
             return [gr.skip()] * len(shown)
         with user_errors():
-            _, x0, grays, shares, tokens = nth(kept_frames(last_run, last_maps), position)
-            token = attention.check_entry(tokens, whole(token, "token"))
-            return panels(x0, grays, shares, tokens, attention.check_opacity(number(opacity, "opacity")), token)
+            _, x0, step = nth(kept_frames(last_run, last_maps), position)
+            token = attention.check_entry(step[2], whole(token, "token"))
+            return panels(x0, step, attention.check_opacity(number(opacity, "opacity")), token, scale)
 
-    def export_video(last_run, last_maps, token, opacity, fps):
-        """The chosen token's map over x0 at every previewed step of the last run, as an MP4 and a GIF."""
+    def export_video(last_run, last_maps, token, opacity, scale, fps):
+        """The chosen token's map over x0 at every previewed step of the last run, on the chosen scale, as an MP4
+        and a GIF."""
         with user_errors():
             steps = kept_frames(last_run, last_maps)
-            token = attention.check_entry(steps[0][4], whole(token, "token"))
-            opacity = attention.check_opacity(number(opacity, "opacity"))
+            token = attention.check_entry(steps[0][2][2], whole(token, "token"))
+            opacity, scale = attention.check_opacity(number(opacity, "opacity")), check_scale(scale)
             fps = export.check_fps(number(fps, "frames per second"))
-            frames = [export.video_frame([opened(x0), attention.overlay(opened(x0), opened(grays[token]), opacity)],
-                                         f"{word(tokens[token])} · {caption}")
-                      for caption, x0, grays, _, tokens in steps]
+            frames = []
+            for caption, x0, (grays, _, tokens, ranges) in steps:
+                gray = opened(scaled(grays, ranges, tokens, scale)[token])
+                frames.append(export.video_frame([opened(x0), attention.overlay(opened(x0), gray, opacity)],
+                                                 f"{word(tokens[token])} · {caption}"))
         with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
             stem = Path(folder) / f"sdlens-attention-token{token}-seed{last_run[0]}"
             yield (str(export.write_mp4(frames, stem.with_suffix(".mp4"), fps)),
@@ -232,9 +261,9 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
         """A click on a map in the grid shows that token large."""
         return selected.index
 
-    for event in (view.scrub.input, maps.opacity.change, maps.token.change):
-        event(show, [view.scrub, maps.opacity, maps.token, view.history, history], shown,
+    for event in (view.scrub.input, maps.opacity.change, maps.scale.change, maps.token.change):
+        event(show, [view.scrub, maps.opacity, maps.scale, maps.token, view.history, history], shown,
               api_visibility="private", show_progress="hidden")
     maps.grid.select(choose, None, maps.token, api_visibility="private", queue=False)
-    maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, view.fps],
+    maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, maps.scale, view.fps],
                           [maps.mp4, maps.gif], api_name="attention_map_video")
