@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = os.environ.get("SDLENS_CHROMIUM", "/usr/bin/chromium")
@@ -500,7 +501,9 @@ def test_prompt_mix_sweep(page):
     set_number(tab, "Images in the sweep", 4)
     tab.get_by_role("button", name="Sweep from A to B").click()
     expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
-    expect(page.get_by_text(re.compile(r"sdlens-prompt-sweep.*\.gif"))).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+    gif = page.locator("#prompts-gif img")  # shown, playing, on the page
+    expect(gif).to_have_attribute("src", re.compile(r"sdlens-prompt-sweep.*\.gif$"), timeout=RUN_TIMEOUT_MS)
+    assert Image.open(gif.get_attribute("src").split("file=", 1)[1]).n_frames == 4
     page.screenshot(path=SHOTS / "text-prompts.png", full_page=True)
     tab.get_by_label("Prompt B").fill("x" * 4001)  # refused before it starts: the strip stays, Stop greys out
     tab.get_by_role("button", name="Sweep from A to B").click()

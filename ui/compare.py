@@ -23,8 +23,8 @@ from core.engine import Engine, Run
 from core.sampler import Settings
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
-from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, progress,
-                         status_line, stop_button, stop_flag, wire_stop)
+from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, image_panel,
+                         progress, status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
@@ -224,7 +224,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
                       gr.LinePlot(x="step", y="sigma", color="sampler", height=220, elem_id="samplers-sigmas",
                                   title="the sigma schedules (samplers on one schedule draw one line)")]
                      if kind == "samplers" else [])
-            gif = gr.File(label="The runs as a GIF") if kind == "scales" else None
+            gif = image_panel("The runs as a GIF", "scales-gif", type="filepath") if kind == "scales" else None
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, comparison.api_name, ("compare", f"compare-{kind}"))
 

@@ -19,7 +19,7 @@ from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Slider, number, user_errors, whole
 from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
-                         stop_button, stop_flag, wire_stop)
+                         image_panel, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -372,7 +372,7 @@ def build_mix_prompts(lab: Lab) -> None:
             code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
             strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_id="prompts-strip",
                                elem_classes=["pixels", "columns-6"], object_fit="contain", interactive=False)
-            sweep_gif = gr.File(label="The sweep as a GIF")
+            sweep_gif = image_panel("The sweep as a GIF", "prompts-gif", type="filepath")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                     previews, scheduler, learned, request: gr.Request):
