@@ -406,7 +406,10 @@ def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     expect(tab.get_by_label("number input for Steps")).to_have_value("50")
     expect(tab.get_by_label("number input for Guidance scale (CFG)")).to_have_value("8")
     expect(tab.get_by_text(re.compile("^Examples at CFG"))).to_have_count(0)
-    tab.get_by_text("A campfire (oil on canvas): blue loss x 200", exact=True).click()
+    example = tab.get_by_text("A campfire (oil on canvas): blue loss x 200", exact=True)
+    steps = tab.get_by_label("number input for Steps")
+    assert example.bounding_box()["y"] < steps.bounding_box()["y"]  # the demos under the buttons, not the settings
+    example.click()
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("A campfire (oil on canvas)")
     for loss, shown in (("color", "Target color"), ("brightness", "Target level"), ("blue", None)):
         tab.get_by_label("Loss on the decoded x0").click()  # each loss shows the target it reads, and no other

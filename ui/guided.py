@@ -106,10 +106,13 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
+            examples = gr.Column()  # the notebook's demos under the buttons, above the long generation settings
             controls = Controls(engine, tab="guided")
-            for label, rows in example_blocks(engine.examples("guided"), controls.defaults.guidance_scale):
-                gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start, controls.guidance_scale],
-                            label=label, example_labels=[example_label(*row[:-1]) for row in rows])
+            with examples:
+                for label, rows in example_blocks(engine.examples("guided"), controls.defaults.guidance_scale):
+                    gr.Examples(rows, [prompt, form.loss, form.loss_scale, form.color, form.start,
+                                       controls.guidance_scale],
+                                label=label, example_labels=[example_label(*row[:-1]) for row in rows])
         with gr.Column(scale=3):
             plot = gr.LinePlot(x="step", y="loss", title="loss on the guided steps", height=220,
                                elem_id="guided-plot")
