@@ -115,8 +115,10 @@ def form_column(engine: Engine) -> Form:
     cell_choice = gr.CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
                                    label="Map resolutions summed over",
                                    info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64)")
+    examples = gr.Column()  # under the buttons, above the long generation settings
     controls = Controls(engine)
-    gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
+    with examples:
+        gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
     return Form(prompt, negative_prompt, generate, stop, parts, cell_choice, controls)
 
 

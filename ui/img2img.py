@@ -16,7 +16,7 @@ START_NOTE = ("Decoded, a noised start can look like plain noise while the UNet 
 
 
 def _inputs(engine: Engine) -> tuple:
-    """The run's own inputs: the image, the prompts, the strength and how LMS counts its order."""
+    """The run's own inputs: the image, the prompts and the strength."""
     image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
                       height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
     first_prompt, first_strength = engine.examples("img2img")[0]  # the tab opens on its first example
@@ -24,28 +24,33 @@ def _inputs(engine: Engine) -> tuple:
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
     strength = Slider(0, 1, value=first_strength, step=0.05, label="Strength",
                       info="0 keeps the image, 1 ignores it")
-    lms_order = gr.Radio([("from the run's start (this app)", "run"),
-                          ("from the schedule's start (as diffusers)", "diffusers")], value="run",
-                         label="LMS counts its order", elem_id="img2img-lms-order",
-                         info="LMS only. diffusers' LMS applies order 4 from the first step of a "
-                              "mid-schedule start, with one derivative stored: compare the two")
-    return image, prompt, negative_prompt, strength, lms_order
+    return image, prompt, negative_prompt, strength
+
+
+def _lms_order(scheduler: str) -> gr.Radio:
+    """How LMS counts its order on a mid-schedule start; shown while the sampler is LMS."""
+    return gr.Radio([("from the run's start (this app)", "run"),
+                     ("from the schedule's start (as diffusers)", "diffusers")], value="run",
+                    label="LMS counts its order", elem_id="img2img-lms-order", visible=scheduler == "lms",
+                    info="diffusers' LMS applies order 4 from the first step of a mid-schedule start, with one "
+                         "derivative stored: compare the two")
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:
     defaults = engine.default_settings("img2img")
     with gr.Row():
         with gr.Column(scale=2):
-            image, prompt, negative_prompt, strength, lms_order = _inputs(engine)
+            image, prompt, negative_prompt, strength = _inputs(engine)
             plan = gr.Markdown(engine.img2img_plan(strength.value, defaults.steps, defaults.scheduler).describe(),
                                elem_id="img2img-plan")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
-            controls = Controls(engine, sized=False, tab="img2img")
             examples = [[str(path), prompt_, "", strength_]  # an example has no negative prompt: it clears one
                         for path, (prompt_, strength_) in zip(EXAMPLE_IMAGES, engine.examples("img2img"))]
-            gr.Examples(examples, [image, prompt, negative_prompt, strength])
+            gr.Examples(examples, [image, prompt, negative_prompt, strength])  # above the long generation settings
+            controls = Controls(engine, sized=False, tab="img2img")
+            lms_order = _lms_order(defaults.scheduler)
         with gr.Column(scale=3):
             with gr.Row():
                 fitted = image_panel("The input as the model takes it", "img2img-fitted")
@@ -103,7 +108,7 @@ def code_writer(engine: Engine, controls: Controls):
 
 
 def wire_plan(engine: Engine, start: tuple[Slider, gr.Radio], controls: Controls, plan: gr.Markdown) -> None:
-    """The plan follows the strength, the LMS order, the steps and the sampler."""
+    """The plan follows the strength, the LMS order, the steps and the sampler; the LMS order shows only with LMS."""
     strength, lms_order = start
 
     def describe_plan(strength, lms_order, steps, scheduler):
@@ -115,3 +120,5 @@ def wire_plan(engine: Engine, start: tuple[Slider, gr.Radio], controls: Controls
     gr.on([strength.change, lms_order.change, controls.steps.change, controls.scheduler.change], describe_plan,
           [strength, lms_order, controls.steps, controls.scheduler], plan, api_visibility="private",
           show_progress="hidden")
+    controls.scheduler.change(lambda scheduler: gr.update(visible=scheduler == "lms"), controls.scheduler, lms_order,
+                              api_visibility="private", queue=False)

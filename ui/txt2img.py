@@ -20,8 +20,10 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
+            examples = gr.Column()  # under the buttons, above the long generation settings
             controls = Controls(engine)
-            gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
+            with examples:
+                gr.Examples(engine.examples("txt2img"), [prompt, negative_prompt, controls.guidance_scale])
         with gr.Column(scale=3):
             view = RunView("txt2img", stops, "Press Generate to watch the model denoise, step by step.", sendable=True)
             code = CodePanel(writers, "txt2img", ("txt2img",))
