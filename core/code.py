@@ -109,7 +109,7 @@ class Recipe:
     lms_order: str = "run"                      # ... and how LMS counts its order (core.schedule.LMS_ORDERS)
     comparison: Comparison | None = None        # the run once per entry of a comparison
     attention: tuple[str, ...] = ()             # cross-attention layers whose maps are recorded (processor keys)
-    parts: bool = False                         # the last step taken apart into the UNet's two predictions
+    parts: bool = False                         # the step where the UNet's two predictions differ most, taken apart
 
     def samplers(self) -> list[str]:
         """The samplers the script uses: the run's, or each one compared."""
@@ -437,27 +437,49 @@ print(f"the last step's maps of {' | '.join(tokenizer.convert_ids_to_tokens(ids)
 
 
 def _parts_ending(recipe: Recipe) -> str:
-    if recipe.settings.scheduler == "ddim":  # DDIM keeps no sigma table: sigma from alpha_bar at the timestep
-        sigma = "alpha_bar = make_scheduler().alphas_cumprod[int(t)]\nsigma = ((1 - alpha_bar) / alpha_bar).sqrt().item()"
+    s = recipe.settings
+    if s.scheduler == "ddim":  # DDIM keeps no sigma table: sigma from alpha_bar at the timestep
+        sigma = "alpha_bar = scheduler.alphas_cumprod[int(t)]\n    return ((1 - alpha_bar) / alpha_bar).sqrt().item()"
     else:
-        sigma = "sigma = make_scheduler().sigmas[-2].item()  # the last step's (the table ends with 0, the clean image)"
+        sigma = "return scheduler.sigmas[i].item()"
+    shown = (f"[i for i in range({s.steps}) if (i + 1) % {s.preview_every} == 0 or i == {s.steps - 1}]"
+             if s.preview_every else f"[{s.steps - 1}]")
     return f'''
 
-# The last step taken apart: what the UNet's two predictions, and their guided mix, each make of the image
-x_t, noise_uncond, noise_text, noise_guided, t = last_step
-{sigma}
-# x0 from the UNet's input at noise level sigma: x_t * sqrt(sigma^2 + 1) - sigma * noise
-uncond_x0, text_x0, guided_x0 = (x_t * (sigma**2 + 1) ** 0.5 - sigma * noise
-                                 for noise in (noise_uncond, noise_text, noise_guided))
-parts = [to_image(latents) for latents in (uncond_x0, text_x0, guided_x0, noise_guided)]  # the noise as latents
+# The step where the UNet's two predictions differ most, taken apart: what each of them, and their guided mix,
+# makes of the image. As on the page, among the steps it previews (every preview_every-th and the last).
+shown_steps = {shown}
+scheduler = make_scheduler()
+
+
+def sigma_at(i, t):
+    """The noise level of step i (timestep t)."""
+    {sigma}
+
+
+def x0_from(x_t, noise, sigma):
+    """x0 from the UNet's input at noise level sigma: x_t * sqrt(sigma^2 + 1) - sigma * noise."""
+    return x_t * (sigma**2 + 1) ** 0.5 - sigma * noise
+
+
+def apart(i):
+    """How far apart the two predictions' x0 are at step i (RMS)."""
+    x_t, noise_uncond, noise_text, _, t = kept_steps[i]
+    sigma = sigma_at(i, t)
+    return (x0_from(x_t, noise_text, sigma) - x0_from(x_t, noise_uncond, sigma)).float().pow(2).mean().sqrt().item()
+
+
+widest = max(shown_steps, key=apart)
+x_t, noise_uncond, noise_text, noise_guided, t = kept_steps[widest]
+parts = [to_image(x0_from(x_t, noise, sigma_at(widest, t))) for noise in (noise_uncond, noise_text, noise_guided)]
+parts.append(to_image(noise_guided))  # the noise itself, decoded as if it were latents
 strip = Image.new("RGB", (sum(p.width for p in parts), parts[0].height))
 for k, part in enumerate(parts):
     strip.paste(part, (k * part.width, 0))
 parts_path = Path(sys.argv[1]).with_name(Path(sys.argv[1]).stem + "-parts.png")
 strip.save(parts_path)
-distance = (text_x0 - uncond_x0).float().pow(2).mean().sqrt().item()
-print(f"the last step's unconditional | text | guided x0 | noise written to {{parts_path}}; "
-      f"the two predictions' x0 are {{distance:.4f}} apart (RMS)")
+print(f"step {{widest + 1}} of {{len(kept_steps)}}, where the two predictions differ most: unconditional | text | "
+      f"guided x0 | noise written to {{parts_path}}; the two predictions' x0 are {{apart(widest):.4f}} apart (RMS)")
 '''
 
 
@@ -539,8 +561,8 @@ def _loop(recipe: Recipe) -> str:
     noise_pred = unet(torch.cat([x_t, x_t]), t, encoder_hidden_states=context).sample
     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
     guided = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)  # classifier-free guidance{keep}
-    return guided'''.replace("{keep}", "\n    last_step[:] = [x_t, noise_pred_uncond, noise_pred_text, guided, t]"
-                                        "  # kept for the parts" if recipe.parts else "")
+    return guided'''.replace("{keep}", "\n    kept_steps.append([x_t, noise_pred_uncond, noise_pred_text, guided, t])"
+                                        "  # for the parts" if recipe.parts else "")
     else:
         predict = one_branch
     guide = ""
@@ -558,7 +580,7 @@ def _loop(recipe: Recipe) -> str:
         guide += ("\n        # diffusers' LMS counts its order from the schedule's start: from a mid-schedule start it"
                   "\n        # applies 4th-order coefficients at once, to the one or two derivatives this run has")
     clear = "\n    step_weights.clear()  # the maps kept are the last step's" if recipe.attention else ""
-    kept = "\nlast_step = []  # the last step's UNet input, noise predictions and timestep\n" if recipe.parts else ""
+    kept = "\nkept_steps = []  # each step's UNet input, noise predictions and timestep\n" if recipe.parts else ""
     return kept + f'''
 
 def predict_noise(scheduler, latents, t, text_embeddings):
@@ -672,7 +694,8 @@ class Scripts:
                                    attention=tuple(layer.name for layer in chosen)))
 
     def cfg_parts(self, prompt: str, negative_prompt: str, settings: Settings) -> str:
-        """Text to image that also takes its last step apart: the unconditional, text and guided x0 and the noise."""
+        """Text to image that also takes apart the step where the UNet's two predictions differ most, as the page
+        does: the unconditional, text and guided x0 and the noise."""
         settings = self.engine.check_txt2img(prompt, negative_prompt, settings)
         if settings.guidance_scale == 1.0:
             raise ValueError(NO_BRANCHES)

@@ -342,6 +342,17 @@ def test_an_img2img_example_sets_its_prompt_and_strength_and_clears_the_negative
     expect(tab.get_by_label("number input for Strength")).to_have_value("0.6")
 
 
+def test_the_lms_order_choice_shows_under_the_sampler_only_while_it_is_lms(page):
+    tab = open_tab(page, "Image to image", "tab-img2img")
+    order, sampler = page.locator("#img2img-lms-order"), tab.get_by_label("Sampler")
+    expect(order).to_be_visible()
+    assert order.bounding_box()["y"] > sampler.bounding_box()["y"]
+    for choice, shown in (("euler: one straight step", False), ("lms: the notebook's", True)):
+        sampler.click()
+        page.get_by_role("option", name=re.compile("^" + re.escape(choice))).click()
+        expect(order).to_be_visible() if shown else expect(order).to_be_hidden()
+
+
 def test_img2img_bad_upload_gets_a_clear_error(page, tmp_path):
     tab = open_tab(page, "Image to image", "tab-img2img")
     bad = tmp_path / "holiday.png"
@@ -562,9 +573,10 @@ def test_guidance_taken_apart_ends_where_the_predictions_differ_most_and_shows_a
     tab = page.locator("#compare-parts")
     tab.get_by_role("button", name="Generate").click()
     status = page.locator("#parts-status")
-    expect(status).to_contain_text("done · shown: the step where the two predictions differ most",
-                                   timeout=RUN_TIMEOUT_MS)
-    shown = re.match(r"step (\d+) / (\d+) ", status.inner_text()).groups()
+    expect(status).to_contain_text("where the two predictions differ most", timeout=RUN_TIMEOUT_MS)
+    last, steps = re.match(r"step (\d+) / (\d+) · .* · done · ", status.inner_text()).groups()
+    shown = (re.search(r"differ most .*: step (\d+) / ", status.inner_text()).group(1), steps)
+    assert last == steps  # every step previewed: the slider's positions are the steps
     expect(page.get_by_label("number input for Step to take apart")).to_have_value(shown[0])
     page.screenshot(path=SHOTS / "compare-parts.png", full_page=True)
     pictures = page.locator("#parts-gallery img")

@@ -136,14 +136,19 @@ def test_the_attention_script_makes_the_apps_image_and_its_last_maps(tiny_bundle
 
 
 @pytest.mark.parametrize("scheduler", ["lms", "ddim", "dpm++"])
-def test_the_parts_script_takes_the_apps_last_step_apart(tiny_bundle, tmp_path, scheduler):
+def test_the_parts_script_takes_apart_the_step_the_page_shows(tiny_bundle, tmp_path, scheduler):
+    """The previewed step (every 2nd and the last: 2, 4, 5) where the two predictions differ most, as the page
+    ends on it."""
     engine = Engine(tiny_bundle)
-    s = replace(engine.default_settings(), steps=5, seed=6, preview_every=0, scheduler=scheduler)
+    s = replace(engine.default_settings(), steps=5, seed=6, preview_every=2, scheduler=scheduler)
     frames = list(engine.txt2img("a red cat", "", s).frames)
     printed = assert_same(Scripts(engine).cfg_parts("a red cat", "", s), [SimpleNamespace(frames=frames)], tmp_path)
-    parts = engine.cfg_parts(frames[-1])
+    shown = {frame.index + 1: engine.cfg_parts(frame) for frame in frames if frame.x0_image is not None}
+    assert list(shown) == [2, 4, 5]
+    step, parts = max(shown.items(), key=lambda item: item[1].distance)
     app_parts = np.concatenate([np.asarray(p) for p in (parts.uncond, parts.text, parts.guided, parts.noise)], axis=1)
     assert np.abs(np.asarray(Image.open(tmp_path / "out-parts.png")).astype(int) - app_parts).max() <= 1
+    assert f"step {step} of 5, where the two predictions differ most" in printed
     assert f"are {parts.distance:.4f} apart" in printed
 
 

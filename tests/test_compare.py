@@ -82,6 +82,9 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
+SLIDER = "(the slider takes any other step apart)"
+
+
 def test_cfg_parts_endpoint_ends_on_the_step_where_the_predictions_differ_most(app_url):
     """The run ends showing the four pictures of the step that its plot puts highest, not the last step, where all
     three x0 agree."""
@@ -92,8 +95,8 @@ def test_cfg_parts_endpoint_ends_on_the_step_where_the_predictions_differ_most(a
     steps, distances = zip(*plot["data"])
     assert steps == (1, 2, 3, 4) and distances[-1] < max(distances)
     widest = steps[distances.index(max(distances))]
-    assert status.startswith(f"step {widest} / 4 · ")
-    assert " · done · shown: the step where the two predictions differ most · " in status
+    assert status.startswith("step 4 / 4 · ") and " · done · " in status
+    assert f"\nShown, where the two predictions differ most {SLIDER}: step {widest} / 4 · " in status
     assert progress["state"] == "done" and progress["step"] == 4
 
 

@@ -23,11 +23,12 @@ from core.engine import Engine, Run
 from core.sampler import Settings
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
-from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, idle_after, image_panel,
-                         progress, status_line, stop_button, stop_flag, wire_stop)
+from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, frame_caption, idle_after,
+                         image_panel, progress, status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
+SHOWN = "Shown, where the two predictions differ most (the slider takes any other step apart)"
 SWEEP_FPS = 2
 SAMPLERS_ABOUT = "\n".join(f"- {label}" for label, _ in SAMPLER_CHOICES)
 
@@ -85,7 +86,7 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
                                height=220, elem_id="parts-plot")
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
-    kept = gr.State(None)  # the last run's steps taken apart: [(status line, [(file, caption) x 4], distance), ...]
+    kept = gr.State(None)  # the last run's steps taken apart: [(step caption, [(file, caption) x 4], distance), ...]
     cfg_parts, cfg_parts_code = parts_handlers(engine, stops, controls, parts)
     inputs = [prompt, negative_prompt, *controls.inputs]
     go.click(lambda: gr.update(visible=False), None, pick, queue=False, api_visibility="private")
@@ -108,7 +109,7 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                 run = engine.txt2img(prompt, negative_prompt, controls.settings(
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler),
                     should_stop=flag.is_set)
-            distances, kept, frame, about = [], [], None, f"seed {run.settings.seed}"
+            distances, kept, frame, seed = [], [], None, f"seed {run.settings.seed}"
             notes = list(run.notes)
             with user_errors():
                 for frame in run.frames:
@@ -117,15 +118,17 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                     split = engine.cfg_parts(frame)
                     distances.append((frame.index + 1, split.distance))
                     norms = ", ".join(f"{n:.2f}" for n in split.noise_norms)
-                    about = f"seed {run.settings.seed} · noise RMS per channel {norms}"
                     pictures = (split.uncond, split.text, split.guided, split.noise)
-                    kept.append((status_line(frame, "done", about, notes),
+                    kept.append((f"{frame_caption(frame)} · noise RMS per channel {norms}",
                                  [(cached(picture, parts), caption)
                                   for picture, caption in zip(pictures, PART_CAPTIONS)], split.distance))
-                    yield (kept[-1][1], status_line(frame, "running", about, notes), distance_table(distances),
-                           progress(frame, "running", run.settings.seed, notes), None)
+                    yield (kept[-1][1], status_line(frame, "running", f"{seed} · noise RMS per channel {norms}", notes),
+                           distance_table(distances), progress(frame, "running", run.settings.seed, notes), None)
             state = ended(frame.image if frame else None, flag)
-            pictures, line = widest(kept, state) if kept else (None, status_line(frame, state, about, notes))
+            line, pictures = status_line(frame, state, seed, notes), None
+            if kept:  # the last step shows little (by then all three x0 agree): the widest apart instead
+                about, pictures, _ = kept[widest_position(kept) - 1]
+                line += f"\n{SHOWN}: {about}"
             yield (pictures, line, distance_table(distances), progress(frame, state, run.settings.seed, notes),
                    kept or None)
 
@@ -147,14 +150,6 @@ def widest_position(kept) -> int:
     return 1 + max(range(len(kept)), key=lambda k: kept[k][2])
 
 
-def widest(kept, state: str) -> tuple[list, str]:
-    """What a finished run shows: the four pictures of the step where the two predictions differ most (the last
-    step shows little: by then all three x0 agree), and its status line saying so."""
-    line, pictures, _ = kept[widest_position(kept) - 1]
-    shown = f" · {state} · shown: the step where the two predictions differ most · "
-    return pictures, line.replace(" · done · ", shown)
-
-
 def step_picker(kept):
     """The slider over the last run's steps, on the step shown at the end; hidden when it kept fewer than two."""
     update = counter(len(kept or []))
@@ -164,13 +159,13 @@ def step_picker(kept):
 
 
 def show_step(position, kept):
-    """One kept step's four pictures and its status line."""
+    """One kept step's four pictures, and its step and noise on the status line."""
     if not kept:
         return gr.skip(), gr.skip()
     line, pictures, _ = nth(kept, position)
     if not all(os.path.exists(path) for path, _ in pictures):
         return gr.skip(), EXPIRED
-    return pictures, line.replace(" · done · ", " · taken apart from the last run · ")
+    return pictures, f"{line} · taken apart from the last run"
 
 
 @dataclass(frozen=True)
