@@ -149,11 +149,12 @@ def on_one_scale(images: Sequence[Image.Image], ranges: Sequence[tuple[float, fl
                  tokens: Sequence[str]) -> tuple[Image.Image, ...]:
     """A step's grayscale maps, each stretched on its own (`images`, showing `ranges`), redrawn on one scale: black
     is no attention, white the most any word takes at a pixel. Each map on its own shows where its token lands,
-    even one that takes next to nothing; on one scale they show how much each takes. The start token and the
-    padding do not set the scale (the padding, many positions summed, takes the most, and in SD so may the start
-    token: every word would be left dark); above it they clip to white."""
-    words = [k for k, name in enumerate(tokens) if k > 0 and not name.startswith("padding x")]
-    top = max(ranges[k][1] for k in words)
+    even one that takes next to nothing; on one scale they show how much each takes. The start and end tokens and
+    the padding do not set the scale (the padding, many positions summed, takes the most, and in SD so may the
+    start token: every word would be left dark); above it they clip to white. A prompt without words is scaled
+    to its start and end tokens."""
+    words = [k for k, name in enumerate(tokens) if not name.startswith(("<|", "padding x"))]
+    top = max(ranges[k][1] for k in words or [k for k, name in enumerate(tokens) if name.startswith("<|")])
     redrawn = []
     for image, (low, high) in zip(images, ranges):
         values = low + np.asarray(image.convert("L"), dtype=np.float64) / 255 * (high - low)

@@ -127,12 +127,19 @@ def test_on_one_scale_each_map_is_its_share_against_the_most_any_word_takes(tiny
     step = recorded(tiny_bundle)[-1].observed["attention"]
     assert np.allclose(step.ranges, [(m.min().item(), m.max().item()) for m in step.maps])
     redrawn = attention.on_one_scale(step.images, step.ranges, step.tokens)
-    top = step.maps[1:-1].max()  # the words, "a" to the end token
+    top = step.maps[1:-2].max()  # the words, "a" to "background"
     exact = (step.maps / top * 255).clamp(0, 255)
     levels = torch.from_numpy(np.stack([np.asarray(image) for image in redrawn])).float()
     assert (levels - exact).abs().max().item() <= 1.0
-    assert max(image.getextrema()[1] for image in redrawn[1:-1]) == 255
+    assert max(image.getextrema()[1] for image in redrawn[1:-2]) == 255
     assert redrawn[-1].getextrema() == (255, 255)  # the padding takes more than any word everywhere
+
+
+def test_a_prompt_without_words_is_scaled_to_its_start_and_end_tokens(tiny_bundle):
+    step = recorded(tiny_bundle, prompt="")[-1].observed["attention"]
+    assert step.tokens[:2] == ("<|startoftext|>", "<|endoftext|>")
+    redrawn = attention.on_one_scale(step.images, step.ranges, step.tokens)
+    assert max(image.getextrema()[1] for image in redrawn[:2]) == 255
 
 
 def test_the_maps_are_the_text_conditioned_half_of_the_batch(tiny_bundle):

@@ -11,7 +11,7 @@ from gradio_client import Client
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from core import attention
+from core import attention, export
 from core.engine import Engine
 from core.sampler import Settings
 from tests.conftest import as_the_app_runs, free_port, start_app
@@ -53,17 +53,29 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     assert mp4.endswith("sdlens-attention-token2-seed4.mp4") and Image.open(gif).n_frames == 5
 
 
-def test_on_one_scale_the_maps_are_the_engines_redrawn(app_url, tiny_bundle):
+def test_on_one_scale_the_maps_and_the_video_are_the_engines_redrawn(app_url, tiny_bundle):
     """scale="one": the last message's grayscale maps are the run's own maps on one scale, the same as the engine's
-    run alone redrawn; the word maps no longer each span 0-255."""
-    last = attend(Client(app_url, verbose=False), scale="one", token=2).result()
+    run alone redrawn, and so is the chosen token's map in the video's last frame."""
+    client = Client(app_url, verbose=False)
+    last = attend(client, scale="one", token=2).result()
     served = [np.asarray(Image.open(item["image"])) for item in last[MAPS]]
     settings = Settings(steps=5, guidance_scale=7.5, seed=4, height=64, width=64)
     with as_the_app_runs():
-        alone = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1].observed["attention"]
+        final = list(Engine(tiny_bundle).attention("a red circle", "", settings).frames)[-1]
+    alone = final.observed["attention"]
     redrawn = attention.on_one_scale(alone.images, alone.ranges, alone.tokens)
+    assert len(served) == len(redrawn) == len(TOKENS)
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, redrawn))
-    assert sum(image.max() == 255 for image in served[1:-1]) == 1  # one word sets the scale
+    assert sum(image.max() == 255 for image in served[1:-2]) == 1  # one word sets the scale
+    gif = Image.open(client.predict(token=2, opacity=0.5, scale="one", fps=4, api_name="/attention_map_video")[1])
+    gif.seek(gif.n_frames - 1)
+    shown, height = np.asarray(gif.convert("RGB"), dtype=int), export.enlarge(final.x0_image).height
+
+    def frame(gray):  # the video's picture row, x0 | the map over x0, without its caption
+        return np.asarray(export.video_frame([final.x0_image, attention.overlay(final.x0_image, gray, 0.5)], ""),
+                          dtype=int)[:height]
+    one, own = np.abs(shown[:height] - frame(redrawn[2])).mean(), np.abs(shown[:height] - frame(alone.images[2])).mean()
+    assert one * 3 < own  # the map on one scale, to within the GIF's palette, not the map on its own
 
 
 @pytest.mark.parametrize("change, message", [

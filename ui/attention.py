@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -35,26 +36,25 @@ def word(token: str) -> str:
     return token.removesuffix(attention.END_OF_WORD)
 
 
-def check_scale(scale: str) -> str:
-    if scale not in (OWN, ONE):
-        raise ValueError(f"map scale must be {OWN!r} or {ONE!r}, got {scale!r}")
-    return scale
+class StepView(NamedTuple):
+    """One step's maps as the tab keeps them."""
+    grays: list                    # each map in grayscale, stretched on its own (images, or their cached files)
+    shares: tuple[float, ...]      # each token's share of the step's attention
+    tokens: tuple[str, ...]
+    ranges: tuple[tuple[float, float], ...]  # each map's (min, max), what its gray levels stretch
+
+    def scaled(self, scale: str) -> list:
+        """The grayscale maps on the chosen scale (gradio's radio lets through only its choices): as the run drew
+        them, each on its own, or redrawn on one scale."""
+        if scale == OWN:
+            return list(self.grays)
+        return list(attention.on_one_scale([opened(gray) for gray in self.grays], self.ranges, self.tokens))
 
 
-def scaled(grays: list, ranges, tokens: tuple[str, ...], scale: str) -> list:
-    """A step's grayscale maps (images or their files) on the chosen scale: as the run drew them, each on its own,
-    or redrawn on one scale."""
-    if check_scale(scale) == OWN:
-        return list(grays)
-    return list(attention.on_one_scale([opened(gray) for gray in grays], ranges, tokens))
-
-
-def panels(x0, step: tuple, opacity: float, token: int, scale: str) -> list:
-    """One step's maps for the page, `step` = (grayscale maps as images or files, shares, tokens, ranges): each
-    over x0 in the grid, captioned with its token and share; the chosen one large; the shares as a chart; the
-    maps in grayscale on the chosen scale, captioned with their tokens."""
-    grays, shares, tokens, ranges = step
-    grays = scaled(grays, ranges, tokens, scale)
+def panels(x0, step: StepView, opacity: float, token: int, scale: str) -> list:
+    """One step's maps for the page: each over x0 in the grid, captioned with its token and share; the chosen one
+    large; the shares as a chart; the maps in grayscale on the chosen scale, captioned with their tokens."""
+    shares, tokens, grays = step.shares, step.tokens, step.scaled(scale)
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
     names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
     bars = [f"{i:02d} {word(name)}" for i, name in enumerate(tokens)]  # the chart sorts its bars as text
@@ -62,13 +62,13 @@ def panels(x0, step: tuple, opacity: float, token: int, scale: str) -> list:
             pd.DataFrame({"token": bars, "share": shares}), [(gray, word(name)) for gray, name in zip(grays, tokens)]]
 
 
-def kept_frames(last_run, last_maps) -> list[tuple]:
-    """The last run's previewed steps: (video caption, x0 file, (gray map files, shares, tokens, ranges));
-    ValueError when there is none or its files have expired from the cache."""
+def kept_frames(last_run, last_maps) -> list[tuple[str, str, StepView]]:
+    """The last run's previewed steps: (video caption, x0 file, its maps); ValueError when there is none or its
+    files have expired from the cache."""
     if not last_run or not last_maps:
         raise ValueError(NO_RUN)
     check_kept(last_run[1])
-    if not all(os.path.exists(gray) for grays, *_ in last_maps for gray in grays):
+    if not all(os.path.exists(gray) for step in last_maps for gray in step.grays):
         raise ValueError(EXPIRED)
     return [(caption, x0, maps) for (_, caption, _, x0), maps in zip(last_run[1], last_maps)]
 
@@ -131,7 +131,7 @@ def maps_panels(first_token: int) -> Maps:
         token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
-                      format="png", allow_preview=False, elem_classes="pixels", elem_id="attention-grid",
+                      format="png", allow_preview=False, elem_classes=["pixels", "columns-5"], elem_id="attention-grid",
                       interactive=False)
     mass = gr.BarPlot(x="token", y="share", title="How this step's attention splits across the tokens",
                       x_label_angle=-45, height=300, elem_id="attention-mass")
@@ -139,7 +139,7 @@ def maps_panels(first_token: int) -> Maps:
                 "many of them, so together they take a large share even where each one takes less than a word.",
                 elem_id="attention-padding")
     grays = gr.Gallery(label="The maps in grayscale, on the map scale chosen", columns=5, format="png",
-                       elem_classes="pixels", elem_id="attention-maps", interactive=False)
+                       elem_classes=["pixels", "columns-5"], elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
     with gr.Row():
         mp4 = gr.File(label="map video (MP4)")
@@ -156,8 +156,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                            beside_result="The chosen token's map over x0")
             maps = maps_panels(attention.first_word(engine.attention_tokens(form.prompt.value)))
             code = CodePanel(writers, "attention", ("attention",))
-    history = gr.State(None)  # the last run's maps, step for step with view.history:
-    # [(gray files, shares, tokens, ranges)]
+    history = gr.State(None)  # the last run's maps, step for step with view.history: [StepView]
     wire_run(engine, form, view, maps, history, concurrency, code)
     wire_after_run(view, maps, history)
 
@@ -179,7 +178,6 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
             engine.check_attention(prompt, negative_prompt, controls.settings(*numbers), read_layers(parts, cells))
             attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
             attention.check_opacity(number(opacity, "opacity"))
-            check_scale(scale)
 
     def attend(prompt, negative_prompt, parts, cells, opacity, scale, token, steps, guidance_scale, seed, width,
                height, preview_every, previews, scheduler, request: gr.Request):
@@ -189,7 +187,7 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                opacity, scale = attention.check_opacity(number(opacity, "opacity")), check_scale(scale)
+                opacity = attention.check_opacity(number(opacity, "opacity"))
                 token = attention.check_entry(engine.attention_tokens(prompt), whole(token, "token"))
                 run = engine.attention(prompt, negative_prompt, settings, layers=read_layers(parts, cells),
                                        should_stop=flag.is_set)
@@ -198,9 +196,9 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
             def step_panels(frame):
                 base[0] = frame.x0_image or frame.image or base[0]
                 step = frame.observed["attention"]
-                drawn = (step.images, step.mass, step.tokens, step.ranges)
+                drawn = StepView(step.images, step.mass, step.tokens, step.ranges)
                 if frame.x0_image is not None:  # kept for the scrubber, step for step with the x0 history
-                    drawn = ([view.cached(gray) for gray in step.images], *drawn[1:])
+                    drawn = drawn._replace(grays=[view.cached(gray) for gray in step.images])
                     kept.append(drawn)
                 latest.update(zip(shown, panels(base[0], drawn, opacity, token, scale)))
                 return {**latest, maps.mp4: None, maps.gif: None}
@@ -238,7 +236,7 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
             return [gr.skip()] * len(shown)
         with user_errors():
             _, x0, step = nth(kept_frames(last_run, last_maps), position)
-            token = attention.check_entry(step[2], whole(token, "token"))
+            token = attention.check_entry(step.tokens, whole(token, "token"))
             return panels(x0, step, attention.check_opacity(number(opacity, "opacity")), token, scale)
 
     def export_video(last_run, last_maps, token, opacity, scale, fps):
@@ -246,14 +244,12 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
         and a GIF."""
         with user_errors():
             steps = kept_frames(last_run, last_maps)
-            token = attention.check_entry(steps[0][2][2], whole(token, "token"))
-            opacity, scale = attention.check_opacity(number(opacity, "opacity")), check_scale(scale)
+            token = attention.check_entry(steps[0][2].tokens, whole(token, "token"))
+            opacity = attention.check_opacity(number(opacity, "opacity"))
             fps = export.check_fps(number(fps, "frames per second"))
-            frames = []
-            for caption, x0, (grays, _, tokens, ranges) in steps:
-                gray = opened(scaled(grays, ranges, tokens, scale)[token])
-                frames.append(export.video_frame([opened(x0), attention.overlay(opened(x0), gray, opacity)],
-                                                 f"{word(tokens[token])} · {caption}"))
+            pairs = [(opened(x0), opened(step.scaled(scale)[token])) for _, x0, step in steps]
+            frames = [export.video_frame([x0, attention.overlay(x0, gray, opacity)], f"{word(step.tokens[token])} · "
+                                         f"{caption}") for (x0, gray), (caption, _, step) in zip(pairs, steps)]
         with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
             stem = Path(folder) / f"sdlens-attention-token{token}-seed{last_run[0]}"
             yield (str(export.write_mp4(frames, stem.with_suffix(".mp4"), fps)),
