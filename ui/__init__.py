@@ -18,10 +18,11 @@ NOTEBOOK = ("Grown out of the [Stable Diffusion Deep Dive]"
             "(https://github.com/fastai/diffusion-nbs/blob/master/Stable%20Diffusion%20Deep%20Dive.ipynb) notebook "
             "(fastai, Jonathan Whitaker), which the notes under the controls call \"the notebook\".")
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
-# Galleries: captions under the thumbnails and the download button above them, not over them; the history
-# and the comparison strips keep their thumbnails small, as many to a row however few there are (the history
-# ten, with three lines of each caption); the history frames none once clicked: a click reopens a run, and a
-# frame left behind would sit on another as new runs come in.
+# Galleries: captions under the thumbnails and the download button above them, not over them; the history and
+# the strips and grids (columns-N) keep their thumbnails small, as many to a row however few there are (gradio
+# would widen two to half the row each and crop them to the gallery's height); the history has three lines of
+# each caption, and frames none once clicked: a click reopens a run, and a frame left behind would sit on
+# another as new runs come in.
 CSS = """
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
@@ -36,6 +37,7 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
                           line-height: 1.3; max-height: 3.9em; padding-top: 0; padding-bottom: 0; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
 .columns-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+.columns-5 .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
 .columns-6 .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
 #history .thumbnail-item { aspect-ratio: 3 / 4; }
 #history .thumbnail-item.selected:not(:hover) { --ring-color: transparent; border-color: var(--border-color-primary); }

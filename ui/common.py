@@ -71,7 +71,7 @@ def whole(value, name: str) -> int:
     """A widget's whole number; ValueError naming a fraction (1.5 is not run as 1 or 2)."""
     amount = number(value, name)
     if not amount.is_integer():  # also false for inf and NaN
-        raise ValueError(f"{name} must be a whole number, got {amount:g}")
+        raise ValueError(f"{name} must be a whole number, got {amount!r}")
     return int(amount)
 
 

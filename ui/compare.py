@@ -34,8 +34,7 @@ SAMPLERS_ABOUT = "\n".join(f"- {label}" for label, _ in SAMPLER_CHOICES)
 
 
 def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
-    """A strip of `columns` pictures a row, however few there are (gradio would widen two to half the strip each
-    and crop them to its height)."""
+    """A strip of `columns` pictures a row, however few there are (the page's columns-N style)."""
     return gr.Gallery(label=label, columns=columns, height=PANEL // 2 + 90, format="png",
                       elem_classes=["pixels", f"columns-{columns}"], elem_id=elem_id, object_fit="contain",
                       interactive=False)

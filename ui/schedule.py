@@ -63,8 +63,8 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
             noised = image_panel("Noised to the step, decoded", "noise-chosen")
             about = gr.Markdown(elem_id="noise-about")
             row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6,
-                             height=PANEL // 2 + 60,
-                             elem_classes="pixels", elem_id="noise-row", object_fit="contain", interactive=False)
+                             height=PANEL // 2 + 60, elem_classes=["pixels", "columns-6"], elem_id="noise-row",
+                             object_fit="contain", interactive=False)
 
     def read(image, steps, scheduler, step, seed) -> tuple:
         """The inputs as the engine takes them: its steps are counted from 0."""
