@@ -165,7 +165,7 @@ def check_settings(bundle: ModelBundle, settings: Settings) -> None:
         if not isinstance(side, int) or not MIN_SIDE <= side <= max_side:
             raise ValueError(f"{name} must be from {MIN_SIDE} to {max_side} pixels, got {side!r}")
         if side % factor:
-            raise ValueError(f"{name} must be a multiple of {factor}, got {side}")
+            raise ValueError(f"{name} must be a multiple of {factor} from {MIN_SIDE} to {max_side}, got {side}")
     if not isinstance(settings.preview_every, int) or not 0 <= settings.preview_every <= settings.steps:
         raise ValueError(f"preview_every must be from 0 (only the end) to steps ({settings.steps}), got {settings.preview_every!r}")
     if settings.scheduler not in schedule.SCHEDULERS:

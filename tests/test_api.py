@@ -127,7 +127,7 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"width": 68}, "width must be a multiple of 8, got 68"),
+    ({"width": 68}, "width must be a multiple of 8 from 64 to 128, got 68"),
     ({"prompt": "x" * 5000}, "prompt must be at most 4000 characters, got 5000"),
     ({"scheduler": "heun"}, "Value: heun is not in the list of choices: ['lms', 'euler', 'ddim', 'dpm++', 'optim']"),
     ({"seed": None}, "seed is empty: enter a number"),

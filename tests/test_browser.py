@@ -222,7 +222,7 @@ def test_bad_size_shows_an_error_and_the_page_keeps_working(page):
     status = page.locator("#txt2img-status")
     set_number(page, "Width", 68)
     page.get_by_role("button", name="Generate").click()
-    expect(page.get_by_text("width must be a multiple of 8, got 68")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text("width must be a multiple of 8 from 64 to 128, got 68")).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(page.locator(".toast-body.error")).to_have_css("opacity", "1")  # faded in
     expect(page.locator("#txt2img-x0")).not_to_contain_text("Error")  # the outputs are left alone
     page.screenshot(path=SHOTS / "txt2img-error.png")
@@ -376,13 +376,13 @@ def test_vae_tab_shows_channels_reconstruction_and_error(page):
     expect(page.locator("#vae-channels img")).to_have_count(4)
     for panel in ("#vae-reconstruction", "#vae-difference", "#vae-edited"):
         expect(page.locator(f"{panel} img")).to_have_count(1)
-    expect(about).to_contain_text("Right: channel 1 multiplied by 0")
+    expect(about).to_contain_text("Bottom right: decoded with channel 1 multiplied by 0")
     expect(tab.get_by_label("number input for ... multiplied by")).to_be_enabled()
     set_number(tab, "... multiplied by", 2)  # decodes again without the button
-    expect(about).to_contain_text("Right: channel 1 multiplied by 2", timeout=RUN_TIMEOUT_MS)
+    expect(about).to_contain_text("Bottom right: decoded with channel 1 multiplied by 2", timeout=RUN_TIMEOUT_MS)
     tab.get_by_label("Decode again with channel ...").click()
     page.get_by_role("option", name="3").click()
-    expect(about).to_contain_text("Right: channel 3 multiplied by 2", timeout=RUN_TIMEOUT_MS)
+    expect(about).to_contain_text("Bottom right: decoded with channel 3 multiplied by 2", timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=SHOTS / "vae.png", full_page=True)
     page.locator("#vae-input").get_by_role("button", name="Remove Image").click()  # a refused run leaves the panels be
     tab.get_by_role("button", name="Encode and decode").click()
@@ -513,8 +513,12 @@ def test_textual_inversion_upload_and_use(page, tmp_path):
 def test_prompt_mix_sweep(page):
     tab = open_text_tab(page, "Mix two prompts", "text-prompts")
     set_number(tab, "Images in the sweep", 4)
-    tab.get_by_role("button", name="Sweep from A to B").click()
+    expect(page.locator("#prompts-strip")).to_be_hidden()  # until a sweep runs
+    button = tab.get_by_role("button", name="Sweep from A to B")
+    button.click()
     expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
+    below, strip = button.bounding_box(), page.locator("#prompts-strip").bounding_box()
+    assert 0 <= strip["y"] - (below["y"] + below["height"]) < 100  # right under the button pressed
     gif = page.locator("#prompts-gif img")  # shown, playing, on the page
     expect(gif).to_have_attribute("src", re.compile(r"sdlens-prompt-sweep.*\.gif$"), timeout=RUN_TIMEOUT_MS)
     assert Image.open(gif.get_attribute("src").split("file=", 1)[1]).n_frames == 4

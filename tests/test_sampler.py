@@ -294,7 +294,7 @@ def test_hook_predict_noise_reproduces_the_step_prediction(tiny_bundle):
     ({"guidance_scale": float("nan")}, "got nan"),
     ({"seed": -7}, "seed must be -1 (a random seed) or a whole number from 0 to 9007199254740991, got -7"),
     ({"seed": 2**53}, "got 9007199254740992"),  # a browser would round it
-    ({"height": 100}, "height must be a multiple of 8, got 100"),
+    ({"height": 100}, "height must be a multiple of 8 from 64 to 128, got 100"),
     ({"width": 4096}, "width must be from 64 to 128 pixels, got 4096"),
     ({"width": 32}, "got 32"),
     ({"preview_every": -1}, "preview_every must be from 0"),

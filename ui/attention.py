@@ -111,10 +111,11 @@ def form_column(engine: Engine) -> Form:
         stop = stop_button()
     first = [place for place in attention.DEFAULT_PLACES if place in places] or places
     parts = gr.CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
-                             info="the up blocks place the words best; DAAM sums all three")
+                             info="the up blocks place the words best; DAAM sums all three (from the next Generate)")
     cell_choice = gr.CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
                                    label="Map resolutions summed over",
-                                   info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64)")
+                                   info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64; "
+                                        "from the next Generate)")
     examples = gr.Column()  # under the buttons, above the long generation settings
     controls = Controls(engine)
     with examples:

@@ -14,8 +14,8 @@ EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise 
 by this, so the first latents carry the first step's noise level (for LMS and Euler the latents are
 x0 + sigma * noise, so they grow with sigma; DDIM and DPM-Solver++ keep them at unit variance and use 1).
 Before each UNet call `scale_model_input` multiplies the latents by the last column, the input scale: for LMS,
-Euler and optim 1/sqrt(sigma² + 1), bringing them back to unit variance; for DDIM and DPM-Solver++ 1, as they are
-there already."""
+Euler and optim (this app's own sampler: SGD with momentum on the latents, on Euler's sigmas) 1/sqrt(sigma² + 1),
+bringing them back to unit variance; for DDIM and DPM-Solver++ 1, as they are there already."""
 
 
 def build(engine: Engine, concurrency: int) -> None:

@@ -366,13 +366,15 @@ def build_mix_prompts(lab: Lab) -> None:
                 count = Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
                 sweep_fps = Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")
             sweep_go = gr.Button("Sweep from A to B (same seed)")
+            # the sweep's results under its button, where they are seen as they come; hidden until a sweep runs
+            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_id="prompts-strip",
+                               elem_classes=["pixels", "columns-6"], object_fit="contain", interactive=False,
+                               visible=False)
+            sweep_gif = image_panel("The sweep as a GIF", "prompts-gif", type="filepath", visible=False)
             gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
         with gr.Column(scale=3):
             prompts_view = RunView("prompts", lab.stops, "Press Generate to watch the mixed prompt denoise.")
             code = CodePanel(lab.writers, "mix_prompts", ("text", "prompts"), "prompts")
-            strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_id="prompts-strip",
-                               elem_classes=["pixels", "columns-6"], object_fit="contain", interactive=False)
-            sweep_gif = image_panel("The sweep as a GIF", "prompts-gif", type="filepath")
 
     def mix_prompts(prompt_a, prompt_b, factor, steps, guidance_scale, seed, width, height, preview_every,
                     previews, scheduler, learned, request: gr.Request):
@@ -399,8 +401,9 @@ def build_mix_prompts(lab: Lab) -> None:
     code.after(run, mix_prompts_code, inputs, prompts_view)
     prompt_sweep, check_sweep = sweep_handlers(lab)
     sweep_inputs = [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned]
-    sweep = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
-        prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    shown = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
+        lambda: [gr.update(visible=True)] * 2, None, [strip, sweep_gif], queue=False, api_visibility="private")
+    sweep = shown.success(prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
     idle_after(prompts_stop, (run, sweep), lab.stops)
 
 

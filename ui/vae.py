@@ -49,7 +49,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
                    for i, (picture, low, high) in enumerate(view.channels)]
         text = f"**{view.compression}** · PSNR {view.psnr:.2f} dB  \nInput: {view.note}"
         if view.edited is not None:
-            text += f"  \nRight: channel {channel} multiplied by {number(scale, 'scale'):g}"
+            text += f"  \nBottom right: decoded with channel {channel} multiplied by {number(scale, 'scale'):g}"
         return view.image, view.reconstruction, text, gallery, view.difference, view.edited
 
     def check(image, channel, scale):
