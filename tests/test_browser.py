@@ -405,10 +405,17 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     expect(page.locator("#noise-about")).to_contain_text("step 7 · timestep", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#noise-row img")).to_have_count(6)
     page.screenshot(path=SHOTS / "schedule.png", full_page=True)
+    about = page.locator("#noise-about")
+    lms = about.inner_text()
+    tab.get_by_label("Sampler").click()  # the noised image follows the schedule: DDIM's step 7 has its own sigma
+    page.get_by_role("option", name=re.compile("^ddim")).click()
+    expect(about).not_to_have_text(lms, timeout=RUN_TIMEOUT_MS)
+    expect(about).to_contain_text("step 7 · timestep")
     set_number(tab, "Steps", 1)  # one step: the only one to choose, and the step slider greys out
     step = tab.get_by_label("number input for Step (1 = the noisiest)")
     expect(step).to_be_disabled()
     expect(step).to_have_value("1")
+    expect(about).to_contain_text("step 1 · timestep", timeout=RUN_TIMEOUT_MS)
 
 
 def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):

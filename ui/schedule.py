@@ -85,8 +85,15 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
                 f"Input: {result.note}")
         return picture, text, gallery
 
+    def follow(image, steps, scheduler, step, seed, shown):
+        """Once an image has been noised, a new schedule or step noises it again, so that what is shown is what
+        the controls say."""
+        return add_noise(image, steps, scheduler, step, seed) if shown else (gr.skip(),) * 3
+
     within_steps(steps, step, first=1)
     inputs = [image, steps, scheduler, step, seed]
+    options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
     add.click(check, inputs, None, api_visibility="private").success(
-        add_noise, inputs, [noised, about, row], api_name="add_noise", concurrency_id=GENERATE,
-        concurrency_limit=concurrency)
+        add_noise, inputs, [noised, about, row], api_name="add_noise", **options)
+    gr.on([steps.change, scheduler.change, step.change], follow, [*inputs, about], [noised, about, row],
+          api_visibility="private", trigger_mode="always_last", show_progress="hidden", **options)
