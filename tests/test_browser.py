@@ -515,6 +515,7 @@ def test_textual_inversion_upload_and_use(page, tmp_path):
         timeout=RUN_TIMEOUT_MS)
     expect(tab.locator("#ti-upload")).not_to_contain_text("wide.bin")  # the refused file leaves the box
     expect(page.locator("#ti-loaded")).to_contain_text("<thing>")
+    expect(tab.locator("[data-testid=status-tracker]", has_text="Error")).to_have_count(0)  # no badge left behind
 
 
 def test_prompt_mix_sweep(page):

@@ -331,12 +331,20 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
                                                      for n in names) if names else "No embeddings loaded yet.")
         return text, gr.update(choices=names, value=names[0] if names else None)
 
+    def read_file(file) -> dict:
+        if file is None:
+            raise ValueError("There is no file: upload learned_embeds.safetensors, .bin or .pt")
+        return engine.load_learned(file)
+
+    def check_file(file):
+        """Refuse a bad file with a message before it is loaded, leaving what is loaded and shown as it is."""
+        with user_errors():
+            read_file(file)
+
     def load_embedding(file, session_learned):
         """Add the textual-inversion embeddings of a file to this session's."""
         with user_errors():
-            if file is None:
-                raise ValueError("There is no file: upload learned_embeds.safetensors, .bin or .pt")
-            session_learned = {**session_learned, **engine.load_learned(file)}
+            session_learned = {**session_learned, **read_file(file)}
         return session_learned, *describe(session_learned)
 
     def load_examples(session_learned):
@@ -345,8 +353,9 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
         return session_learned, *describe(session_learned)
 
     outputs = [lab.learned, form.loaded, form.learned_token]
-    loading = form.upload.upload(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
-    loading.failure(lambda: None, None, form.upload, queue=False, api_visibility="private")  # the refused file goes
+    checked = form.upload.upload(check_file, form.upload, None, api_visibility="private")
+    checked.failure(lambda: None, None, form.upload, queue=False, api_visibility="private")  # the refused file goes
+    checked.success(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
     form.examples_button.click(load_examples, lab.learned, outputs, api_visibility="private")
 
 
