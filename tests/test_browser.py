@@ -458,6 +458,8 @@ def open_text_tab(page, name, elem_id):
 
 def test_tokens_table_and_the_encoder_proof(page):
     tab = open_text_tab(page, "Tokens and embeddings", "text-tokens")
+    headers = page.locator("#tokens-table th")
+    expect(headers.nth(1)).to_contain_text("token id")  # named before the first press, not numbered 1, 2, 3
     tab.get_by_label("Prompt").fill("A picture of a puppy.")
     tab.get_by_role("button", name="Show the tokens").click()
     expect(page.locator("#tokens-proof")).to_contain_text("max abs difference 0", timeout=RUN_TIMEOUT_MS)

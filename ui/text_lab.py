@@ -24,6 +24,9 @@ from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
 
+TOKEN_COLUMNS = [  # the token table's, shown before the first press too
+    "position", "token id", "token", "|token embedding|", "|position embedding|"]
+
 
 def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str, str]]:
     """The prompt's own tokens as dropdown choices: label "2: red", value "2" (its position)."""
@@ -111,6 +114,7 @@ def build_tokens(lab: Lab) -> None:
         show = gr.Button("Show the tokens", variant="primary", scale=1)
     with gr.Row():
         table = gr.Dataframe(label="Tokens as the text encoder reads them", elem_id="tokens-table", wrap=True,
+                             headers=TOKEN_COLUMNS,
                              column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
         with gr.Column(scale=2):
             proof = gr.Markdown(elem_id="tokens-proof")
@@ -129,13 +133,12 @@ def build_tokens(lab: Lab) -> None:
         if view.padding:
             rows.append(["...", "", f"{view.padding} x <|endoftext|> (padding to {len(view.rows) + view.padding})",
                          "", ""])
-        columns = ["position", "token id", "token", "|token embedding|", "|position embedding|"]
         text = (f"token + position embeddings → encoder with its causal mask → final layer norm, against "
                 f"`text_encoder(input_ids)`: max abs difference **{view.max_diff:.2g}**. Without the causal mask "
                 f"(every token seeing the later ones too): **{view.max_diff_without_mask:.3g}**.")
         if view.truncated:
             text += f"  \n⚠️ Past CLIP's 77 tokens, ignored: “{view.truncated}”"
-        return pd.DataFrame(rows, columns=columns), text, view.token_heat, view.position_heat
+        return pd.DataFrame(rows, columns=TOKEN_COLUMNS), text, view.token_heat, view.position_heat
 
     gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, lab.learned],
           [table, proof, token_heat, position_heat], api_name="tokenize")
