@@ -238,7 +238,13 @@ def test_tokenize_endpoint(app_url):
         "A picture of a puppy.", api_name="/tokenize")
     assert [row[1] for row in table["data"][:8]] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
     assert table["data"][8][2] == "69 x <|endoftext|> (padding to 77)"
-    assert "max abs difference **0**" in proof
+    assert "max abs difference **0**" in proof and "reads bytes" not in proof
+
+
+def test_tokenize_says_why_an_emoji_reads_as_odd_symbols(app_url):
+    table, proof, *_ = Client(app_url, verbose=False).predict("a 🌟 star", api_name="/tokenize")
+    assert table["data"][2][2] == "ðŁĮŁ</w>"
+    assert "CLIP's tokenizer reads bytes" in proof and "ðŁĮŁ for 🌟" in proof
 
 
 def test_swap_token_streams_both_runs(app_url):

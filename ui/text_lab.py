@@ -24,6 +24,8 @@ from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
 
+BYTES_NOTE = ("CLIP's tokenizer reads bytes: a character outside plain ASCII (an accent, an emoji) shows as the "
+              "symbols its UTF-8 bytes map to, as in ðŁĮŁ for 🌟.")
 TOKEN_COLUMNS = [  # the token table's, shown before the first press too
     "position", "token id", "token", "|token embedding|", "|position embedding|"]
 
@@ -138,6 +140,8 @@ def build_tokens(lab: Lab) -> None:
                 f"(every token seeing the later ones too): **{view.max_diff_without_mask:.3g}**.")
         if view.truncated:
             text += f"  \n⚠️ Past CLIP's 77 tokens, ignored: “{view.truncated}”"
+        if not prompt.isascii():
+            text += f"  \n{BYTES_NOTE}"
         return pd.DataFrame(rows, columns=TOKEN_COLUMNS), text, view.token_heat, view.position_heat
 
     gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, lab.learned],
