@@ -417,9 +417,8 @@ def build_mix_prompts(lab: Lab) -> None:
     code.after(run, mix_prompts_code, inputs, prompts_view)
     prompt_sweep, check_sweep = sweep_handlers(lab)
     sweep_inputs = [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned]
-    shown = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
-        lambda: [gr.update(visible=True)] * 2, None, [strip, sweep_gif], queue=False, api_visibility="private")
-    sweep = shown.success(prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+    sweep = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
+        prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
     idle_after(prompts_stop, (run, sweep), lab.stops)
 
 
@@ -444,7 +443,7 @@ def sweep_handlers(lab: Lab):
                                              previews, scheduler)
                 fps = export.check_fps(number(fps, "frames per second"))
                 shown = []
-                yield [], None
+                yield gr.update(value=[], visible=True), gr.update(value=None, visible=True)  # shown from now on
                 for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),
                                                       learned=learned, should_stop=flag.is_set):
                     shown.append((image, f"{mix:.2f}"))
