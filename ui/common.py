@@ -99,9 +99,10 @@ def counter(count: int) -> dict:
     return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
 
 
-def within_steps(steps: gr.Slider, step: gr.Slider, first: int = 0) -> None:
+def within_steps(steps: gr.Slider, step: gr.Slider, first: int = 0) -> gr.events.Dependency:
     """`step`, a step of the run counted from `first` (or a count of steps, from 0), offers only the steps that
-    `steps` makes; at one step, the only choice, it greys out."""
+    `steps` makes; at one step, the only choice, it greys out. Returns the event, for what must follow `step`
+    once it is within the new count."""
 
     def follow(count, chosen):
         with user_errors():
@@ -109,7 +110,7 @@ def within_steps(steps: gr.Slider, step: gr.Slider, first: int = 0) -> None:
             return gr.update(maximum=max(last, first + 1), value=min(whole(chosen, "step"), last),
                              interactive=last > first)
 
-    steps.change(follow, [steps, step], step, api_visibility="private", show_progress="hidden")
+    return steps.change(follow, [steps, step], step, api_visibility="private", show_progress="hidden")
 
 
 class Slider(gr.Slider):

@@ -90,10 +90,14 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
         the controls say."""
         return add_noise(image, steps, scheduler, step, seed) if shown else (gr.skip(),) * 3
 
-    within_steps(steps, step, first=1)
+    clamped = within_steps(steps, step, first=1)
     inputs = [image, steps, scheduler, step, seed]
     options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
     add.click(check, inputs, None, api_visibility="private").success(
         add_noise, inputs, [noised, about, row], api_name="add_noise", **options)
-    gr.on([steps.change, scheduler.change, step.change], follow, [*inputs, about], [noised, about, row],
-          api_visibility="private", trigger_mode="always_last", show_progress="hidden", **options)
+    # once per change: a new step count after the step is clamped into it (not again for the clamp's own change),
+    # a new sampler, a step the user moves
+    following = {"inputs": [*inputs, about], "outputs": [noised, about, row], "api_visibility": "private",
+                 "trigger_mode": "always_last", "show_progress": "hidden", **options}
+    clamped.then(follow, **following)
+    gr.on([scheduler.change, step.input], follow, **following)
