@@ -103,11 +103,15 @@ END_OF_WORD = "</w>"  # how the tokenizer marks a word's last token
 ARTICLES = ("a</w>", "an</w>", "the</w>")
 
 
+def word_positions(tokens: Sequence[str]) -> list[int]:
+    """The positions of a prompt's words among its map entries: not the start and end tokens, not the padding."""
+    return [i for i, name in enumerate(tokens) if not name.startswith(("<|", "padding x"))]
+
+
 def first_word(tokens: Sequence[str]) -> int:
     """The position of the first word among a prompt's map entries that is not an article ("a red circle" -> 2,
     red), the first entry after the start token when there is none."""
-    words = [i for i, name in enumerate(tokens[1:], 1) if not name.startswith(("<|", "padding x"))]
-    return next((i for i in words if tokens[i] not in ARTICLES), 1)
+    return next((i for i in word_positions(tokens) if tokens[i] not in ARTICLES), 1)
 
 
 def check_entry(tokens: Sequence[str], position: int) -> int:
@@ -145,21 +149,29 @@ def gray_images(maps: torch.Tensor) -> tuple[Image.Image, ...]:
     return tuple(Image.fromarray(level, mode="L") for level in levels)
 
 
+def one_scale(ranges: Sequence[tuple[float, float]], tokens: Sequence[str]) -> float:
+    """The value a step's maps on one scale show as white: the most any word takes at a pixel. The start and end
+    tokens and the padding do not set it (the padding, many positions summed, takes the most, and in SD so may the
+    start token: every word would be left dark); above it they clip to white. A prompt without words is scaled to
+    its start and end tokens."""
+    words = word_positions(tokens) or [k for k, name in enumerate(tokens) if name.startswith("<|")]
+    return max(ranges[k][1] for k in words)
+
+
+def on_scale(image: Image.Image, value_range: tuple[float, float], top: float) -> Image.Image:
+    """A grayscale map stretched on its own (its 0-255 showing `value_range`) redrawn with black 0 and white `top`."""
+    low, high = value_range
+    values = low + np.asarray(image.convert("L"), dtype=np.float64) / 255 * (high - low)
+    return Image.fromarray(np.clip(values / top * 255, 0, 255).round().astype(np.uint8), mode="L")
+
+
 def on_one_scale(images: Sequence[Image.Image], ranges: Sequence[tuple[float, float]],
                  tokens: Sequence[str]) -> tuple[Image.Image, ...]:
-    """A step's grayscale maps, each stretched on its own (`images`, showing `ranges`), redrawn on one scale: black
-    is no attention, white the most any word takes at a pixel. Each map on its own shows where its token lands,
-    even one that takes next to nothing; on one scale they show how much each takes. The start and end tokens and
-    the padding do not set the scale (the padding, many positions summed, takes the most, and in SD so may the
-    start token: every word would be left dark); above it they clip to white. A prompt without words is scaled
-    to its start and end tokens."""
-    words = [k for k, name in enumerate(tokens) if not name.startswith(("<|", "padding x"))]
-    top = max(ranges[k][1] for k in words or [k for k, name in enumerate(tokens) if name.startswith("<|")])
-    redrawn = []
-    for image, (low, high) in zip(images, ranges):
-        values = low + np.asarray(image.convert("L"), dtype=np.float64) / 255 * (high - low)
-        redrawn.append(Image.fromarray(np.clip(values / top * 255, 0, 255).round().astype(np.uint8), mode="L"))
-    return tuple(redrawn)
+    """A step's grayscale maps, each stretched on its own (`images`, showing `ranges`), redrawn on one scale
+    (`one_scale`): black is no attention, white the most any word takes at a pixel. Each map on its own shows where
+    its token lands, even one that takes next to nothing; on one scale they show how much each takes."""
+    top = one_scale(ranges, tokens)
+    return tuple(on_scale(image, value_range, top) for image, value_range in zip(images, ranges))
 
 
 def check_opacity(opacity: float) -> float:

@@ -46,9 +46,14 @@ class StepView(NamedTuple):
     def scaled(self, scale: str) -> list:
         """The grayscale maps on the chosen scale (gradio's radio lets through only its choices): as the run drew
         them, each on its own, or redrawn on one scale."""
+        return [self.map_of(k, scale) for k in range(len(self.grays))]
+
+    def map_of(self, token: int, scale: str):
+        """One token's grayscale map on the chosen scale (on one scale, only its own file is read)."""
         if scale == OWN:
-            return list(self.grays)
-        return list(attention.on_one_scale([opened(gray) for gray in self.grays], self.ranges, self.tokens))
+            return self.grays[token]
+        top = attention.one_scale(self.ranges, self.tokens)
+        return attention.on_scale(opened(self.grays[token]), self.ranges[token], top)
 
 
 def panels(x0, step: StepView, opacity: float, token: int, scale: str) -> list:
@@ -248,7 +253,7 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
             token = attention.check_entry(steps[0][2].tokens, whole(token, "token"))
             opacity = attention.check_opacity(number(opacity, "opacity"))
             fps = export.check_fps(number(fps, "frames per second"))
-            pairs = [(opened(x0), opened(step.scaled(scale)[token])) for _, x0, step in steps]
+            pairs = [(opened(x0), opened(step.map_of(token, scale))) for _, x0, step in steps]
             frames = [export.video_frame([x0, attention.overlay(x0, gray, opacity)], f"{word(step.tokens[token])} · "
                                          f"{caption}") for (x0, gray), (caption, _, step) in zip(pairs, steps)]
         with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
