@@ -108,7 +108,7 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                 run = engine.txt2img(prompt, negative_prompt, controls.settings(
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler),
                     should_stop=flag.is_set)
-            distances, kept, frame, seed = [], [], None, f"seed {run.settings.seed}"
+            distances, kept, frame, seed_note = [], [], None, f"seed {run.settings.seed}"
             notes = list(run.notes)
             with user_errors():
                 for frame in run.frames:
@@ -121,10 +121,11 @@ def parts_handlers(engine: Engine, stops: StopFlags, controls: Controls, parts: 
                     kept.append((f"{frame_caption(frame)} · noise RMS per channel {norms}",
                                  [(cached(picture, parts), caption)
                                   for picture, caption in zip(pictures, PART_CAPTIONS)], split.distance))
-                    yield (kept[-1][1], status_line(frame, "running", f"{seed} · noise RMS per channel {norms}", notes),
-                           distance_table(distances), progress(frame, "running", run.settings.seed, notes), None)
+                    about = f"{seed_note} · noise RMS per channel {norms}"
+                    yield (kept[-1][1], status_line(frame, "running", about, notes), distance_table(distances),
+                           progress(frame, "running", run.settings.seed, notes), None)
             state = ended(frame.image if frame else None, flag)
-            line, pictures = status_line(frame, state, seed, notes), None
+            line, pictures = status_line(frame, state, seed_note, notes), None
             if kept:  # the last step shows little (by then all three x0 agree): the widest apart instead
                 about, pictures, _ = kept[widest_position(kept) - 1]
                 line += f"\n{SHOWN}: {about}"
