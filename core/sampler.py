@@ -194,15 +194,13 @@ def start_latents(bundle: ModelBundle, settings: Settings, scheduler: SchedulerM
 @torch.inference_mode()
 def _decode_frame(bundle: ModelBundle, x_t: torch.Tensor, x0: torch.Tensor, final: torch.Tensor | None,
                   preview: bool, fast: bool) -> tuple[Image.Image | None, Image.Image | None, Image.Image | None]:
-    """x_t and x0 decoded for the page on preview steps (fast or full), and the finished image on the last
-    step (always the full VAE); one VAE call for whatever needs it."""
-    shown = [x_t, x0] if preview else []
-    full = ([] if fast else shown) + ([final] if final is not None else [])
-    decoded = to_pil(decode(bundle, torch.cat(full))) if full else []
-    if fast and shown:
-        decoded = to_pil(fast_decode(bundle, torch.cat(shown))) + decoded
-    x_t_image, x0_image = decoded[:2] if shown else (None, None)
-    return x_t_image, x0_image, decoded[-1] if final is not None else None
+    """x_t and x0 decoded for the page on preview steps (fast or full, in one call), and the finished image on
+    the last step: always the full VAE, in a call of its own, so that the previews never change it (batched, the
+    VAE's sums round differently, by up to a grey level)."""
+    x_t_image = x0_image = None
+    if preview:
+        x_t_image, x0_image = to_pil((fast_decode if fast else decode)(bundle, torch.cat([x_t, x0])))
+    return x_t_image, x0_image, to_pil(decode(bundle, final))[0] if final is not None else None
 
 
 class Frames(Iterator[Frame]):
