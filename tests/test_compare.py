@@ -1,4 +1,5 @@
 """Guidance taken apart, and runs compared across scales, samplers and seeds: in the engine and through the API."""
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from core.compare import x0_of
 from core.engine import Engine
 from core.sampler import Settings
 from core.schedule import SCHEDULERS
+from ui.compare import label_of, stream_side_by_side
 
 SMALL = Settings(steps=6, guidance_scale=7.5, seed=5, height=64, width=64, preview_every=1, previews="full")
 
@@ -50,6 +52,19 @@ def test_each_compared_run_is_the_text_to_image_run(tiny_bundle):
     for run, change in zip(runs, [{"scheduler": "lms"}, {"scheduler": "euler", "steps": 4}]):
         alone = list(engine.txt2img("a red circle", "", replace(SMALL, **change)).frames)[-1]
         assert torch.equal(list(run.frames)[-1].latents, alone.latents)
+
+
+def test_a_sampler_comparison_says_which_entry_stopped_early(toy_engine):
+    """optim stops once the noise left is below its tolerance: the comparison names it and every entry's steps."""
+    settings = replace(toy_engine.default_settings(), preview_every=0)
+    changes = toy_engine.parse_samplers("lms, optim, euler:15")
+    runs = toy_engine.compare_runs("a red circle on a white background", "", settings, changes)
+    *_, last = stream_side_by_side(toy_engine, runs, [label_of(c, r.settings) for c, r in zip(changes, runs)],
+                                   threading.Event())
+    done = last.progress["steps"][1]
+    assert last.progress["steps"] == [30, done, 15] and done < 30
+    assert f"steps run: lms 30 / 30, optim {done} / 30, euler:15 15 / 15" in last.status
+    assert f"⚠️ optim: optim stopped early at step {done} of 30" in last.status
 
 
 @pytest.mark.parametrize("text, message", [
@@ -137,8 +152,9 @@ def test_the_scale_sweep_ends_with_a_gif_and_the_sampler_plots(app_url):
     *_, gif, _ = client.predict(prompt="a red circle", negative_prompt="", entries="1,3,7.5", **SETTINGS,
                                 api_name="/cfg_sweep")
     assert Image.open(gif).n_frames == 3
-    _, _, movement, sigmas, _ = client.predict(prompt="a red circle", negative_prompt="", entries="lms,euler:3",
-                                               **SETTINGS, api_name="/compare_samplers")
+    _, status, movement, sigmas, _ = client.predict(prompt="a red circle", negative_prompt="", entries="lms,euler:3",
+                                                    **SETTINGS, api_name="/compare_samplers")
+    assert " · done · seed 3 · steps run: lms 4 / 4, euler:3 3 / 3" in status  # the lead's step alone would hide it
     assert sorted({row[0] for row in movement["data"]}) == ["euler:3", "lms"]
     assert len([row for row in sigmas["data"] if row[0] == "euler:3"]) == 3
 

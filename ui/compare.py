@@ -285,12 +285,16 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                           columns=["sampler", "step", "sigma"])
     seeds = {run.settings.seed for run in runs}
     about = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds " + ", ".join(labels)
-    shown, last, movement = [None] * len(runs), [None] * len(runs), []
+    shown, last, movement, said = [None] * len(runs), [None] * len(runs), [], []  # said: notes from the runs' steps
 
     def round_(state: str) -> Round:
         lead = max((frame for frame in last if frame), key=lambda f: (f.index + 1) / f.steps, default=None)
+        counts = [(label, frame.index + 1 if frame else 0, run.settings.steps)
+                  for label, frame, run in zip(labels, last, runs)]
+        steps = "" if len({count[1:] for count in counts}) == 1 else " · steps run: " + ", ".join(
+            f"{label} {done} / {total}" for label, done, total in counts)  # optim's early stop, an entry's own count
         return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
-                     status_line(lead, state, about, list(runs[0].notes)),
+                     status_line(lead, state, about + steps, [*runs[0].notes, *said]),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
                      {"state": state, "entries": labels, "steps": [frame.index + 1 if frame else 0 for frame in last],
                       "seeds": [run.settings.seed for run in runs], "seed": runs[0].settings.seed})
@@ -301,6 +305,8 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                 if frame is not None:
                     movement.append((labels[i], frame.index + 1, engine.x0_movement(last[i], frame)))
                     last[i], shown[i] = frame, frame.image or frame.x0_image or shown[i]
+                    if frame.note:
+                        said.append(f"{labels[i]}: {frame.note}")
             yield round_("running")
     yield round_(ended(None if any(f is None or f.image is None for f in last) else True, flag))
 
