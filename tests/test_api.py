@@ -281,6 +281,7 @@ def test_prompt_mix_and_sweep_endpoints(app_url):
     strip, gif = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
                                 api_name="/prompt_sweep")
     assert [item["caption"] for item in strip] == ["1.00", "0.50", "0.00"]  # from A to B
+    assert all(Image.open(item["image"]).format == "PNG" for item in strip)  # lossless: the ends equal plain runs
     assert Image.open(gif).n_frames == 3
 
 

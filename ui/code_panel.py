@@ -120,7 +120,7 @@ class History:
     def __init__(self):
         self.state = gr.State([])  # [{"tab": ..., "settings": {...}, "thumbnail": array, "caption": ...}]
         self.gallery = gr.Gallery(label=f"Your last {HISTORY} runs: click one to reopen its tab with its settings",
-                                  columns=10, height=240, allow_preview=False, object_fit="contain",
+                                  columns=10, height=240, allow_preview=False, object_fit="contain", format="png",
                                   elem_id="history", elem_classes="pixels", render=False)
 
     @staticmethod

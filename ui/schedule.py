@@ -62,7 +62,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
         with gr.Column(scale=3):
             noised = image_panel("Noised to the step, decoded", "noise-chosen")
             about = gr.Markdown(elem_id="noise-about")
-            row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6,
+            row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6, format="png",
                              height=PANEL // 2 + 60, elem_classes=["pixels", "columns-6"], elem_id="noise-row",
                              object_fit="contain", interactive=False)
 

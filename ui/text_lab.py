@@ -384,8 +384,8 @@ def build_mix_prompts(lab: Lab) -> None:
             sweep_go = gr.Button("Sweep from A to B (same seed)")
             # the sweep's results under its button, where they are seen as they come; hidden until a sweep runs
             strip = gr.Gallery(label="From A to B", columns=6, height=PANEL // 2 + 90, elem_id="prompts-strip",
-                               elem_classes=["pixels", "columns-6"], object_fit="contain", interactive=False,
-                               visible=False)
+                               format="png", elem_classes=["pixels", "columns-6"], object_fit="contain",
+                               interactive=False, visible=False)
             sweep_gif = image_panel("The sweep as a GIF", "prompts-gif", type="filepath", visible=False)
             gr.Examples(engine.examples("mix_prompts"), [prompt_a, prompt_b, factor])
         with gr.Column(scale=3):

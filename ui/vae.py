@@ -31,7 +31,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
                 reconstruction = image_panel("Decoded again: the reconstruction", "vae-reconstruction")
             about = gr.Markdown("Press Encode and decode.", elem_id="vae-about")
             latent_channels = gr.Gallery(label="Latent channels, each stretched from its min to its max (below it)",
-                                         columns=engine.bundle.latent_channels, height=PANEL // 2 + 60,
+                                         columns=engine.bundle.latent_channels, height=PANEL // 2 + 60, format="png",
                                          elem_classes="pixels", elem_id="vae-channels", object_fit="contain",
                                          interactive=False)
             with gr.Row():
