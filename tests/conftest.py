@@ -10,11 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from gradio_client import Client
 
 import core.sampler
 from core.engine import Engine
@@ -108,6 +111,18 @@ def start_app(*args: str, env: dict | None = None, timeout: float = 120,
     finally:
         killer.cancel()
     raise AssertionError("the app did not start:\n" + "".join(lines))
+
+
+@contextmanager
+def toy_app(*flags: str, download_files: bool = False) -> Iterator[Client]:
+    """`python app.py --model toy FLAGS`, and a client of it (that by default downloads nothing); stopped on
+    leaving."""
+    proc, url, _ = start_app("--model", "toy", "--port", str(free_port()), *flags)
+    try:
+        yield Client(url, verbose=False, download_files=download_files)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -270,6 +270,8 @@ def test_learned_embeddings_stay_with_the_user_who_loaded_them(app_url, tmp_path
     assert " · done · " in outputs[-1][2] and len(image_paths(outputs, 1)) == 3
     with pytest.raises(Exception, match="No embeddings are loaded"):
         other.predict(**run)
+    with pytest.raises(Exception, match=re.escape("This model has no embeddings of its own: upload a file")):
+        other.predict(api_name="/load_model_embeddings")
 
 
 def test_prompt_mix_and_sweep_endpoints(app_url):

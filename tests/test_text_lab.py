@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from core import text
@@ -13,6 +14,7 @@ from core.sampler import Settings
 from core.toyworld.data import COLORS
 from core.toyworld.evaluate import Reader
 from core.toyworld.textual_inversion import TEAL, TOKEN
+from tests.conftest import toy_app
 
 SMALL = Settings(steps=6, guidance_scale=7.5, seed=3, height=64, width=64, preview_every=0)
 HIDDEN = 32  # the tiny test model's text encoder width
@@ -220,6 +222,18 @@ def test_the_example_embedding_paints_teal(toy_engine):
                     .frames)[-1].image
         # (8, 152, 147) with it; the unknown word paints an arbitrary colour: (85, 242, 242), (70, 255, 186)
         assert np.abs(shape_color(with_it) - TEAL).sum() < 60 and np.abs(shape_color(word) - TEAL).sum() > 120
+
+
+def test_a_script_loads_the_model_s_own_embedding_and_paints_teal():
+    """/load_model_embeddings (the page's "Load the embeddings made for this model"), then a run with <teal>."""
+    with toy_app(download_files=True) as client:
+        loaded, _ = client.predict(api_name="/load_model_embeddings")
+        assert f"`{TOKEN}` (1 vector)" in loaded
+        _, learned, status, _ = client.predict(prompt=f"a {TOKEN} circle on a white background", token="",
+                                               learned_token=TOKEN, seed=0, preview_every=0,
+                                               api_name="/textual_inversion")
+    assert " · done · " in status
+    assert np.abs(shape_color(Image.open(learned).convert("RGB")) - TEAL).sum() < 60
 
 
 def test_swapping_a_colour_word_recolours_the_shape(toy_engine):

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from gradio_client import Client
 
 import app
 from core.heap import release_freed
-from tests.conftest import ROOT, free_port, start_app
+from tests.conftest import ROOT, free_port, toy_app
 from tests.test_api import X0, txt2img
 from ui import build_app
 from ui.upkeep import Upkeep
@@ -156,16 +154,6 @@ def poll(condition, seconds: float = 60) -> bool:
         time.sleep(0.2)
     return True
 
-
-@contextmanager
-def toy_app(*flags: str) -> Iterator[Client]:
-    """`python app.py --model toy FLAGS`, and a client of it that downloads nothing; stopped on leaving."""
-    proc, url, _ = start_app("--model", "toy", "--port", str(free_port()), *flags)
-    try:
-        yield Client(url, verbose=False, download_files=False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_files_expire_and_an_expired_run_says_so(tmp_path):

@@ -400,7 +400,7 @@ class PairView:
             for frame, other in zip(first.frames, second.frames):
                 update |= {self.status: status_line(frame, "running", about, []),
                            self.progress: progress(frame, "running", seed, [])}
-                if frame.x0_image is not None:
+                if frame.x0_image is not None or frame.image is not None:  # the last step, previewed or not
                     images = (frame.image or frame.x0_image, other.image or other.x0_image)
                     update |= {self.left: images[0], self.right: images[1]}
                 if frame.image is not None:

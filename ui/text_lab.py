@@ -355,6 +355,10 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
         return session_learned, *describe(session_learned)
 
     def load_examples(session_learned):
+        """Add the embeddings made for this model (its folder's embeddings/) to this session's."""
+        with user_errors():
+            if not engine.example_embeddings():
+                raise ValueError("This model has no embeddings of its own: upload a file (/load_embedding)")
         for path in engine.example_embeddings():
             session_learned = {**session_learned, **engine.load_learned(path)}
         return session_learned, *describe(session_learned)
@@ -363,7 +367,7 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
     checked = form.upload.upload(check_file, form.upload, None, api_visibility="private")
     checked.failure(lambda: None, None, form.upload, queue=False, api_visibility="private")  # the refused file goes
     checked.success(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
-    form.examples_button.click(load_examples, lab.learned, outputs, api_visibility="private")
+    form.examples_button.click(load_examples, lab.learned, outputs, api_name="load_model_embeddings")
 
 
 def build_mix_prompts(lab: Lab) -> None:
