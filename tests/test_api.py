@@ -17,10 +17,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "ui" / "assets" / "examples" / "
 
 
 def txt2img(client, prompt="a red circle", negative_prompt="", steps=12, guidance_scale=7.5, seed=7,
-            width=64, height=64, preview_every=1, scheduler="lms"):
+            width=64, height=64, preview_every=1, scheduler="lms", **more):
     return client.submit(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance_scale=guidance_scale, seed=seed, width=width, height=height,
-                         preview_every=preview_every, scheduler=scheduler, api_name="/txt2img")
+                         preview_every=preview_every, scheduler=scheduler, **more, api_name="/txt2img")
 
 
 def image_paths(outputs, index):
@@ -129,7 +129,8 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
 @pytest.mark.parametrize("change, message", [
     ({"width": 68}, "width must be a multiple of 8 from 64 to 128, got 68"),
     ({"prompt": "x" * 5000}, "prompt must be at most 4000 characters, got 5000"),
-    ({"scheduler": "heun"}, "Value: heun is not in the list of choices: ['lms', 'euler', 'ddim', 'dpm++', 'optim']"),
+    ({"scheduler": "heun"}, "Sampler takes one of lms, euler, ddim, dpm++, optim, got 'heun'"),
+    ({"previews": "bogus"}, "Previews decoded by takes one of auto, fast, full, got 'bogus'"),
     ({"seed": None}, "seed is empty: enter a number"),
     ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
     ({"steps": 2.5}, "steps must be a whole number, got 2.5"),

@@ -128,13 +128,20 @@ def test_a_link_reopens_the_experiment(page, app_url):
         other.get_by_text("Generation settings for every experiment on this tab").click()
         expect(other.locator("#tab-text").get_by_label("Seed", exact=True)).to_have_value("5")
         other.screenshot(path=SHOTS / "link-swap.png")
-        other.goto(app_url + "?tab=txt2img&prompt=a+cat&steps=9999&seed=abc")  # each bad value says so, left as is
+        other.goto(app_url + "?tab=txt2img&prompt=a+cat&steps=9999&seed=abc&scheduler=heun")  # each bad value says
         expect(other.get_by_text("The link's steps=9999 is out of range (Steps takes 1 to 200): steps is left as it "
-                                 "was")).to_be_visible(timeout=LINK_TIMEOUT_MS)
+                                 "was")).to_be_visible(timeout=LINK_TIMEOUT_MS)  # so, and is left as it was
         expect(other.get_by_text("The link's seed='abc' is not a number: seed is left as it was")).to_be_visible()
+        expect(other.get_by_text("The link's scheduler='heun' is not a choice (Sampler takes one of lms, euler, ddim, "
+                                 "dpm++, optim): scheduler is left as it was")).to_be_visible()
         txt2img = other.locator("#tab-txt2img")
         expect(txt2img.get_by_label("Prompt", exact=True)).to_have_value("a cat")
         expect(txt2img.get_by_label("number input for Steps")).not_to_have_value("9999")
+        other.goto(app_url + "?tab=attention&parts=mid&parts=up")  # checkboxes: a name given once for each
+        attention = other.locator("#tab-attention")
+        expect(attention.get_by_label("down", exact=True)).not_to_be_checked(timeout=LINK_TIMEOUT_MS)
+        expect(attention.get_by_label("mid", exact=True)).to_be_checked()
+        expect(attention.get_by_label("up", exact=True)).to_be_checked()
     finally:
         other.close()
 

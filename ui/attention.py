@@ -17,7 +17,7 @@ from core import attention, export
 from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, nth, number, user_errors, whole
+from ui.common import GENERATE, CheckboxGroup, Radio, Slider, nth, number, user_errors, whole
 from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, stop_button
 from ui.stops import StopFlags
 
@@ -115,12 +115,12 @@ def form_column(engine: Engine) -> Form:
         generate = gr.Button("Generate", variant="primary")
         stop = stop_button()
     first = [place for place in attention.DEFAULT_PLACES if place in places] or places
-    parts = gr.CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
-                             info="the up blocks place the words best; DAAM sums all three (from the next Generate)")
-    cell_choice = gr.CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
-                                   label="Map resolutions summed over",
-                                   info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64; "
-                                        "from the next Generate)")
+    parts = CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
+                          info="the up blocks place the words best; DAAM sums all three (from the next Generate)")
+    cell_choice = CheckboxGroup([(f"{cell} px cells", cell) for cell in cells], value=cells,
+                                label="Map resolutions summed over",
+                                info="image pixels per cell of a layer's map (SD at 512 px: 8, 16, 32, 64; "
+                                     "from the next Generate)")
     examples = gr.Column()  # under the buttons, above the long generation settings
     controls = Controls(engine)
     with examples:
@@ -132,7 +132,7 @@ def maps_panels(first_token: int) -> Maps:
     """The panels, with the map of the token at `first_token` shown large at first."""
     with gr.Row():
         opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
-        scale = gr.Radio(SCALES, value=OWN, label="Map scale",
+        scale = Radio(SCALES, value=OWN, label="Map scale",
                          info="on one scale black is no attention and white the most any word takes at a pixel")
         token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")

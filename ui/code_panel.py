@@ -92,7 +92,8 @@ class CodePanel:
                 # gradio copies the zip into its own (expiring) cache before this generator resumes
                 archive = Path(folder) / f"sdlens-{tab}-seed{arguments.get('seed')}.zip"
                 write_archive(archive, {"tab": tab, **linked}, script, view.files(*shown))
-                yield script, "?" + urlencode({"tab": tab, **linked}), runs, history.shown(runs), str(archive)
+                query = urlencode({"tab": tab, **linked}, doseq=True)  # a list (checkboxes): its name repeated
+                yield script, "?" + query, runs, history.shown(runs), str(archive)
 
         run.success(show, [*inputs, view.progress, history.state, *view.kept],
                     [self.code, self.link, history.state, history.gallery, self.download],
@@ -169,7 +170,10 @@ class Writers:
 
         def open_link(request: gr.Request) -> dict:
             """A link's tab opened, and its settings put in that tab's inputs."""
-            query = dict(request.query_params)
+            given = {}
+            for name, value in request.query_params.multi_items():  # a name given twice: a list (checkboxes)
+                given.setdefault(name, []).append(value)
+            query = {name: values[0] if len(values) == 1 else values for name, values in given.items()}
             return self.reopen(query.pop("tab", ""), query, tabs, sub_tabs)
 
         def open_run(runs: list, selected: gr.SelectData) -> dict:
@@ -219,17 +223,37 @@ class Writers:
 
 
 def linked_value(component, name: str, value):
-    """A link's (or the history's) value for an input, as the input takes it; a number that is not one, or a
-    slider's number outside its range, is left as it was, with a message."""
+    """A link's (or the history's) value for an input, as the input takes it; a number that is not one, a
+    slider's number outside its range, or a choice the input does not offer, is left as it was, with a message."""
+    if isinstance(component, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)):
+        return linked_choice(component, name, value)
     if not isinstance(component, (gr.Number, gr.Slider)):
         return value
     try:
         number = float(value)
     except (TypeError, ValueError):
-        gr.Warning(f"The link's {name}={value!r} is not a number: {name} is left as it was")
-        return gr.skip()
+        return left_as_it_was(f"The link's {name}={value!r} is not a number", name)
     if isinstance(component, gr.Slider) and not component.minimum <= number <= component.maximum:
-        gr.Warning(f"The link's {name}={value} is out of range ({component.label} takes {component.minimum:g} to "
-                   f"{component.maximum:g}): {name} is left as it was")
-        return gr.skip()
+        return left_as_it_was(f"The link's {name}={value} is out of range ({component.label} takes "
+                              f"{component.minimum:g} to {component.maximum:g})", name)
     return number
+
+
+def linked_choice(component, name: str, value):
+    """A link's choice (checkboxes: choices), as the input offers it: a link carries 8 as "8"."""
+    if getattr(component, "allow_custom_value", False):  # a token picker: the engine reads the token
+        return value
+    offered = {str(choice): choice for _, choice in component.choices}
+    given = value if isinstance(value, list) else [value]
+    unknown = [item for item in given if str(item) not in offered]
+    if unknown:
+        return left_as_it_was(f"The link's {name}={unknown[0]!r} is not a choice ({component.label} takes one of "
+                              f"{', '.join(offered)})", name)
+    chosen = [offered[str(item)] for item in given]
+    return chosen if isinstance(component, gr.CheckboxGroup) else chosen[0]
+
+
+def left_as_it_was(why: str, name: str):
+    """A message that a link's value is not used (a toast is HTML: the value is shown as written)."""
+    gr.Warning(html.escape(f"{why}: {name} is left as it was", quote=False))
+    return gr.skip()

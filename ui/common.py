@@ -126,6 +126,45 @@ class Slider(gr.Slider):
         return super().preprocess(payload)
 
 
+def offered(choices: gr.components.Component, payload):
+    """A choice widget's payload, or a gr.Error naming the widget, the value and its choices (gradio's own
+    message names neither the widget nor, on the page, the value: it writes the value's Python type as a tag)."""
+    values = [value for _, value in choices.choices]
+    for value in payload if isinstance(payload, list) else [payload]:
+        if value is not None and value not in values and not getattr(choices, "allow_custom_value", False):
+            raise gr.Error(html.escape(f"{choices.label} takes one of {', '.join(map(str, values))}, got {value!r}",
+                                       quote=False), print_exception=False)
+    return payload
+
+
+class Radio(gr.Radio):
+    """A radio that refuses a value it does not offer with a message naming it and its choices."""
+
+    is_template = True  # drawn by gr.Radio's front end
+
+    def preprocess(self, payload):
+        return super().preprocess(offered(self, payload))
+
+
+class Dropdown(gr.Dropdown):
+    """A menu that refuses a value it does not offer (unless it takes custom values) with a message naming it
+    and its choices."""
+
+    is_template = True  # drawn by gr.Dropdown's front end
+
+    def preprocess(self, payload):
+        return super().preprocess(offered(self, payload))
+
+
+class CheckboxGroup(gr.CheckboxGroup):
+    """Checkboxes that refuse a value they do not offer with a message naming them and their choices."""
+
+    is_template = True  # drawn by gr.CheckboxGroup's front end
+
+    def preprocess(self, payload):
+        return super().preprocess(offered(self, payload))
+
+
 class Scrubber(Slider):
     """A slider over what a finished run kept: a value typed past either end shows that end, as the page's box
     then reads, where a setting's slider refuses it."""

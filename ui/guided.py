@@ -11,7 +11,7 @@ from core.code import Scripts
 from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, TARGET_OF, Guidance, Target
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, number, user_errors, whole, within_steps
+from ui.common import GENERATE, Dropdown, Radio, Slider, number, user_errors, whole, within_steps
 from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -52,7 +52,7 @@ class LossForm:
 def loss_form(first: Guidance, steps: int) -> LossForm:
     """The loss's controls, starting from `first`; the unguided steps offered are those of a run of `steps`."""
     with gr.Row():
-        loss = gr.Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
+        loss = Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
         loss_scale = Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
         color = gr.ColorPicker(value="#0000ff", label="Target color", info="every pixel is pulled toward it",
                                visible=TARGET_OF.get(first.loss) == "color")
@@ -68,7 +68,7 @@ def loss_form(first: Guidance, steps: int) -> LossForm:
                        info="the notebook: 0; the first steps set the layout, and guidance after them "
                             "mostly keeps it")
     with gr.Row():
-        mode = gr.Radio(list(MODES), value=first.mode, label="Gradient")
+        mode = Radio(list(MODES), value=first.mode, label="Gradient")
     with gr.Accordion("What the losses and gradients do", open=False):
         gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
                     "latents -= gradient x sigma², as in the notebook.")

@@ -6,7 +6,7 @@ import gradio as gr
 from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, number, user_errors, whole
+from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Radio, Slider, given, number, user_errors, whole
 from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -29,7 +29,7 @@ def _inputs(engine: Engine) -> tuple:
 
 def _lms_order(scheduler: str) -> gr.Radio:
     """How LMS counts its order on a mid-schedule start; shown while the sampler is LMS."""
-    return gr.Radio([("from the run's start (this app)", "run"),
+    return Radio([("from the run's start (this app)", "run"),
                      ("from the schedule's start (as diffusers)", "diffusers")], value="run",
                     label="LMS counts its order", elem_id="img2img-lms-order", visible=scheduler == "lms",
                     info="diffusers' LMS applies order 4 from the first step of a mid-schedule start, with one "

@@ -19,7 +19,7 @@ from core import export
 from core.code import Unscriptable
 from core.engine import Engine, Run
 from core.sampler import MAX_GUIDANCE, MAX_STEPS, MIN_SIDE, PREVIEWS, RANDOM_SEED, Frame, RunFailed, Settings
-from ui.common import SAMPLER_CHOICES, Scrubber, Slider, counter, nth, number, user_errors, whole
+from ui.common import SAMPLER_CHOICES, Dropdown, Radio, Scrubber, Slider, counter, nth, number, user_errors, whole
 from ui.read_ahead import read_ahead
 from ui.stops import StopFlags
 
@@ -159,10 +159,10 @@ class Controls:
             self.preview_every = Slider(0, MAX_STEPS, value=defaults.preview_every, step=1,
                                         label="Preview every N steps",
                                         info=about("preview_every", "0: only the final image"))
-            self.previews = gr.Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
+            self.previews = Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
                                      info=about("previews", " · ".join(f"{name}: {text}"
                                                                        for name, text in PREVIEWS.items())))
-        self.scheduler = gr.Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler",
+        self.scheduler = Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler",
                                      info=about("scheduler"))
         dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
 

@@ -6,8 +6,8 @@ import pandas as pd
 
 from core.engine import Engine
 from core.sampler import MAX_STEPS
-from ui.common import (EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, ImageFile, Slider, given, user_errors, whole,
-                       within_steps)
+from ui.common import (EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, Dropdown, ImageFile, Slider, given, user_errors,
+                       whole, within_steps)
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
@@ -33,7 +33,7 @@ def build(engine: Engine, concurrency: int) -> None:
     first_table, first_plot, first_explain = schedule(defaults.steps, defaults.scheduler)
     with gr.Row():
         steps = Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
-        scheduler = gr.Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler")
+        scheduler = Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler")
     with gr.Row():
         with gr.Column():
             plot = gr.LinePlot(first_plot, x="step", y="sigma", title="sigma at each step", height=280,

@@ -5,7 +5,7 @@ import gradio as gr
 
 from core.engine import Engine
 from core.views import MAX_CHANNEL_SCALE
-from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Slider, given, number, user_errors
+from ui.common import EXAMPLE_IMAGES, GENERATE, Dropdown, ImageFile, Slider, given, number, user_errors
 from ui.run_view import PANEL, image_panel
 
 NO_EDIT = "none"
@@ -20,8 +20,8 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
                               height=PANEL // 2, elem_id="vae-input", value=str(EXAMPLE_IMAGES[0]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():
-                channel = gr.Dropdown(channels, value=NO_EDIT, label="Decode again with channel ...",
-                                      info="to see what one channel carries")
+                channel = Dropdown(channels, value=NO_EDIT, label="Decode again with channel ...",
+                                   info="to see what one channel carries")
                 scale = Slider(-MAX_CHANNEL_SCALE, MAX_CHANNEL_SCALE, value=0, step=0.25, interactive=False,
                                label="... multiplied by", info="0 removes the channel")
             run = gr.Button("Encode and decode", variant="primary")
