@@ -324,3 +324,11 @@ def test_code_says_what_is_wrong_with_its_input(app_url, tab, parameters, messag
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match=re.escape(message)):
         client.predict(tab, parameters, api_name="/code")
+
+
+def test_every_endpoint_names_what_it_returns(app_url):
+    """view_api names each output by its label: a status line or a plot without one reads as "value_38"."""
+    endpoints = Client(app_url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    unnamed = [(name, output["component"]) for name, endpoint in endpoints.items()
+               for output in endpoint["returns"] if re.fullmatch(r"value_\d+", output["label"] or "value_0")]
+    assert "/txt2img" in endpoints and not unnamed, unnamed

@@ -162,7 +162,7 @@ class Writers:
         `learned` is the session's learned embeddings (for the tabs that take them), `tabs` the page's tabs and
         `sub_tabs` the tabs inside some of them, by id."""
         with gr.Row(visible=False):
-            tab, parameters, script = gr.Textbox(), gr.JSON(), gr.Code(language="python")
+            tab, parameters, script = gr.Textbox(), gr.JSON(), gr.Code(language="python", label="Script")
         gr.Button(visible=False).click(self.code, [tab, parameters, learned], script, api_name="code", queue=False)
         shown = list({id(c): c for e in self.experiments.values() for c in e.inputs if not isinstance(c, gr.State)}
                      .values())

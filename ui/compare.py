@@ -80,9 +80,9 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
             pick = Scrubber(1, 2, value=1, step=1, label="Step to take apart", visible=False, elem_id="parts-pick",
                           info="the steps the run streamed, first to last: the two predictions differ most in "
                                "the early steps, and by the last one all three x0 agree")
-            status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True)
-            plot = gr.LinePlot(x="step", y="distance", title="how far apart the two predictions' x0 are (RMS)",
-                               height=220, elem_id="parts-plot")
+            status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True, label="Status")
+            plot = gr.LinePlot(x="step", y="distance", label="Distance by step", height=220, elem_id="parts-plot",
+                               title="how far apart the two predictions' x0 are (RMS over the latents)")
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
     kept = gr.State(None)  # the last run's steps taken apart: [(step caption, [(file, caption) x 4], distance), ...]
@@ -212,12 +212,12 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
                             f"{kind}-strip", 6 if kind != "seeds" else 4)
-            status = gr.Markdown("Press Compare: the runs go step by step, side by side.", elem_id=f"{kind}-status",
-                                 line_breaks=True)
+            status = gr.Markdown("Press Compare: the runs go step by step, side by side.", label="Status",
+                                 elem_id=f"{kind}-status", line_breaks=True)
             plots = ([gr.LinePlot(x="step", y="x0 movement", color="sampler", height=220, elem_id="samplers-movement",
-                                  title="how far x0 moves in each step (RMS)"),
+                                  label="x0 movement by step", title="how far x0 moves in each step (RMS)"),
                       gr.LinePlot(x="step", y="sigma", color="sampler", height=220, elem_id="samplers-sigmas",
-                                  title="the sigma schedules (samplers on one schedule draw one line)")]
+                                  label="Sigmas", title="the sigma schedules (samplers on one schedule draw one line)")]
                      if kind == "samplers" else [])
             gif = image_panel("The runs as a GIF", "scales-gif", type="filepath") if kind == "scales" else None
             run_progress = gr.JSON(visible=False, label="Run progress")

@@ -55,7 +55,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             with gr.Row():
                 fitted = image_panel("The input as the model takes it", "img2img-fitted")
                 begin = image_panel("The noised latents the run starts from, decoded", "img2img-start")
-            about = gr.Markdown("", elem_id="img2img-about", line_breaks=True)
+            about = gr.Markdown("", elem_id="img2img-about", line_breaks=True, label="About the start")
             view = RunView("img2img", stops, "Press Generate: the image is noised to the start step, then denoised.",
                            sendable=True)
             code = CodePanel(writers, "img2img", ("img2img",))

@@ -226,7 +226,7 @@ class RunView:
         with gr.Row():
             self.x_t = image_panel("x_t: the noisy latents the UNet sees, decoded", f"{name}-xt")
             self.x0 = image_panel("predicted x0, decoded", f"{name}-x0")
-        self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True)
+        self.status = gr.Markdown(idle, elem_id=f"{name}-status", line_breaks=True, label="Status")
         self.progress = gr.JSON(visible=False, label="Run progress")  # for scripts: step, sigma, state, seed
         self.scrub = Scrubber(1, 2, value=1, step=1, label="Scrub through the run", visible=False,
                             info="the previews it streamed, first to last: the status line names each one's step")
@@ -368,7 +368,8 @@ class PairView:
         with gr.Row():
             self.left = image_panel(f"{left}: predicted x0", f"{name}-left")
             self.right = image_panel(f"{right}: predicted x0", f"{name}-right")
-        self.status = gr.Markdown("Press Generate both: the two run from the same noise.", elem_id=f"{name}-status",
+        self.status = gr.Markdown("Press Generate both: the two run from the same noise.", label="Status",
+                                  elem_id=f"{name}-status",
                                   line_breaks=True)
         self.progress = gr.JSON(visible=False, label="Run progress")
 

@@ -36,9 +36,9 @@ def build(engine: Engine, concurrency: int) -> None:
         scheduler = Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler")
     with gr.Row():
         with gr.Column():
-            plot = gr.LinePlot(first_plot, x="step", y="sigma", title="sigma at each step", height=280,
-                               elem_id="schedule-plot")
-            explain = gr.Markdown(first_explain, elem_id="schedule-explain")
+            plot = gr.LinePlot(first_plot, x="step", y="sigma", label="Sigma by step", title="sigma at each step",
+                               height=280, elem_id="schedule-plot")
+            explain = gr.Markdown(first_explain, elem_id="schedule-explain", label="About the schedule")
         table = gr.Dataframe(first_table, label="The schedule", elem_id="schedule-table", max_height=380)
     gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
           api_name="schedule", show_progress="hidden")
@@ -61,7 +61,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
             add = gr.Button("Add noise", variant="primary")
         with gr.Column(scale=3):
             noised = image_panel("Noised to the step, decoded", "noise-chosen")
-            about = gr.Markdown(elem_id="noise-about")
+            about = gr.Markdown(elem_id="noise-about", label="About the noised step")
             row = gr.Gallery(label="The same noise at steps across the schedule (step: sigma)", columns=6, format="png",
                              height=PANEL // 2 + 60, elem_classes=["pixels", "columns-6"], elem_id="noise-row",
                              object_fit="contain", interactive=False)

@@ -119,7 +119,7 @@ def build_tokens(lab: Lab) -> None:
                              headers=TOKEN_COLUMNS,
                              column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
         with gr.Column(scale=2):
-            proof = gr.Markdown(elem_id="tokens-proof")
+            proof = gr.Markdown(elem_id="tokens-proof", label="Checked against the text encoder")
             token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
                                   elem_classes="pixels", height=PANEL // 2, elem_id="tokens-heat")
             position_heat = gr.Image(label="Position embeddings of the same positions", format="png",
@@ -259,7 +259,7 @@ def inversion_form(lab: Lab) -> InversionForm:
                      file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
     examples_button = gr.Button("Load the embeddings made for this model", size="sm",
                                 visible=bool(engine.example_embeddings()))
-    loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded")
+    loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded", label="Loaded embeddings")
     ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
     ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
                                 "a word of the prompt (the notebook's way); empty: as written")

@@ -29,7 +29,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
             with gr.Row():
                 fitted = image_panel("Input, as the VAE takes it", "vae-fitted")
                 reconstruction = image_panel("Decoded again: the reconstruction", "vae-reconstruction")
-            about = gr.Markdown("Press Encode and decode.", elem_id="vae-about")
+            about = gr.Markdown("Press Encode and decode.", elem_id="vae-about", label="About the round trip")
             latent_channels = gr.Gallery(label="Latent channels, each stretched from its min to its max (below it)",
                                          columns=engine.bundle.latent_channels, height=PANEL // 2 + 60, format="png",
                                          elem_classes="pixels", elem_id="vae-channels", object_fit="contain",
