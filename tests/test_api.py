@@ -301,6 +301,9 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     code = client.predict("txt2img", TXT2IMG_PARAMETERS, api_name="/code")
     settings = Settings(steps=12, guidance_scale=7.5, seed=7, height=64, width=64, preview_every=1)
     assert code.strip() == Scripts(Engine(tiny_bundle)).txt2img("a red circle", "", settings).strip()  # gr.Code strips
+    left_out = client.predict("txt2img", {"prompt": "a red circle"}, api_name="/code")  # the tab's defaults
+    engine = Engine(tiny_bundle)
+    assert left_out.strip() == Scripts(engine).txt2img("a red circle", "", engine.default_settings()).strip()
     swap_parameters = {k: v for k, v in TXT2IMG_PARAMETERS.items() if k != "negative_prompt"}
     swap = client.predict("swap_token", swap_parameters | {"token": "red", "replacement": "blue"}, api_name="/code")
     assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap
@@ -315,8 +318,8 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     ("vae", {}, "tab must be one of txt2img, img2img, swap_token, mix_tokens, textual_inversion, mix_prompts, "
                 "guided, attention, cfg_parts, cfg_sweep, compare_samplers, compare_seeds, got 'vae'"),
     ("compare_samplers", {**TXT2IMG_PARAMETERS, "entries": "lms, optim"}, "'optim' is this app's own"),
-    ("txt2img", {"prompt": "a cat"}, "txt2img takes prompt, negative_prompt, steps, guidance_scale, seed, width, "
-                                     "height, preview_every, previews, scheduler; missing: negative_prompt"),
+    ("img2img", {"prompt": "a cat"}, "img2img takes image, prompt, negative_prompt, strength, lms_order, steps, "
+                                     "guidance_scale, seed, preview_every, previews, scheduler; missing: image"),
     ("txt2img", {**TXT2IMG_PARAMETERS, "strength": 1}, "unknown: strength"),
     ("txt2img", {**TXT2IMG_PARAMETERS, "steps": 0}, "steps must be a whole number from 1 to 200, got 0"),
 ])

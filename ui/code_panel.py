@@ -190,23 +190,26 @@ class Writers:
         self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private")
 
     def code(self, tab: str, parameters: dict, session_learned: dict):
-        """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (every one of that
-        endpoint's named parameters, as a JSON object)."""
+        """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (that endpoint's
+        named parameters, as a JSON object; those left out take the tab's defaults, as the endpoint's do, but an
+        image must be given)."""
         with user_errors():
             if tab not in self.experiments:
                 raise ValueError(f"tab must be one of {', '.join(self.experiments)}, got {tab!r}")
-            writer = self.experiments[tab].writer
+            experiment = self.experiments[tab]
             if not isinstance(parameters, dict):
                 raise ValueError(f"parameters must be a JSON object of {tab}'s named parameters, got {parameters!r}")
-            named = [name for name in self.experiments[tab].names() if name != "learned"]
+            named = [name for name in experiment.names() if name != "learned"]
+            defaults = {name: component.value for name, component in zip(experiment.names(), experiment.inputs)
+                        if name not in UNLINKED}
             unknown = sorted(set(parameters) - set(named))
-            missing = [name for name in named if name not in parameters]
+            missing = [name for name in named if name not in parameters and name not in defaults]
             if unknown or missing:
                 raise ValueError(f"{tab} takes {', '.join(named)}; " + "; ".join(
                     f"{what}: {', '.join(names)}" for what, names in (("missing", missing), ("unknown", unknown))
                     if names))
-            extra = {"learned": session_learned} if "learned" in self.experiments[tab].names() else {}
-            return writer(**parameters, **extra)
+            extra = {"learned": session_learned} if "learned" in experiment.names() else {}
+            return experiment.writer(**(defaults | parameters), **extra)
 
     def reopen(self, tab: str, settings: dict, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]) -> dict:
         """Updates that open `tab` (and its sub-tab) and put `settings` in its inputs; none for an unknown tab
