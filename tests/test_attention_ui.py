@@ -38,7 +38,7 @@ def test_attention_streams_every_step_and_ends_with_the_result_and_each_tokens_f
     assert all(len(out[GRID]) == len(TOKENS) for out in streamed)  # every token's map at every step
     last = job.result()
     assert Image.open(last[RESULT]).size == (64, 64)
-    assert [item["caption"] for item in last[MAPS]] == TOKENS
+    assert [item["caption"] for item in last[MAPS]] == [f"{i} {token}" for i, token in enumerate(TOKENS)]
     served = [Image.open(item["image"]) for item in last[MAPS]]
     assert {(image.mode, image.size, image.getextrema()) for image in served} == {("L", (64, 64), (0, 255))}
     settings = Settings(steps=5, guidance_scale=7.5, seed=4, height=64, width=64)
@@ -136,7 +136,7 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     expect(grid).to_have_count(10)
     expect(grid.nth(3)).to_contain_text("3 heart · ")
     expect(page.locator("#attention-maps .thumbnail-item")).to_have_count(10)
-    expect(page.locator("#attention-maps .caption-label").nth(3)).to_have_text("heart")
+    expect(page.locator("#attention-maps .caption-label").nth(3)).to_have_text("3 heart")
     expect(page.locator("#attention-mass")).to_contain_text("How this step's attention splits")
     page.screenshot(path=SHOTS / "attention.png", full_page=True)
     page.screenshot(path=PICTURES / "attention.png", full_page=True)
@@ -167,7 +167,7 @@ def test_on_one_scale_the_background_words_map_goes_dark(toy_page):
     set_number(tab, "Scrub through the run", 20)
     expect(page.locator("#attention-status")).to_contain_text("step 20 / 20")
     background = page.locator("#attention-maps img").nth(7)
-    expect(page.locator("#attention-maps .caption-label").nth(7)).to_have_text("background")
+    expect(page.locator("#attention-maps .caption-label").nth(7)).to_have_text("7 background")
     own = background.get_attribute("src")
     tab.get_by_label("one scale for all: how much each token takes").check()
     expect(background).not_to_have_attribute("src", own)

@@ -58,13 +58,14 @@ class StepView(NamedTuple):
 
 def panels(x0, step: StepView, opacity: float, token: int, scale: str) -> list:
     """One step's maps for the page: each over x0 in the grid, captioned with its token and share; the chosen one
-    large; the shares as a chart; the maps in grayscale on the chosen scale, captioned with their tokens."""
+    large; the shares as a chart; the maps in grayscale on the chosen scale, captioned with their tokens (each
+    with its position: a prompt can hold a word twice)."""
     shares, tokens, grays = step.shares, step.tokens, step.scaled(scale)
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
     names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
     bars = [f"{i:02d} {word(name)}" for i, name in enumerate(tokens)]  # the chart sorts its bars as text
     return [[(image, f"{name} · {share:.1%}") for image, name, share in zip(over, names, shares)], over[token],
-            pd.DataFrame({"token": bars, "share": shares}), [(gray, word(name)) for gray, name in zip(grays, tokens)]]
+            pd.DataFrame({"token": bars, "share": shares}), list(zip(grays, names))]
 
 
 def kept_frames(last_run, last_maps) -> list[tuple[str, str, StepView]]:
