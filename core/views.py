@@ -41,6 +41,8 @@ class TokenView:
     truncated: str                 # what CLIP cuts off
     token_heat: Image.Image        # the token embeddings, a row per token (blue negative, red positive)
     position_heat: Image.Image     # the position embeddings of the same positions
+    token_range: float             # the largest |value| of the token embeddings shown: full blue or red
+    position_range: float          # the same for the position embeddings
     max_diff: float                # |our encoder path - text_encoder(ids)|, max: 0 when they agree
     max_diff_without_mask: float   # the same without the causal mask: what the mask changes
 
@@ -91,9 +93,9 @@ class Views:
         reference = bundle.text_encoder(plain.input_ids.to(bundle.device))[0]
         ours = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids))
         open_ = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids), causal=False)
-        shown = slice(0, tokens.length)
+        shown = embeds[0, :tokens.length], positions[0, :tokens.length]
         return TokenView(rows, bundle.max_length - tokens.length, tokens.truncated,
-                         heat_image(embeds[0, shown]), heat_image(positions[0, shown]),
+                         *map(heat_image, shown), *(matrix.abs().max().item() for matrix in shown),
                          (ours - reference).abs().max().item(), (open_ - reference).abs().max().item())
 
     @torch.no_grad()

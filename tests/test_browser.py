@@ -473,6 +473,7 @@ def test_tokens_table_and_the_encoder_proof(page):
     expect(page.locator("#tokens-table")).to_contain_text("6829")
     expect(page.locator("#tokens-table")).to_contain_text("69 x <|endoftext|>")
     expect(page.locator("#tokens-heat img")).to_have_count(1)
+    expect(page.locator("#tokens-heat")).to_contain_text(re.compile(r"blue < 0 < red, full at ±\d"))  # its scale
     page.screenshot(path=SHOTS / "text-tokens.png", full_page=True)
 
 

@@ -133,6 +133,9 @@ def test_token_view_lists_tokens_and_proves_the_encoder(engine):
     assert [token for _, token, *_ in view.rows] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
     assert view.padding == 69 and view.max_diff == 0.0 and view.max_diff_without_mask > 1e-3
     assert view.token_heat.size == (HIDDEN * 4, 8 * 4)
+    table = engine.bundle.text_encoder.get_input_embeddings().weight[[row[1] for row in view.rows]]
+    assert view.token_range == table.abs().max().item()  # the value drawn in full colour
+    assert np.asarray(view.token_heat)[..., 1].min() == 0  # that cell in full blue or red: no green left
 
 
 # --- textual inversion ---

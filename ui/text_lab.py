@@ -26,8 +26,15 @@ SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
 
 BYTES_NOTE = ("CLIP's tokenizer reads bytes: a character outside plain ASCII (an accent, an emoji) shows as the "
               "symbols its UTF-8 bytes map to, as in ðŁĮŁ for 🌟.")
+TOKEN_HEAT, POSITION_HEAT = "Token embeddings, a row per token", "Position embeddings of the same positions"
 TOKEN_COLUMNS = [  # the token table's, shown before the first press too
     "position", "token id", "token", "|token embedding|", "|position embedding|"]
+
+
+def heat_label(what: str, top: float | None = None) -> str:
+    """A heat map's label; once a prompt is shown, with the value drawn in full blue or red (each map is
+    stretched to its own largest |value|)."""
+    return f"{what} (blue < 0 < red" + (f", full at ±{top:.3g})" if top is not None else ")")
 
 
 def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str, str]]:
@@ -120,9 +127,9 @@ def build_tokens(lab: Lab) -> None:
                              column_widths=["14%", "14%", "32%", "20%", "20%"], max_height=520, scale=3)
         with gr.Column(scale=2):
             proof = gr.Markdown(elem_id="tokens-proof", label="Checked against the text encoder")
-            token_heat = gr.Image(label="Token embeddings (a row per token; blue < 0 < red)", format="png",
+            token_heat = gr.Image(label=heat_label(TOKEN_HEAT), format="png",
                                   elem_classes="pixels", height=PANEL // 2, elem_id="tokens-heat")
-            position_heat = gr.Image(label="Position embeddings of the same positions", format="png",
+            position_heat = gr.Image(label=heat_label(POSITION_HEAT), format="png",
                                      elem_classes="pixels", height=PANEL // 2, elem_id="tokens-positions")
 
     def tokenize(prompt, learned):
@@ -142,7 +149,9 @@ def build_tokens(lab: Lab) -> None:
             text += f"  \n⚠️ Past CLIP's 77 tokens, ignored: “{view.truncated}”"
         if not prompt.isascii():
             text += f"  \n{BYTES_NOTE}"
-        return pd.DataFrame(rows, columns=TOKEN_COLUMNS), text, view.token_heat, view.position_heat
+        return (pd.DataFrame(rows, columns=TOKEN_COLUMNS), text,
+                gr.Image(view.token_heat, label=heat_label(TOKEN_HEAT, view.token_range)),
+                gr.Image(view.position_heat, label=heat_label(POSITION_HEAT, view.position_range)))
 
     gr.on([show.click, token_prompt.submit], tokenize, [token_prompt, lab.learned],
           [table, proof, token_heat, position_heat], api_name="tokenize")
