@@ -129,8 +129,8 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
 @pytest.mark.parametrize("change, message", [
     ({"width": 68}, "width must be a multiple of 8 from 64 to 128, got 68"),
     ({"prompt": "x" * 5000}, "prompt must be at most 4000 characters, got 5000"),
-    ({"scheduler": "heun"}, "Sampler takes one of lms, euler, ddim, dpm++, optim, got 'heun'"),
-    ({"previews": "bogus"}, "Previews decoded by takes one of auto, fast, full, got 'bogus'"),
+    ({"scheduler": "heun"}, "Sampler takes one of 'lms', 'euler', 'ddim', 'dpm++', 'optim', got 'heun'"),
+    ({"previews": "bogus"}, "Previews decoded by takes one of 'auto', 'fast', 'full', got 'bogus'"),
     ({"seed": None}, "seed is empty: enter a number"),
     ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
     ({"steps": 2.5}, "steps must be a whole number, got 2.5"),
@@ -205,6 +205,8 @@ def test_vae_schedule_and_add_noise_endpoints(app_url):
     assert "64x64x3 -> 8x8x4: 48x fewer numbers" in about and "PSNR" in about
     assert [c["caption"].split(":")[0] for c in channels] == ["ch 0", "ch 1", "ch 2", "ch 3"]
     assert Image.open(edited).size == (64, 64)
+    with pytest.raises(Exception, match=re.escape("channel ... takes one of 'none', '0', '1', '2', '3', got 2")):
+        client.predict(handle_file(str(EXAMPLE)), 2, 0, api_name="/vae")  # a number, where the menu offers text
     table, plot, explain = client.predict(15, "lms", api_name="/schedule")
     assert [round(row[2], 4) for row in table["data"][:3]] == [14.6146, 9.6826, 6.678]
     assert "init_noise_sigma = 14.6146" in explain

@@ -79,9 +79,10 @@ def test_on_one_scale_the_maps_and_the_video_are_the_engines_redrawn(app_url, ti
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"scale": "log"}, "Map scale takes one of own, one, got 'log'"),
+    ({"scale": "log"}, "Map scale takes one of 'own', 'one', got 'log'"),
     ({"token": 6}, "token must be a position from 0 to 5 (this prompt's maps: 0 <|startoftext|>, 1 a, 2 red"),
     ({"cells": [8]}, "Map resolutions summed over takes one of 16, got 8"),
+    ({"parts": "up"}, "UNet parts the maps are summed over takes a list of 'down', 'mid', 'up', got 'up'"),
     ({"parts": []}, "UNet parts must be one or more of down, mid, up, got []"),
     ({"opacity": 2}, "Map opacity over x0 takes 0 to 1, got 2"),
 ])

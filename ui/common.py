@@ -126,15 +126,24 @@ class Slider(gr.Slider):
         return super().preprocess(payload)
 
 
-def offered(choices: gr.components.Component, payload):
-    """A choice widget's payload, or a gr.Error naming the widget, the value and its choices (gradio's own
-    message names neither the widget nor, on the page, the value: it writes the value's Python type as a tag)."""
-    values = [value for _, value in choices.choices]
+def offered(widget: gr.components.Component, payload):
+    """A choice widget's payload, or a gr.Error naming the widget, the value and its choices, each as Python
+    writes it (so that 2 and '2' differ): gradio's own message names neither the widget nor, on the page, the
+    value, which it follows with its Python type as a tag. Checkboxes take a list."""
+    if getattr(widget, "allow_custom_value", False) or payload is None:
+        return payload
+    values = [value for _, value in widget.choices]
+    if isinstance(widget, gr.CheckboxGroup) and not isinstance(payload, list):
+        refuse(f"{widget.label} takes a list of {', '.join(map(repr, values))}, got {payload!r}")
     for value in payload if isinstance(payload, list) else [payload]:
-        if value is not None and value not in values and not getattr(choices, "allow_custom_value", False):
-            raise gr.Error(html.escape(f"{choices.label} takes one of {', '.join(map(str, values))}, got {value!r}",
-                                       quote=False), print_exception=False)
+        if value not in values:
+            refuse(f"{widget.label} takes one of {', '.join(map(repr, values))}, got {value!r}")
     return payload
+
+
+def refuse(message: str):
+    """A message for the page (shown as HTML: a value such as <teal> stays as written)."""
+    raise gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
 class Radio(gr.Radio):
