@@ -293,10 +293,12 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                   for label, frame, run in zip(labels, last, runs)]
         steps = "" if len({count[1:] for count in counts}) == 1 else " · steps run: " + ", ".join(
             f"{label} {done} / {total}" for label, done, total in counts)  # optim's early stop, an entry's own count
+        notes = [*runs[0].notes, *said]
         return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
-                     status_line(lead, state, about + steps, [*runs[0].notes, *said]),
+                     status_line(lead, state, about + steps, notes),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
-                     {"state": state, "entries": labels, "steps": [frame.index + 1 if frame else 0 for frame in last],
+                     {"state": state, "entries": labels, "steps": [done for _, done, _ in counts],
+                      "totals": [total for *_, total in counts], "notes": notes,
                       "seeds": [run.settings.seed for run in runs], "seed": runs[0].settings.seed})
 
     with user_errors():
