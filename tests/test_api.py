@@ -306,6 +306,8 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     left_out = client.predict("txt2img", {"prompt": "a red circle"}, api_name="/code")  # the tab's defaults
     engine = Engine(tiny_bundle)
     assert left_out.strip() == Scripts(engine).txt2img("a red circle", "", engine.default_settings()).strip()
+    image = client.predict("img2img", {"prompt": "a cat"}, api_name="/code")  # the example image, as /img2img
+    assert "green-star.png" in image
     swap_parameters = {k: v for k, v in TXT2IMG_PARAMETERS.items() if k != "negative_prompt"}
     swap = client.predict("swap_token", swap_parameters | {"token": "red", "replacement": "blue"}, api_name="/code")
     assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap
@@ -320,8 +322,9 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     ("vae", {}, "tab must be one of txt2img, img2img, swap_token, mix_tokens, textual_inversion, mix_prompts, "
                 "guided, attention, cfg_parts, cfg_sweep, compare_samplers, compare_seeds, got 'vae'"),
     ("compare_samplers", {**TXT2IMG_PARAMETERS, "entries": "lms, optim"}, "'optim' is this app's own"),
-    ("img2img", {"prompt": "a cat"}, "img2img takes image, prompt, negative_prompt, strength, lms_order, steps, "
-                                     "guidance_scale, seed, preview_every, previews, scheduler; missing: image"),
+    ("textual_inversion", {"prompt": "a cat"}, "textual_inversion takes prompt, token, learned_token, steps, "
+                                               "guidance_scale, seed, width, height, preview_every, previews, "
+                                               "scheduler; missing: learned_token"),
     ("txt2img", {**TXT2IMG_PARAMETERS, "strength": 1}, "unknown: strength"),
     ("txt2img", {**TXT2IMG_PARAMETERS, "steps": 0}, "steps must be a whole number from 1 to 200, got 0"),
 ])

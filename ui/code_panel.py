@@ -170,11 +170,10 @@ class Writers:
 
         def open_link(request: gr.Request) -> dict:
             """A link's tab opened, and its settings put in that tab's inputs."""
-            given = {}
-            for name, value in request.query_params.multi_items():  # a name given twice: a list (checkboxes)
-                given.setdefault(name, []).append(value)
-            query = {name: values[0] if len(values) == 1 else values for name, values in given.items()}
-            return self.reopen(query.pop("tab", ""), query, tabs, sub_tabs)
+            query = {}
+            for name, value in request.query_params.multi_items():  # checkboxes: a name given for each one
+                query.setdefault(name, []).append(value)
+            return self.reopen(query.pop("tab", [""])[-1], query, tabs, sub_tabs)
 
         def open_run(runs: list, selected: gr.SelectData) -> dict:
             """A run of the history: its tab opened with its settings (the pictures there stay the last run's)."""
@@ -191,8 +190,7 @@ class Writers:
 
     def code(self, tab: str, parameters: dict, session_learned: dict):
         """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (that endpoint's
-        named parameters, as a JSON object; those left out take the tab's defaults, as the endpoint's do, but an
-        image must be given)."""
+        named parameters, as a JSON object; those left out take the tab's defaults, as the endpoint's do)."""
         with user_errors():
             if tab not in self.experiments:
                 raise ValueError(f"tab must be one of {', '.join(self.experiments)}, got {tab!r}")
@@ -200,8 +198,8 @@ class Writers:
             if not isinstance(parameters, dict):
                 raise ValueError(f"parameters must be a JSON object of {tab}'s named parameters, got {parameters!r}")
             named = [name for name in experiment.names() if name != "learned"]
-            defaults = {name: component.value for name, component in zip(experiment.names(), experiment.inputs)
-                        if name not in UNLINKED}
+            defaults = {name: default_of(component) for name, component in zip(experiment.names(), experiment.inputs)
+                        if default_of(component) is not None}
             unknown = sorted(set(parameters) - set(named))
             missing = [name for name in named if name not in parameters and name not in defaults]
             if unknown or missing:
@@ -212,8 +210,9 @@ class Writers:
             return experiment.writer(**(defaults | parameters), **extra)
 
     def reopen(self, tab: str, settings: dict, tabs: gr.Tabs, sub_tabs: dict[str, gr.Tabs]) -> dict:
-        """Updates that open `tab` (and its sub-tab) and put `settings` in its inputs; none for an unknown tab
-        (or none given: the page opened without a link)."""
+        """Updates that open `tab` (and its sub-tab) and put `settings` (a link's lists of values, or the values
+        of a run in the history) in its inputs; none for an unknown tab (or none given: the page opened without a
+        link)."""
         experiment = self.experiments.get(tab)
         if experiment is None:
             return {tabs: gr.skip()}  # an empty dict would be read as one value for all the outputs
@@ -225,9 +224,19 @@ class Writers:
         return updates
 
 
+def default_of(component):
+    """What an endpoint passes for a parameter left out, as gradio does: the input's value on a fresh page (an
+    image: its file), none for the session's state or an input that starts empty."""
+    value = None if isinstance(component, gr.State) else component.value
+    return value.get("path") if isinstance(value, dict) and "path" in value else value
+
+
 def linked_value(component, name: str, value):
     """A link's (or the history's) value for an input, as the input takes it; a number that is not one, a
-    slider's number outside its range, or a choice the input does not offer, is left as it was, with a message."""
+    slider's number outside its range, or a choice the input does not offer, is left as it was, with a message.
+    A link gives each name's values as a list: checkboxes take them all, any other input the last."""
+    if isinstance(value, list) and not isinstance(component, gr.CheckboxGroup):
+        value = value[-1]
     if isinstance(component, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)):
         return linked_choice(component, name, value)
     if not isinstance(component, (gr.Number, gr.Slider)):
