@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+import core.sampler
 from core import vae
 from core.sampler import Settings, sample
 from tests.conftest import as_the_app_runs
@@ -60,12 +61,21 @@ def test_fast_decode_is_the_vae_where_the_map_is_poor_and_the_map_where_it_is_go
     assert frames[0].x0_image.size == (8, 8) and frames[-1].image.size == (64, 64)
 
 
-def test_the_previews_never_change_the_final_image(toy_engine):
+def test_the_previews_never_change_the_final_image(toy_engine, monkeypatch):
     """The finished image is decoded on its own, however the run previews: batched with a preview step's x_t and
-    x0, the VAE's sums differ in their last bits, and at this seed one pixel moved by one grey level."""
+    x0, the VAE's sums differ in their last bits, and at this seed (in the app's threads) one pixel moved by one
+    grey level."""
+    batches = []
+
+    def decode(bundle, latents):
+        batches.append(len(latents))
+        return vae.decode(bundle, latents)
+
+    monkeypatch.setattr(core.sampler, "decode", decode)
     settings = replace(toy_engine.default_settings(), steps=20, seed=384766244)
     with as_the_app_runs():
         images = [list(toy_engine.txt2img("a red circle on a white background", "",
                                           replace(settings, preview_every=every, previews=previews)).frames)[-1].image
                   for every, previews in ((0, "auto"), (1, "full"), (1, "fast"), (3, "full"))]
     assert all(image.tobytes() == images[0].tobytes() for image in images[1:])
+    assert batches.count(1) == 4 and set(batches) == {1, 2}  # each run's final latents alone; previews in pairs
