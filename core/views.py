@@ -93,10 +93,12 @@ class Views:
         reference = bundle.text_encoder(plain.input_ids.to(bundle.device))[0]
         ours = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids))
         open_ = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids), causal=False)
-        shown = embeds[0, :tokens.length], positions[0, :tokens.length]
+        token_rows, position_rows = embeds[0, :tokens.length], positions[0, :tokens.length]
         return TokenView(rows, bundle.max_length - tokens.length, tokens.truncated,
-                         *map(heat_image, shown), *(matrix.abs().max().item() for matrix in shown),
-                         (ours - reference).abs().max().item(), (open_ - reference).abs().max().item())
+                         token_heat=heat_image(token_rows), position_heat=heat_image(position_rows),
+                         token_range=token_rows.abs().max().item(), position_range=position_rows.abs().max().item(),
+                         max_diff=(ours - reference).abs().max().item(),
+                         max_diff_without_mask=(open_ - reference).abs().max().item())
 
     @torch.no_grad()
     def check_channel_edit(self, channel: int | None, scale: float) -> None:

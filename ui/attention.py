@@ -134,7 +134,7 @@ def maps_panels(first_token: int) -> Maps:
     with gr.Row():
         opacity = Slider(0, 1, value=OPACITY, step=0.05, label="Map opacity over x0")
         scale = Radio(SCALES, value=OWN, label="Map scale",
-                         info="on one scale black is no attention and white the most any word takes at a pixel")
+                      info="on one scale black is no attention and white the most any word takes at a pixel")
         token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,

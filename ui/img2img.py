@@ -30,10 +30,10 @@ def _inputs(engine: Engine) -> tuple:
 def _lms_order(scheduler: str) -> gr.Radio:
     """How LMS counts its order on a mid-schedule start; shown while the sampler is LMS."""
     return Radio([("from the run's start (this app)", "run"),
-                     ("from the schedule's start (as diffusers)", "diffusers")], value="run",
-                    label="LMS counts its order", elem_id="img2img-lms-order", visible=scheduler == "lms",
-                    info="diffusers' LMS applies order 4 from the first step of a mid-schedule start, with one "
-                         "derivative stored: compare the two")
+                  ("from the schedule's start (as diffusers)", "diffusers")], value="run",
+                 label="LMS counts its order", elem_id="img2img-lms-order", visible=scheduler == "lms",
+                 info="diffusers' LMS applies order 4 from the first step of a mid-schedule start, with one "
+                      "derivative stored: compare the two")
 
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> Prompted:

@@ -160,10 +160,10 @@ class Controls:
                                         label="Preview every N steps",
                                         info=about("preview_every", "0: only the final image"))
             self.previews = Radio(list(PREVIEWS), value=defaults.previews, label="Previews decoded by",
-                                     info=about("previews", " · ".join(f"{name}: {text}"
-                                                                       for name, text in PREVIEWS.items())))
+                                  info=about("previews", " · ".join(f"{name}: {text}"
+                                                                    for name, text in PREVIEWS.items())))
         self.scheduler = Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler",
-                                     info=about("scheduler"))
+                                  info=about("scheduler"))
         dice.click(lambda: RANDOM_SEED, None, self.seed, api_visibility="private", queue=False)
 
     @property
