@@ -140,8 +140,8 @@ def maps_panels(first_token: int) -> Maps:
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
                       format="png", allow_preview=False, elem_classes=["pixels", "columns-5"], elem_id="attention-grid",
                       interactive=False)
-    mass = gr.BarPlot(x="token", y="share", label="Attention share by token", x_label_angle=-45, height=300,
-                      title="How this step's attention splits across the tokens", elem_id="attention-mass")
+    mass = gr.BarPlot(x="token", y="share", label="Attention share by token", show_label=False, x_label_angle=-45,
+                      height=300, title="How this step's attention splits across the tokens", elem_id="attention-mass")
     gr.Markdown("The last bar sums the padding: every position after the end token, up to CLIP's 77. There are "
                 "many of them, so together they take a large share even where each one takes less than a word.",
                 elem_id="attention-padding")

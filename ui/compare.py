@@ -81,7 +81,8 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
                           info="the steps the run streamed, first to last: the two predictions differ most in "
                                "the early steps, and by the last one all three x0 agree")
             status = gr.Markdown("Press Generate.", elem_id="parts-status", line_breaks=True, label="Status")
-            plot = gr.LinePlot(x="step", y="distance", label="Distance by step", height=220, elem_id="parts-plot",
+            plot = gr.LinePlot(x="step", y="distance", label="Distance by step", show_label=False, height=220,
+                               elem_id="parts-plot",
                                title="how far apart the two predictions' x0 are (RMS over the latents)")
             run_progress = gr.JSON(visible=False, label="Run progress")
             code = CodePanel(writers, "cfg_parts", ("compare", "compare-parts"))
@@ -215,9 +216,11 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
             status = gr.Markdown("Press Compare: the runs go step by step, side by side.", label="Status",
                                  elem_id=f"{kind}-status", line_breaks=True)
             plots = ([gr.LinePlot(x="step", y="x0 movement", color="sampler", height=220, elem_id="samplers-movement",
-                                  label="x0 movement by step", title="how far x0 moves in each step (RMS)"),
+                                  label="x0 movement by step", show_label=False,
+                                  title="how far x0 moves in each step (RMS)"),
                       gr.LinePlot(x="step", y="sigma", color="sampler", height=220, elem_id="samplers-sigmas",
-                                  label="Sigmas", title="the sigma schedules (samplers on one schedule draw one line)")]
+                                  label="Sigmas", show_label=False,
+                                  title="the sigma schedules (samplers on one schedule draw one line)")]
                      if kind == "samplers" else [])
             gif = image_panel("The runs as a GIF", "scales-gif", type="filepath") if kind == "scales" else None
             run_progress = gr.JSON(visible=False, label="Run progress")

@@ -36,8 +36,8 @@ def build(engine: Engine, concurrency: int) -> None:
         scheduler = Dropdown(SAMPLER_CHOICES, value=defaults.scheduler, label="Sampler")
     with gr.Row():
         with gr.Column():
-            plot = gr.LinePlot(first_plot, x="step", y="sigma", label="Sigma by step", title="sigma at each step",
-                               height=280, elem_id="schedule-plot")
+            plot = gr.LinePlot(first_plot, x="step", y="sigma", label="Sigma by step", show_label=False,
+                               title="sigma at each step", height=280, elem_id="schedule-plot")
             explain = gr.Markdown(first_explain, elem_id="schedule-explain", label="About the schedule")
         table = gr.Dataframe(first_table, label="The schedule", elem_id="schedule-table", max_height=380)
     gr.on([steps.change, scheduler.change], schedule, [steps, scheduler], [table, plot, explain],
