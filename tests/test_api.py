@@ -340,3 +340,10 @@ def test_every_endpoint_names_what_it_returns(app_url):
     unnamed = [(name, output["component"]) for name, endpoint in endpoints.items()
                for output in endpoint["returns"] if re.fullmatch(r"value_\d+", output["label"] or "value_0")]
     assert "/txt2img" in endpoints and not unnamed, unnamed
+
+
+def test_a_token_picker_is_described_to_scripts_as_any_text(app_url):
+    """It takes a word of the prompt or a position typed in, not only the positions it first offers."""
+    endpoints = Client(app_url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    token = next(p for p in endpoints["/swap_token"]["parameters"] if p["parameter_name"] == "token")
+    assert token["python_type"]["type"] == "str"  # was Literal['1', ..., '5']: the first prompt's positions

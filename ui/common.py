@@ -156,13 +156,17 @@ class Radio(gr.Radio):
 
 
 class Dropdown(gr.Dropdown):
-    """A menu that refuses a value it does not offer (unless it takes custom values) with a message naming it
-    and its choices."""
+    """A menu that refuses a value it does not offer with a message naming it and its choices; one that takes
+    custom values (a token picker: a word or a position typed in) is described to scripts as any text, not as its
+    first choices."""
 
     is_template = True  # drawn by gr.Dropdown's front end
 
     def preprocess(self, payload):
         return super().preprocess(offered(self, payload))
+
+    def api_info(self) -> dict:
+        return {"type": "string"} if self.allow_custom_value and not self.multiselect else super().api_info()
 
 
 class CheckboxGroup(gr.CheckboxGroup):

@@ -17,7 +17,7 @@ from core import export
 from core.code import Scripts
 from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Slider, number, user_errors, whole
+from ui.common import GENERATE, Dropdown, Slider, number, user_errors, whole
 from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
                          image_panel, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
@@ -57,7 +57,7 @@ def go_and_stop(stops: StopFlags, label: str) -> tuple[gr.Button, gr.Button]:
 
 def token_picker(engine: Engine, prompt: str, value: str | None, label: str, info: str | None = None):
     """A dropdown of the prompt's tokens that also takes a word of the prompt or a position typed in."""
-    return gr.Dropdown(token_choices(engine, prompt, {}), value=value, allow_custom_value=True, label=label, info=info)
+    return Dropdown(token_choices(engine, prompt, {}), value=value, allow_custom_value=True, label=label, info=info)
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ def inversion_form(lab: Lab) -> InversionForm:
     ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
     ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
                                 "a word of the prompt (the notebook's way); empty: as written")
-    ti_learned_token = gr.Dropdown([], label="The loaded token to put there", allow_custom_value=True)
+    ti_learned_token = Dropdown([], label="The loaded token to put there", allow_custom_value=True)
     ti_go, ti_stop = go_and_stop(lab.stops, "Generate both")
     gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
                 example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
