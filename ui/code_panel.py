@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from core.code import Unscriptable
-from ui.common import user_errors
+from ui.common import choice_values, user_errors
 
 LABEL = "This run as a script (diffusers, transformers and torch only): python script.py OUT.png"
 IDLE = "# The script of this tab's run appears here when a run ends."
@@ -198,8 +198,8 @@ class Writers:
             if not isinstance(parameters, dict):
                 raise ValueError(f"parameters must be a JSON object of {tab}'s named parameters, got {parameters!r}")
             named = [name for name in experiment.names() if name != "learned"]
-            defaults = {name: default_of(component) for name, component in zip(experiment.names(), experiment.inputs)
-                        if default_of(component) is not None}
+            defaults = {name: default for name, default in zip(experiment.names(), map(default_of, experiment.inputs))
+                        if default is not None}
             unknown = sorted(set(parameters) - set(named))
             missing = [name for name in named if name not in parameters and name not in defaults]
             if unknown or missing:
@@ -253,9 +253,10 @@ def linked_value(component, name: str, value):
 
 def linked_choice(component, name: str, value):
     """A link's choice (checkboxes: choices), as the input offers it: a link carries 8 as "8"."""
-    if getattr(component, "allow_custom_value", False):  # a token picker: the engine reads the token
+    values = choice_values(component)
+    if values is None:
         return value
-    offered = {str(choice): choice for _, choice in component.choices}
+    offered = {str(choice): choice for choice in values}
     given = value if isinstance(value, list) else [value]
     unknown = [item for item in given if str(item) not in offered]
     if unknown:

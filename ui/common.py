@@ -126,13 +126,19 @@ class Slider(gr.Slider):
         return super().preprocess(payload)
 
 
+def choice_values(widget: gr.components.Component) -> list | None:
+    """The values a choice widget offers; None for one that also takes a value typed in (a token picker, whose
+    words the engine checks)."""
+    return None if getattr(widget, "allow_custom_value", False) else [value for _, value in widget.choices]
+
+
 def offered(widget: gr.components.Component, payload):
     """A choice widget's payload, or a gr.Error naming the widget, the value and its choices, each as Python
     writes it (so that 2 and '2' differ): gradio's own message names neither the widget nor, on the page, the
     value, which it follows with its Python type as a tag. Checkboxes take a list."""
-    if getattr(widget, "allow_custom_value", False) or payload is None:
+    values = choice_values(widget)
+    if values is None or payload is None:
         return payload
-    values = [value for _, value in widget.choices]
     if isinstance(widget, gr.CheckboxGroup) and not isinstance(payload, list):
         refuse(f"{widget.label} takes a list of {', '.join(map(repr, values))}, got {payload!r}")
     for value in payload if isinstance(payload, list) else [payload]:
