@@ -119,19 +119,25 @@ def toy_page():
         proc.wait(timeout=30)
 
 
+def run_green_heart(page, tab, steps: int):
+    """Generate "a green heart on a black background" at seed 2 with the heart's map shown large; wait for it."""
+    tab.get_by_label("Prompt", exact=True).fill("a green heart on a black background")
+    tab.get_by_label("Seed", exact=True).fill("2")
+    set_number(tab, "Steps", steps)
+    tab.get_by_label("Token shown large", exact=True).fill("3")
+    tab.get_by_role("button", name="Generate").click()
+    status = page.locator("#attention-status")
+    expect(status).to_contain_text(f"step {steps} / {steps}", timeout=RUN_TIMEOUT_MS)
+    expect(status).to_contain_text("done")
+    return status
+
+
 def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     page, tab = toy_page, toy_page.locator("#tab-attention")
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("a red circle on a white background")
     expect(tab.get_by_label("Token shown large", exact=True)).to_have_value("2")  # red: the first word past "a"
-    tab.get_by_label("Prompt", exact=True).fill("a green heart on a black background")
-    tab.get_by_label("Seed", exact=True).fill("2")
-    set_number(tab, "Steps", 20)
-    tab.get_by_label("Token shown large", exact=True).fill("3")
     page.evaluate(record_images("#attention-beside"))
-    tab.get_by_role("button", name="Generate").click()
-    status = page.locator("#attention-status")
-    expect(status).to_contain_text("step 20 / 20", timeout=RUN_TIMEOUT_MS)
-    expect(status).to_contain_text("done")
+    status = run_green_heart(page, tab, 20)
     assert len(set(page.evaluate("window.shown"))) >= 15  # 20 streamed; a few may arrive together
     grid = page.locator("#attention-grid .thumbnail-item")
     expect(grid).to_have_count(10)
@@ -161,12 +167,12 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
 
 
 def test_on_one_scale_the_background_words_map_goes_dark(toy_page):
-    """After the run above: "one scale for all" redraws the maps against the most any word takes, so the word that
-    takes little (background, about a sixth of the shape word's share on the toy) shows dim where, on its own
-    scale, it spans black to white like every other."""
+    """The choice "one scale for all" redraws the maps against the most any word takes, so the word that takes
+    little (background, about a sixth of the shape word's share on the toy) shows dim where, on its own scale, it
+    spans black to white like every other."""
     page, tab = toy_page, toy_page.locator("#tab-attention")
-    set_number(tab, "Scrub through the run", 20)
-    expect(page.locator("#attention-status")).to_contain_text("step 20 / 20")
+    tab.get_by_label("each map on its own: where each token lands").check()
+    run_green_heart(page, tab, 10)
     background = page.locator("#attention-maps img").nth(7)
     expect(page.locator("#attention-maps .caption-label").nth(7)).to_have_text("7 background")
     own = background.get_attribute("src")
