@@ -1,7 +1,8 @@
 """What a model folder recommends to the app: the optional `lens_defaults.json` beside model_index.json.
 
     {"settings":   {"guidance_scale": 3.0},              # Settings fields the page starts from
-     "notes":      {"guidance_scale": "this model: 3"},  # shown under that setting's control
+     "notes":      {"guidance_scale": "this model: 3",   # shown under that setting's control
+                    "img2img": {"scheduler": "..."}},    # a tab of DEMO_SETTINGS: its own notes, in place of those
      "guidance":   {"scale": 20.0},                      # Guidance fields the guidance tab starts from
      "embeddings": ["embeddings/teal.safetensors"],      # learned tokens the text lab offers, beside the file
      "examples":   {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]}}
@@ -65,7 +66,7 @@ class ModelDefaults:
     """A model's recommendations, checked; `ModelDefaults()` is a model that recommends nothing."""
 
     settings: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
-    notes: Mapping[str, str] = field(default_factory=lambda: _frozen({}))
+    notes: Mapping[str, str | Mapping[str, str]] = field(default_factory=lambda: _frozen({}))
     guidance: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
     embeddings: tuple[Path, ...] = ()
     examples: Mapping[str, tuple[tuple, ...]] = field(default_factory=lambda: _frozen({}))
@@ -85,10 +86,7 @@ class ModelDefaults:
     @classmethod
     def parse(cls, data: Any, folder: Path, where: str = FILE) -> ModelDefaults:
         _keys(where, data, ("settings", "notes", "guidance", "embeddings", "examples"))
-        notes = data.get("notes", {})
-        _keys(f"{where} notes", notes, _names(Settings))
-        if not all(isinstance(note, str) for note in notes.values()):
-            raise ValueError(f"{where} notes must be text, got {notes!r}")
+        notes = _notes(f"{where} notes", data.get("notes", {}))
         settings = _values(f"{where} settings", data.get("settings", {}), Settings())
         guidance = _values(f"{where} guidance", data.get("guidance", {}), Guidance())
         tabs = {tab: {**_fields_of(Settings()), **DEMO_SETTINGS.get(tab, {}), **settings, **_fields_of(Guidance()),
@@ -96,6 +94,11 @@ class ModelDefaults:
         return cls(settings=_frozen(settings), notes=_frozen(notes), guidance=_frozen(guidance),
                    embeddings=_embeddings(where, data.get("embeddings", []), folder),
                    examples=_frozen(_examples(where, data.get("examples", {}), tabs)))
+
+    def note(self, setting: str, tab: str | None = None) -> str | None:
+        """The note under a setting's control on `tab`: the tab's own, else the one for every tab."""
+        own = self.notes.get(tab, {}) if tab in DEMO_SETTINGS else {}
+        return own.get(setting, self.notes.get(setting))
 
     def settings_for(self, tab: str | None = None) -> dict[str, Any]:
         """The Settings fields a tab starts from: its notebook demo's (DEMO_SETTINGS), then the folder's."""
@@ -137,6 +140,21 @@ def _typed(where: str, data: dict, plain: dict) -> None:
         fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
         if not fits or isinstance(value, bool) or (kind is float and not math.isfinite(value)):
             raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+
+
+def _notes(where: str, data: Any) -> dict:
+    """Setting -> note for every tab, and for a tab of DEMO_SETTINGS (which starts from settings of its own) an object
+    of its own notes."""
+    _keys(where, data, _names(Settings) + tuple(DEMO_SETTINGS))
+    notes = {}
+    for key, value in data.items():
+        if key in DEMO_SETTINGS:
+            _keys(f"{where} {key}", value, _names(Settings))
+        own = value if key in DEMO_SETTINGS else {key: value}
+        if not all(isinstance(note, str) for note in own.values()):
+            raise ValueError(f"{where} must be text, got {value!r}")
+        notes[key] = _frozen(value) if key in DEMO_SETTINGS else value
+    return notes
 
 
 def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:

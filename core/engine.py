@@ -113,9 +113,9 @@ class Engine:
         size = self.bundle.native_size
         return replace(Settings(height=size, width=size), **self.bundle.defaults.settings_for(tab))
 
-    def setting_note(self, name: str) -> str | None:
-        """What this model's folder says about one of its settings (e.g. where its guidance scale breaks)."""
-        return self.bundle.defaults.notes.get(name)
+    def setting_note(self, name: str, tab: str | None = None) -> str | None:
+        """What this model's folder says about one of its settings on a tab (e.g. where its guidance scale breaks)."""
+        return self.bundle.defaults.note(name, tab)
 
     def default_guidance(self) -> Guidance:
         """Loss guidance settings for this model: the notebook's, with any its folder recommends."""

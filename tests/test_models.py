@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     shutil.copytree(tiny_sd_dir, folder)
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
-        "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5"},
+        "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5",
+                  "img2img": {"scheduler": "image to image: euler keeps the layout"}},
         "guidance": {"start": 5},
         "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}],
                      "guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0, "color": "#0000ff"}]},
@@ -163,6 +165,12 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     assert set(props(plain, "Guidance scale (CFG)")) == {CFG_NOTE}
     assert set(props(plain, "Width")) == {f"a multiple of {plain.bundle.vae_scale_factor}"}
     assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
+    # a tab's own note replaces the general one there: image to image's, on its one Sampler menu
+    notes = Counter(filter(None, props(engine, "Sampler")))
+    assert notes["image to image: euler keeps the layout"] == 1 and notes["euler holds at 7.5"] >= 4
+    assert len(notes) == 2
+    assert engine.setting_note("scheduler", "img2img") == "image to image: euler keeps the layout"
+    assert engine.setting_note("guidance_scale", "img2img") == "this model: 3; LMS breaks above it"
     # the Guidance and Image to image tabs alone start from the notebook's demos of them: 50 steps at CFG 8
     assert props(plain, "Steps", "value").count(50) == 2 and 50 not in props(engine, "Steps", "value")
     assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 2
@@ -195,6 +203,9 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     ({"settings": {"steps": 2.5}}, "settings: steps must be int, got 2.5"),
     ({"guidance": {"target": "#fff"}}, "guidance: unknown key 'target'"),
     ({"notes": {"steps": 3}}, "notes must be text"),
+    ({"notes": {"img2img": {"cfg": "3"}}}, "notes img2img: unknown key 'cfg'; allowed: steps, guidance_scale"),
+    ({"notes": {"img2img": "image to image: 3"}}, "notes img2img must be a JSON object with keys from steps"),
+    ({"notes": {"txt2img": {"steps": "30"}}}, "notes: unknown key 'txt2img'"),
     ({"embeddings": ["missing.safetensors"]}, "embeddings: there is no file"),
     ({"examples": {"txt2img": [["a red circle", "", 3.0]]}}, "each txt2img record has exactly the keys "
                                                              "prompt, negative_prompt, guidance_scale"),

@@ -139,7 +139,7 @@ class Controls:
 
         def about(setting: str, general: str | None = None) -> str | None:
             """A control's info line: what the setting does, then what this model's folder notes on it."""
-            return " · ".join(filter(None, [general, engine.setting_note(setting)])) or None
+            return " · ".join(filter(None, [general, engine.setting_note(setting, tab)])) or None
 
         self.steps = Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps", info=about("steps"))
         self.guidance_scale = Slider(0, MAX_GUIDANCE, value=defaults.guidance_scale, step=0.5,
