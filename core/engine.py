@@ -353,6 +353,13 @@ class Engine:
         """Learned embeddings shipped with the model (its folder's `embeddings/`)."""
         return list(self.bundle.defaults.embeddings)
 
+    def own_learned(self) -> text.Learned:
+        """The learned tokens of every embedding shipped with the model, as one set."""
+        learned: text.Learned = {}
+        for path in self.example_embeddings():
+            learned |= self.load_learned(path)
+        return learned
+
     # --- images in: image to image, the VAE, the noise schedule ---
 
     def fit_image(self, source: str | Path | Image.Image) -> images.Fitted:

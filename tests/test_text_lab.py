@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from gradio_client import handle_file
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -227,16 +228,28 @@ def test_the_example_embedding_paints_teal(toy_engine):
         assert np.abs(shape_color(with_it) - TEAL).sum() < 60 and np.abs(shape_color(word) - TEAL).sum() > 120
 
 
-def test_a_script_loads_the_model_s_own_embedding_and_paints_teal():
-    """/load_model_embeddings (the page's "Load the embeddings made for this model"), then a run with <teal>."""
+def test_a_session_starts_with_the_model_s_own_embedding_and_can_go_back_to_it(toy_engine, tmp_path):
+    """A script's session, as the page's, starts with <teal> loaded: a run paints the circle teal at once. After a
+    file gives <teal> another vector, /load_model_embeddings (the page's "Back to the embeddings made for this
+    model alone") drops the file's tokens and brings the model's own back."""
+    bundle = toy_engine.bundle
+    red = bundle.text_encoder.get_input_embeddings().weight[bundle.tokenizer("red").input_ids[1]].detach()
+    save_file({TOKEN: red.clone(), "<other>": red.clone()}, tmp_path / "learned_embeds.safetensors")
+    run = dict(prompt=f"a {TOKEN} circle on a white background", token="", learned_token=TOKEN, seed=0,
+               preview_every=0, api_name="/textual_inversion")
     with toy_app(download_files=True) as client:
+        _, first, status, _ = client.predict(**run)
+        loaded, _ = client.predict(handle_file(str(tmp_path / "learned_embeds.safetensors")),
+                                   api_name="/load_embedding")
+        assert loaded == f"Loaded (for you only): `<other>` (1 vector), `{TOKEN}` (1 vector)"
+        _, reddened, _, _ = client.predict(**run)
         loaded, _ = client.predict(api_name="/load_model_embeddings")
-        assert f"`{TOKEN}` (1 vector)" in loaded
-        _, learned, status, _ = client.predict(prompt=f"a {TOKEN} circle on a white background", token="",
-                                               learned_token=TOKEN, seed=0, preview_every=0,
-                                               api_name="/textual_inversion")
+        assert loaded == f"Loaded (for you only): `{TOKEN}` (1 vector)"
+        _, again, _, _ = client.predict(**run)
     assert " · done · " in status
-    assert np.abs(shape_color(Image.open(learned).convert("RGB")) - TEAL).sum() < 60
+    assert np.abs(shape_color(Image.open(first).convert("RGB")) - TEAL).sum() < 60
+    assert np.abs(shape_color(Image.open(reddened).convert("RGB")) - COLORS["red"]).sum() < 90  # the file's "red"
+    assert Image.open(again).tobytes() == Image.open(first).tobytes()
 
 
 def test_swapping_a_colour_word_recolours_the_shape(toy_engine):

@@ -94,7 +94,7 @@ def prompt_and_token(lab: Lab, tab: str, label: str, info: str | None = None) ->
 
 def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) -> tuple[gr.State, gr.Tabs]:
     """Returns this session's learned embeddings, and the sub-tabs (for links to them)."""
-    learned = gr.State({})
+    learned = gr.State(engine.own_learned())  # each session starts with the model's own
     with gr.Accordion("Generation settings for every experiment on this tab", open=False):
         controls = Controls(engine)
     lab = Lab(engine, stops, controls, learned, {"concurrency_id": GENERATE, "concurrency_limit": concurrency},
@@ -266,13 +266,15 @@ def inversion_form(lab: Lab) -> InversionForm:
     first = engine.examples("textual_inversion")[0]
     upload = gr.File(label="Load embeddings (learned_embeds.safetensors / .bin, or a .pt)",
                      file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
-    examples_button = gr.Button("Load the embeddings made for this model", size="sm",
+    examples_button = gr.Button("Back to the embeddings made for this model alone", size="sm",
                                 visible=bool(engine.example_embeddings()))
-    loaded = gr.Markdown("No embeddings loaded yet.", elem_id="ti-loaded", label="Loaded embeddings")
+    text, names = describe_learned(engine, engine.own_learned())
+    loaded = gr.Markdown(text, elem_id="ti-loaded", label="Loaded embeddings")
     ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
     ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
                                 "a word of the prompt (the notebook's way); empty: as written")
-    ti_learned_token = Dropdown([], label="The loaded token to put there", allow_custom_value=True)
+    ti_learned_token = Dropdown(names, value=names[0] if names else None, label="The loaded token to put there",
+                                allow_custom_value=True)
     ti_go, ti_stop = go_and_stop(lab.stops, "Generate both")
     gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
                 example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
@@ -336,15 +338,21 @@ def check_learned(learned: dict, token: str, learned_token: str) -> None:
         raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
 
 
+def describe_learned(engine: Engine, learned: dict) -> tuple[str, list[str]]:
+    """What a session has loaded, in words, and its tokens' names."""
+    counts = engine.learned_sizes(learned)
+    names = sorted(counts)
+    text = ("Loaded (for you only): " + ", ".join(f"`{n}` ({counts[n]} vector{'s' if counts[n] > 1 else ''})"
+                                                 for n in names) if names else "No embeddings loaded yet.")
+    return text, names
+
+
 def wire_loading(lab: Lab, form: InversionForm) -> None:
-    """Loading embeddings from a file, or the model's own, into this session's."""
+    """Loading embeddings from a file into this session's, or going back to the model's own."""
     engine = lab.engine
 
     def describe(session_learned: dict) -> tuple[str, dict]:
-        counts = engine.learned_sizes(session_learned)
-        names = sorted(counts)
-        text = ("Loaded (for you only): " + ", ".join(f"`{n}` ({counts[n]} vector{'s' if counts[n] > 1 else ''})"
-                                                     for n in names) if names else "No embeddings loaded yet.")
+        text, names = describe_learned(engine, session_learned)
         return text, gr.update(choices=names, value=names[0] if names else None)
 
     def read_file(file) -> dict:
@@ -363,20 +371,20 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
             session_learned = {**session_learned, **read_file(file)}
         return session_learned, *describe(session_learned)
 
-    def load_examples(session_learned):
-        """Add the embeddings made for this model (its folder's embeddings/) to this session's."""
+    def load_examples():
+        """This session's embeddings back to those made for this model (its folder's embeddings/), which it
+        starts with: an uploaded file's are dropped."""
         with user_errors():
             if not engine.example_embeddings():
                 raise ValueError("This model has no embeddings of its own: upload a file (/load_embedding)")
-        for path in engine.example_embeddings():
-            session_learned = {**session_learned, **engine.load_learned(path)}
+        session_learned = engine.own_learned()
         return session_learned, *describe(session_learned)
 
     outputs = [lab.learned, form.loaded, form.learned_token]
     checked = form.upload.upload(check_file, form.upload, None, api_visibility="private")
     checked.failure(lambda: None, None, form.upload, queue=False, api_visibility="private")  # the refused file goes
     checked.success(load_embedding, [form.upload, lab.learned], outputs, api_name="load_embedding")
-    form.examples_button.click(load_examples, lab.learned, outputs, api_name="load_model_embeddings")
+    form.examples_button.click(load_examples, None, outputs, api_name="load_model_embeddings")
 
 
 def build_mix_prompts(lab: Lab) -> None:
