@@ -24,6 +24,8 @@ NOTEBOOK = ("Grown out of the [Stable Diffusion Deep Dive]"
 # each caption, and frames none once clicked: a click reopens a run, and a frame left behind would sit on
 # another as new runs come in.
 CSS = """
+.gradio-container { --block-info-text-color: var(--neutral-600); --block-info-text-size: var(--text-md); }
+.dark .gradio-container { --block-info-text-color: var(--neutral-300); }
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
 .pixels .grid-container { padding-top: 2.25rem; }
