@@ -18,7 +18,8 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, CheckboxGroup, Radio, Slider, nth, number, user_errors, whole
-from ui.run_view import EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, stop_button
+from ui.run_view import (EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, reveal,
+                         stop_button, video_outputs)
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
@@ -103,7 +104,7 @@ class Maps:
     grays: gr.Gallery
     make_video: gr.Button
     mp4: gr.File
-    gif: gr.File
+    gif: gr.Image
 
 
 def form_column(engine: Engine) -> Form:
@@ -148,9 +149,7 @@ def maps_panels(first_token: int) -> Maps:
     grays = gr.Gallery(label="The maps in grayscale, on the map scale chosen", columns=5, format="png",
                        elem_classes=["pixels", "columns-5"], elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
-    with gr.Row():
-        mp4 = gr.File(label="map video (MP4)")
-        gif = gr.File(label="map video (GIF)")
+    mp4, gif = video_outputs("map video", "attention-video")
     return Maps(opacity, scale, token, grid, mass, grays, make_video, mp4, gif)
 
 
@@ -270,5 +269,6 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
         event(show, [view.scrub, maps.opacity, maps.scale, maps.token, view.history, history], shown,
               api_visibility="private", show_progress="hidden")
     maps.grid.select(choose, None, maps.token, api_visibility="private", queue=False)
-    maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, maps.scale, view.fps],
-                          [maps.mp4, maps.gif], api_name="attention_map_video")
+    reveal(maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, maps.scale,
+                                                view.fps], [maps.mp4, maps.gif], api_name="attention_map_video"),
+           maps.gif)

@@ -45,6 +45,20 @@ def image_panel(label: str, elem_id: str, **options) -> gr.Image:
                     interactive=False, **options)
 
 
+def video_outputs(what: str, elem_id: str) -> tuple[gr.File, gr.Image]:
+    """Where a video made of a run arrives: the MP4 to download, and the GIF playing on the page (shown once
+    there is one, see `reveal`)."""
+    with gr.Row():
+        mp4 = gr.File(label=f"{what} (MP4)", elem_id=f"{elem_id}-mp4")
+    gif = image_panel(f"{what} (GIF), playing", f"{elem_id}-gif", type="filepath", visible=False)
+    return mp4, gif
+
+
+def reveal(made: gr.events.Dependency, panel: gr.Image) -> None:
+    """Show `panel` once `made` has filled it (a step of its own, so the API's answer stays the file's path)."""
+    made.success(lambda: gr.update(visible=True), None, panel, api_visibility="private", queue=False)
+
+
 @contextmanager
 def stop_flag(stops: StopFlags, request: gr.Request) -> Iterator[threading.Event]:
     """The flag this session's Stop button sets, for the run about to start."""
@@ -241,9 +255,7 @@ class RunView:
             self.make_video = gr.Button("Make the x0 video of this run (MP4 + GIF)", size="sm", scale=2)
             self.fps = Slider(1, export.MAX_FPS, value=export.DEFAULT_FPS, step=1, label="Video frames per second",
                               scale=1)
-        with gr.Row():
-            self.mp4 = gr.File(label="x0 video (MP4)")
-            self.gif = gr.File(label="x0 video (GIF)")
+        self.mp4, self.gif = video_outputs("x0 video", f"{name}-video")
         # this session's last run: (seed, [(caption, video caption, x_t file, x0 file), ...])
         self.history = gr.State(None)
 
@@ -352,8 +364,8 @@ class RunView:
                 return gr.skip(), gr.skip(), EXPIRED
             return x_t, x0, f"{caption} · scrubbing the last run"
 
-        self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],
-                              api_name=f"{self.name}_video")
+        reveal(self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],
+                                     api_name=f"{self.name}_video"), self.gif)
         wire_stop(stop, self.stops, starts, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
                          api_visibility="private", show_progress="hidden")
