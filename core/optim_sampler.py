@@ -52,8 +52,9 @@ class OptimScheduler(EulerDiscreteScheduler):
         left = sigma * model_output.float().pow(2).mean().sqrt().item()  # the noise the UNet still finds
         if sigma_next > 0 and left < self.tolerance:
             self.converged = True
-            self.note = (f"optim stopped early at step {self.step_index + 1} of {len(self.timesteps)}: the noise "
-                         f"left ({left:.3g}) is below the tolerance {self.tolerance:g}")
+            self.note = (f"the optimiser stopped early at step {self.step_index + 1} of {len(self.timesteps)}: the "
+                         f"noise the UNet still finds (sigma x RMS of its prediction, {left:.3g}) is below the "
+                         f"sampler's tolerance {self.tolerance:g}, so the result is this step's predicted x0")
             prev_sample = x0
         else:
             latents, optimiser = self._optimiser_for(sample)

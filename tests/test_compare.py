@@ -64,8 +64,8 @@ def test_a_sampler_comparison_says_which_entry_stopped_early(toy_engine):
     done = last.progress["steps"][1]
     assert last.progress["steps"] == [30, done, 15] and done < 30
     assert f"steps run: lms 30 / 30, optim {done} / 30, euler:15 15 / 15" in last.status
-    assert f"⚠️ optim: optim stopped early at step {done} of 30" in last.status
-    assert last.progress["totals"] == [30, 30, 15] and last.progress["notes"][0].startswith("optim: optim stopped")
+    assert f"⚠️ optim: the optimiser stopped early at step {done} of 30" in last.status
+    assert last.progress["totals"] == [30, 30, 15] and last.progress["notes"][0].startswith("optim: the optimiser stopped")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -141,7 +141,7 @@ def test_optim_ends_the_run_once_the_noise_left_is_below_its_tolerance(tiny_bund
     assert [f.image is not None for f in frames].count(True) == 1
     if steps < SMALL.steps:  # stopped: the latents are the predicted x0, and the frame says why
         assert torch.equal(frames[-1].latents, frames[-1].x0)
-        assert frames[-1].note.startswith(f"optim stopped early at step 1 of {SMALL.steps}: the noise left (")
+        assert frames[-1].note.startswith(f"the optimiser stopped early at step 1 of {SMALL.steps}: the noise the UNet still finds (")
 
 
 def test_with_momentum_each_optim_step_goes_on_by_half_the_step_before(tiny_bundle):

@@ -61,7 +61,7 @@ def test_classifier_free_guidance_is_what_makes_the_prompt_count(toy):
 def test_the_optimiser_sampler_draws_the_asked_colours_and_stops_early(toy, prompt, color, shape, background):
     settings = replace(toy.default_settings(), scheduler="optim", seed=0, preview_every=0)
     frames = list(toy.txt2img(prompt, "", settings).frames)
-    assert len(frames) < 30 and frames[-1].note.startswith(f"optim stopped early at step {len(frames)} of 30")
+    assert len(frames) < 30 and frames[-1].note.startswith(f"the optimiser stopped early at step {len(frames)} of 30")
     reading = Reader().read(frames[-1].image)
     assert (reading.color, reading.background) == (color, background)  # its shapes' edges wobble
 

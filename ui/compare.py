@@ -73,7 +73,8 @@ def build_parts(engine: Engine, stops: StopFlags, controls: Controls, options: d
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("Each step, the UNet predicts the noise twice in one batch: without the prompt and with it. "
-                        "The sampler steps with uncond + scale x (text - uncond); here are all of them as x0.")
+                        "The sampler steps with uncond + scale x (text - uncond). Here are the three as x0, and the "
+                        "guided noise prediction decoded.")
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Generate")
         with gr.Column(scale=3):
             parts = gallery("This step: the two predictions, their mix, and the noise", "parts-gallery", 4)
