@@ -214,7 +214,7 @@ def test_vae_schedule_and_add_noise_endpoints(app_url):
     assert about.startswith("step 7 · timestep") and len(row) == 6
     # steps count from 1 here as in a run's status line: step 7 is the table's 7th row
     assert table["data"][6][0] == 7 and f"sigma {table['data'][6][2]:.4f}" in about
-    assert "· seed 1" in about
+    assert "· seed 1" in about and "the UNet still finds the picture in them" in about  # noise that hides it
     assert row[0]["caption"].startswith("1: σ 14.61") and row[-1]["caption"].startswith("15: σ")
 
 

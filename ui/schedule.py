@@ -45,6 +45,10 @@ def build(engine: Engine, concurrency: int) -> None:
     build_add_noise(engine, concurrency, steps, scheduler)
 
 
+NOISED_NOTE = ("Decoded, noised latents can look like plain noise while the UNet still finds the picture in them: "
+               "image to image started at this step shows what it sees in its first predicted x0.")
+
+
 def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, scheduler: gr.Dropdown) -> None:
     """add_noise at work: an image noised to a step of the schedule above, and the same noise across it."""
     defaults = engine.default_settings()
@@ -82,7 +86,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
         index, timestep, sigma, picture = result.chosen
         gallery = [(pic, f"{i + 1}: σ {s:.2f}") for i, _, s, pic in result.row]
         text = (f"step {index + 1} · timestep {timestep:.1f} · sigma {sigma:.4f} · seed {result.seed}  \n"
-                f"Input: {result.note}")
+                f"Input: {result.note}  \n{NOISED_NOTE}")
         return picture, text, gallery
 
     def follow(image, steps, scheduler, step, seed, shown):
