@@ -99,9 +99,11 @@ class Engine:
 
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
              source: Source | None = None) -> Run:
-        """A checked run: its frames freeing memory when it runs out, and screened when there is a checker."""
+        """A checked run: its frames freeing memory when it runs out, and screened when there is a checker. A run
+        from pure noise (no `source`) is told where its schedule starts too low."""
         frames = screened(frames, self.safety) if self.safety else frames
-        return Run(settings, notes, guarded(frames, settings, self.bundle.device), source)
+        low = None if source else schedule.low_start(self.bundle.scheduler_config, settings.scheduler, settings.steps)
+        return Run(settings, notes + (low,) if low else notes, guarded(frames, settings, self.bundle.device), source)
 
     def describe(self) -> str:
         """The model and where it runs, in one line."""

@@ -128,13 +128,32 @@ class Table:
     sigmas: list[float]
     input_scales: list[float]      # scale_model_input's factor at each step
     init_noise_sigma: float        # the start noise is scaled by this, so x_T has the first step's noise level
+    note: str | None               # see `low_start`
 
 
 def table(config: dict, name: str, steps: int) -> Table:
     scheduler = make_scheduler(config, name, steps, torch.device("cpu"))
     levels = sigmas(scheduler)
     return Table(scheduler.timesteps.tolist(), levels, [model_input_scale(scheduler, s) for s in levels],
-                 float(scheduler.init_noise_sigma))
+                 float(scheduler.init_noise_sigma), low_start(config, name, steps))
+
+
+def _first_timestep(config: dict, name: str, steps: int) -> float:
+    return float(make_scheduler(config, name, steps, torch.device("cpu")).timesteps[0])
+
+
+def low_start(config: dict, name: str, steps: int) -> str | None:
+    """What to know when a run from pure noise starts in the lower half of the timesteps, where the UNet expects a
+    picture already half made: diffusers spaces a single LMS, Euler or optim step at timestep 0, and DDIM's
+    first steps low (None otherwise)."""
+    top = config["num_train_timesteps"] - 1
+    first = _first_timestep(config, name, steps)
+    if first >= top / 2:
+        return None
+    enough = next(n for n in range(steps + 1, steps + top) if _first_timestep(config, name, n) >= top / 2)
+    return (f"{name} with {steps} step{'s' if steps > 1 else ''} starts at timestep {first:g}, not near {top}: the "
+            f"UNet takes the pure noise a run starts from for a picture nearly done, so the result stays noise-like. "
+            f"From {enough} steps it starts at {_first_timestep(config, name, enough):g}.")
 
 
 def sigmas(scheduler: SchedulerMixin) -> list[float]:

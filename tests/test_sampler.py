@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
+from PIL import Image
 
 from core import optim_sampler, sampler, schedule, text, vae
 from core.engine import Engine
@@ -373,6 +374,22 @@ def test_cached_lms_equals_stock_lms_and_integrates_each_coefficient_once(tiny_b
                         lambda self, *args: integrals.append(args) or original(self, *args))
     again = list(sample(tiny_bundle, cond, settings))
     assert integrals == [] and torch.equal(again[-1].latents, frames[-1].latents)
+
+
+def test_a_run_whose_schedule_starts_low_says_so(tiny_bundle):
+    """diffusers spaces one LMS or Euler step at timestep 0 and DDIM's first steps low: such a run from pure noise
+    is told, with the step count that starts high; image to image, which starts mid-schedule on purpose, is not."""
+    engine, one = Engine(tiny_bundle), replace(SMALL, steps=1)
+    assert engine.txt2img("a red circle", "", one).notes == (
+        "lms with 1 step starts at timestep 0, not near 999: the UNet takes the pure noise a run starts from for a "
+        "picture nearly done, so the result stays noise-like. From 2 steps it starts at 999.",)
+    ddim = engine.txt2img("a red circle", "", replace(one, scheduler="ddim")).notes
+    assert len(ddim) == 1 and ddim[0].startswith("ddim with 1 step starts at timestep ") and "From 2 steps" in ddim[0]
+    assert engine.txt2img("a red circle", "", replace(SMALL, steps=2)).notes == ()
+    assert engine.txt2img("a red circle", "", replace(one, scheduler="dpm++")).notes == ()  # at 999
+    assert engine.img2img("a red circle", "", Image.new("RGB", (64, 64)), 1.0, one).notes == ()
+    assert engine.views.schedule_table(1, "euler").note.startswith("euler with 1 step starts at timestep 0")
+    assert engine.views.schedule_table(30, "euler").note is None
 
 
 def test_an_empty_prompt_runs_with_a_note_saying_so(tiny_bundle):

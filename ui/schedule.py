@@ -28,7 +28,9 @@ def build(engine: Engine, concurrency: int) -> None:
             numbers = engine.views.schedule_table(whole(steps, "steps"), scheduler)
         frame = pd.DataFrame({"step": range(1, len(numbers.timesteps) + 1), "timestep": numbers.timesteps,
                               "sigma": numbers.sigmas, "input scale": numbers.input_scales})
-        return frame.round(4), frame[["step", "sigma"]], EXPLAIN.format(init=numbers.init_noise_sigma)
+        explained = EXPLAIN.format(init=numbers.init_noise_sigma)
+        explained = f"⚠️ {numbers.note}\n\n{explained}" if numbers.note else explained
+        return frame.round(4), frame[["step", "sigma"]], explained
 
     first_table, first_plot, first_explain = schedule(defaults.steps, defaults.scheduler)
     with gr.Row():
