@@ -17,7 +17,7 @@ START_NOTE = ("Decoded, a noised start can look like plain noise while the UNet 
 
 def _inputs(engine: Engine) -> tuple:
     """The run's own inputs: the image, the prompts and the strength."""
-    image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"],
+    image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"], elem_classes="pixels",
                       height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
     first_prompt, first_strength = engine.examples("img2img")[0]  # the tab opens on its first example
     prompt = gr.Textbox(label="Prompt", value=first_prompt, lines=2)

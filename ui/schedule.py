@@ -57,7 +57,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
     gr.Markdown("### add_noise: an image noised to a step")
     with gr.Row():
         with gr.Column(scale=2):
-            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"],
+            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"], elem_classes="pixels",
                               height=PANEL // 2, elem_id="noise-input", value=str(EXAMPLE_IMAGES[-1]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():

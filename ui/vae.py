@@ -16,7 +16,7 @@ def build(engine: Engine, concurrency: int) -> gr.Image:
     channels = [NO_EDIT, *map(str, range(engine.bundle.latent_channels))]
     with gr.Row():
         with gr.Column(scale=2):
-            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"],
+            image = ImageFile(label="Image", type="filepath", sources=["upload", "clipboard"], elem_classes="pixels",
                               height=PANEL // 2, elem_id="vae-input", value=str(EXAMPLE_IMAGES[0]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():
