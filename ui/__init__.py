@@ -38,6 +38,10 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
                           -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
                           line-height: 1.3; max-height: 3.9em; padding-top: 0; padding-bottom: 0; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
+.all-rows .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
+                       overflow: visible !important; }
+.all-rows .gallery-container { height: auto !important; }
+.columns-3 .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
 .columns-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 .columns-5 .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
 .columns-6 .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }

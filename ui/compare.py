@@ -34,9 +34,10 @@ SAMPLERS_ABOUT = "\n".join(f"- {label}" for label, _ in SAMPLER_CHOICES)
 
 
 def gallery(label: str, elem_id: str, columns: int) -> gr.Gallery:
-    """A strip of `columns` pictures a row, however few there are (the page's columns-N style)."""
-    return gr.Gallery(label=label, columns=columns, height=PANEL // 2 + 90, format="png",
-                      elem_classes=["pixels", f"columns-{columns}"], elem_id=elem_id, object_fit="contain",
+    """Pictures `columns` a row, however few there are (the page's columns-N style), in as many rows as they
+    take."""
+    return gr.Gallery(label=label, columns=columns, height="auto", format="png",
+                      elem_classes=["pixels", f"columns-{columns}", "all-rows"], elem_id=elem_id, object_fit="contain",
                       interactive=False)
 
 
@@ -213,7 +214,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Compare")
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
-                            f"{kind}-strip", 6 if kind != "seeds" else 4)
+                            f"{kind}-strip", 3 if kind != "seeds" else 4)
             status = gr.Markdown("Press Compare: the runs go step by step, side by side.", label="Status",
                                  elem_id=f"{kind}-status", line_breaks=True)
             plots = ([gr.LinePlot(x="step", y="x0 movement", color="sampler", height=220, elem_id="samplers-movement",
