@@ -61,11 +61,12 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
     stops = StopFlags(admit=upkeep.check_space)
     with gr.Blocks(title=TITLE, delete_cache=upkeep.delete_cache) as demo:
         writers = Writers()
-        gr.Markdown(f"# {TITLE}\n**Model:** {engine.describe()}  \n{NOTEBOOK}", elem_id="model-info")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {TITLE}\n**Model:** {engine.describe()}  \n{NOTEBOOK}", elem_id="model-info")
+            upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
+                               elem_id="upscale", scale=0, min_width=260)
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
-        upscale = gr.Radio(["nearest", "smooth"], value="nearest", label="Show small images scaled up with",
-                           elem_id="upscale")
         upscale.change(None, upscale, None, js=UPSCALE_JS)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
