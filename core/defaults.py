@@ -146,15 +146,14 @@ def _notes(where: str, data: Any) -> dict:
     """Setting -> note for every tab, and for a tab of DEMO_SETTINGS (which starts from settings of its own) an object
     of its own notes."""
     _keys(where, data, _names(Settings) + tuple(DEMO_SETTINGS))
-    notes = {}
     for key, value in data.items():
         if key in DEMO_SETTINGS:
             _keys(f"{where} {key}", value, _names(Settings))
-        own = value if key in DEMO_SETTINGS else {key: value}
-        if not all(isinstance(note, str) for note in own.values()):
-            raise ValueError(f"{where} must be text, got {value!r}")
-        notes[key] = _frozen(value) if key in DEMO_SETTINGS else value
-    return notes
+        for setting, note in (value.items() if key in DEMO_SETTINGS else [(key, value)]):
+            if not isinstance(note, str):
+                tab = f" {key}:" if key in DEMO_SETTINGS else ""
+                raise ValueError(f"{where}{tab} {setting} must be text, got {note!r}")
+    return {key: _frozen(value) if key in DEMO_SETTINGS else value for key, value in data.items()}
 
 
 def _embeddings(where: str, names: Any, folder: Path) -> tuple[Path, ...]:

@@ -100,9 +100,10 @@ class Engine:
     def _run(self, settings: Settings, notes: tuple[str, ...], frames: Iterator[Frame],
              source: Source | None = None) -> Run:
         """A checked run: its frames freeing memory when it runs out, and screened when there is a checker. A run
-        from pure noise (no `source`) is told where its schedule starts too low."""
+        from pure noise (text to image, or image to image at strength 1) is told where its schedule starts too low."""
         frames = screened(frames, self.safety) if self.safety else frames
-        low = None if source else schedule.low_start(self.bundle.scheduler_config, settings.scheduler, settings.steps)
+        from_noise = source is None or source.plan.first == 0
+        low = from_noise and schedule.low_start(self.bundle.scheduler_config, settings.scheduler, settings.steps)
         return Run(settings, notes + (low,) if low else notes, guarded(frames, settings, self.bundle.device), source)
 
     def describe(self) -> str:

@@ -143,17 +143,21 @@ def _first_timestep(config: dict, name: str, steps: int) -> float:
 
 
 def low_start(config: dict, name: str, steps: int) -> str | None:
-    """What to know when a run from pure noise starts in the lower half of the timesteps, where the UNet expects a
-    picture already half made: diffusers spaces a single LMS, Euler or optim step at timestep 0, and DDIM's
-    first steps low (None otherwise)."""
-    top = config["num_train_timesteps"] - 1
-    first = _first_timestep(config, name, steps)
+    """What to know when a run from pure noise starts in the lower half of the timesteps (None otherwise):
+    diffusers puts a single LMS, Euler or optim step at timestep 0, and a single DDIM step near it."""
+    scheduler = make_scheduler(config, name, steps, torch.device("cpu"))
+    first, top = float(scheduler.timesteps[0]), scheduler.config.num_train_timesteps - 1
     if first >= top / 2:
         return None
-    enough = next(n for n in range(steps + 1, steps + top) if _first_timestep(config, name, n) >= top / 2)
-    return (f"{name} with {steps} step{'s' if steps > 1 else ''} starts at timestep {first:g}, not near {top}: the "
-            f"UNet takes the pure noise a run starts from for a picture nearly done, so the result stays noise-like. "
-            f"From {enough} steps it starts at {_first_timestep(config, name, enough):g}.")
+    if scheduler.init_noise_sigma < 1:  # LMS, Euler, optim: the start noise is scaled to the first step's sigma
+        what = (f"its start noise is scaled down to that step's sigma ({float(scheduler.init_noise_sigma):.3g}), "
+                f"so the UNet finds almost nothing to remove and the result is a nearly flat field")
+    else:
+        what = "the UNet takes the pure noise a run starts from for a picture nearly done, so the result stays noise"
+    enough = next((n for n in range(steps + 1, steps + top) if _first_timestep(config, name, n) >= top / 2), None)
+    more = f" From {enough} steps it starts at {_first_timestep(config, name, enough):g}." if enough else ""
+    return (f"{name} with {steps} step{'s' if steps > 1 else ''} starts at timestep {first:g}, not near {top}: "
+            f"{what}.{more}")
 
 
 def sigmas(scheduler: SchedulerMixin) -> list[float]:

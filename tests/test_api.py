@@ -210,6 +210,9 @@ def test_vae_schedule_and_add_noise_endpoints(app_url):
     table, plot, explain = client.predict(15, "lms", api_name="/schedule")
     assert [round(row[2], 4) for row in table["data"][:3]] == [14.6146, 9.6826, 6.678]
     assert "init_noise_sigma = 14.6146" in explain
+    assert "⚠️" not in explain
+    assert client.predict(1, "euler", api_name="/schedule")[2].startswith(
+        "⚠️ euler with 1 step starts at timestep 0, not near 999: its start noise is scaled down")
     noised, about, row = client.predict(handle_file(str(EXAMPLE)), 15, "lms", 7, 1, api_name="/add_noise")
     assert about.startswith("step 7 · timestep") and len(row) == 6
     # steps count from 1 here as in a run's status line: step 7 is the table's 7th row

@@ -164,6 +164,7 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
     tab.get_by_role("button", name="Make the video of the chosen token's map").click()
     expect(page.locator("#attention-video-gif img")).to_have_attribute(
         "src", re.compile(r"sdlens-attention-token2-seed2\.gif$"), timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#attention-video-gif")).to_be_visible()
 
 
 def test_on_one_scale_the_background_words_map_goes_dark(toy_page):

@@ -91,6 +91,7 @@ def test_generate_streams_distinct_frames(page):
     # the GIF plays in the page
     expect(page.locator("#txt2img-video-gif img")).to_have_attribute(
         "src", re.compile(r"sdlens-txt2img-x0-seed\d+\.gif$"), timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#txt2img-video-gif")).to_be_visible()
     page.screenshot(path=SHOTS / "txt2img.png", full_page=True)
 
 

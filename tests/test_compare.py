@@ -65,7 +65,19 @@ def test_a_sampler_comparison_says_which_entry_stopped_early(toy_engine):
     assert last.progress["steps"] == [30, done, 15] and done < 30
     assert f"steps run: lms 30 / 30, optim {done} / 30, euler:15 15 / 15" in last.status
     assert f"⚠️ optim: the optimiser stopped early at step {done} of 30" in last.status
-    assert last.progress["totals"] == [30, 30, 15] and last.progress["notes"][0].startswith("optim: the optimiser stopped")
+    assert last.progress["totals"] == [30, 30, 15]
+    assert last.progress["notes"][0].startswith("optim: the optimiser stopped")
+
+
+def test_a_note_only_some_entries_give_is_labelled_with_them(toy_engine):
+    """One step of LMS starts at timestep 0 and says so; the entries that start at 999 say nothing."""
+    settings = replace(toy_engine.default_settings(), preview_every=0, steps=4)
+    changes = toy_engine.parse_samplers("euler, lms:1, dpm++:1")
+    runs = toy_engine.compare_runs("a red circle on a white background", "", settings, changes)
+    *_, last = stream_side_by_side(toy_engine, runs, [label_of(c, r.settings) for c, r in zip(changes, runs)],
+                                   threading.Event())
+    assert [note.split(" starts at")[0] for note in last.progress["notes"]] == ["lms:1: lms with 1 step"]
+    assert "⚠️ lms:1: lms with 1 step starts at timestep 0" in last.status
 
 
 @pytest.mark.parametrize("text, message", [

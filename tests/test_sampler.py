@@ -5,6 +5,7 @@ import threading
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, LMSDiscreteScheduler
@@ -142,7 +143,8 @@ def test_optim_ends_the_run_once_the_noise_left_is_below_its_tolerance(tiny_bund
     assert [f.image is not None for f in frames].count(True) == 1
     if steps < SMALL.steps:  # stopped: the latents are the predicted x0, and the frame says why
         assert torch.equal(frames[-1].latents, frames[-1].x0)
-        assert frames[-1].note.startswith(f"the optimiser stopped early at step 1 of {SMALL.steps}: the noise the UNet still finds (")
+        assert frames[-1].note.startswith(f"the optimiser stopped early at step 1 of {SMALL.steps}: the noise the "
+                                          "UNet still finds (")
 
 
 def test_with_momentum_each_optim_step_goes_on_by_half_the_step_before(tiny_bundle):
@@ -376,20 +378,25 @@ def test_cached_lms_equals_stock_lms_and_integrates_each_coefficient_once(tiny_b
     assert integrals == [] and torch.equal(again[-1].latents, frames[-1].latents)
 
 
-def test_a_run_whose_schedule_starts_low_says_so(tiny_bundle):
-    """diffusers spaces one LMS or Euler step at timestep 0 and DDIM's first steps low: such a run from pure noise
-    is told, with the step count that starts high; image to image, which starts mid-schedule on purpose, is not."""
-    engine, one = Engine(tiny_bundle), replace(SMALL, steps=1)
-    assert engine.txt2img("a red circle", "", one).notes == (
-        "lms with 1 step starts at timestep 0, not near 999: the UNet takes the pure noise a run starts from for a "
-        "picture nearly done, so the result stays noise-like. From 2 steps it starts at 999.",)
-    ddim = engine.txt2img("a red circle", "", replace(one, scheduler="ddim")).notes
-    assert len(ddim) == 1 and ddim[0].startswith("ddim with 1 step starts at timestep ") and "From 2 steps" in ddim[0]
-    assert engine.txt2img("a red circle", "", replace(SMALL, steps=2)).notes == ()
-    assert engine.txt2img("a red circle", "", replace(one, scheduler="dpm++")).notes == ()  # at 999
-    assert engine.img2img("a red circle", "", Image.new("RGB", (64, 64)), 1.0, one).notes == ()
-    assert engine.views.schedule_table(1, "euler").note.startswith("euler with 1 step starts at timestep 0")
-    assert engine.views.schedule_table(30, "euler").note is None
+def test_a_run_whose_schedule_starts_low_says_so(toy_engine):
+    """diffusers puts one LMS or Euler step at timestep 0, with the start noise scaled down to its sigma: the toy
+    gives a flat field, and the run says why. A single DDIM step near 0 leaves noise. A run from pure noise is
+    told, image to image at strength 1 too; image to image from mid-schedule, on purpose there, is not."""
+    one = replace(toy_engine.default_settings(), steps=1, seed=0, preview_every=0)
+    run = toy_engine.txt2img("a red circle", "", one)
+    assert run.notes == ("lms with 1 step starts at timestep 0, not near 999: its start noise is scaled down to that "
+                         "step's sigma (0.0292), so the UNet finds almost nothing to remove and the result is a "
+                         "nearly flat field. From 2 steps it starts at 999.",)
+    assert np.asarray(list(run.frames)[-1].image, dtype=float).std() < 25  # flat: a circle's picture is over 80
+    ddim = toy_engine.txt2img("a red circle", "", replace(one, scheduler="ddim")).notes
+    assert len(ddim) == 1 and ddim[0].startswith("ddim with 1 step starts at timestep ") and "stays noise" in ddim[0]
+    assert toy_engine.txt2img("a red circle", "", replace(one, steps=2)).notes == ()
+    assert toy_engine.txt2img("a red circle", "", replace(one, scheduler="dpm++")).notes == ()  # at 999
+    square = Image.new("RGB", (64, 64))
+    assert toy_engine.img2img("a red circle", "", square, 1.0, one).notes == run.notes
+    assert toy_engine.img2img("a red circle", "", square, 0.5, replace(one, steps=4)).notes == ()
+    assert toy_engine.views.schedule_table(1, "euler").note.startswith("euler with 1 step starts at timestep 0")
+    assert toy_engine.views.schedule_table(30, "euler").note is None
 
 
 def test_an_empty_prompt_runs_with_a_note_saying_so(tiny_bundle):

@@ -271,4 +271,4 @@ def wire_after_run(view: RunView, maps: Maps, history: gr.State) -> None:
     maps.grid.select(choose, None, maps.token, api_visibility="private", queue=False)
     reveal(maps.make_video.click(export_video, [view.history, history, maps.token, maps.opacity, maps.scale,
                                                 view.fps], [maps.mp4, maps.gif], api_name="attention_map_video"),
-           maps.gif)
+           maps.mp4, maps.gif)

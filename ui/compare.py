@@ -23,7 +23,7 @@ from core.engine import Engine, Run
 from core.sampler import Settings
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
-from ui.run_view import (EXPIRED, PANEL, Controls, cached, checked_by_script, ended, frame_caption, idle_after,
+from ui.run_view import (EXPIRED, Controls, cached, checked_by_script, ended, frame_caption, idle_after,
                          image_panel, progress, status_line, stop_button, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
@@ -283,6 +283,12 @@ class Round:
     progress: dict                 # the same, as plain fields for scripts
 
 
+def run_notes(runs: list[Run], labels: list[str]) -> list[str]:
+    """What the runs say before their first step: a note every run gives once, any other with its entry's label."""
+    shared = [note for note in runs[0].notes if all(note in run.notes for run in runs)]
+    return shared + [f"{label}: {note}" for label, run in zip(labels, runs) for note in run.notes if note not in shared]
+
+
 def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag: threading.Event) -> Iterator[Round]:
     """Each round advances every run one step; the last round carries every result."""
     sigmas = pd.DataFrame([(label, i + 1, sigma) for label, run in zip(labels, runs) for i, sigma in
@@ -298,7 +304,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                   for label, frame, run in zip(labels, last, runs)]
         steps = "" if len({count[1:] for count in counts}) == 1 else " · steps run: " + ", ".join(
             f"{label} {done} / {total}" for label, done, total in counts)  # optim's early stop, an entry's own count
-        notes = [*runs[0].notes, *said]
+        notes = [*run_notes(runs, labels), *said]
         return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
                      status_line(lead, state, about + steps, notes),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,

@@ -46,17 +46,17 @@ def image_panel(label: str, elem_id: str, **options) -> gr.Image:
 
 
 def video_outputs(what: str, elem_id: str) -> tuple[gr.File, gr.Image]:
-    """Where a video made of a run arrives: the MP4 to download, and the GIF playing on the page (shown once
-    there is one, see `reveal`)."""
-    with gr.Row():
-        mp4 = gr.File(label=f"{what} (MP4)", elem_id=f"{elem_id}-mp4")
+    """Where a video made of a run arrives, both hidden until there is one (see `reveal`): the MP4 to download,
+    and the GIF playing on the page."""
+    mp4 = gr.File(label=f"{what} (MP4)", elem_id=f"{elem_id}-mp4", visible=False)
     gif = image_panel(f"{what} (GIF), playing", f"{elem_id}-gif", type="filepath", visible=False)
     return mp4, gif
 
 
-def reveal(made: gr.events.Dependency, panel: gr.Image) -> None:
-    """Show `panel` once `made` has filled it (a step of its own, so the API's answer stays the file's path)."""
-    made.success(lambda: gr.update(visible=True), None, panel, api_visibility="private", queue=False)
+def reveal(made: gr.events.Dependency, mp4: gr.File, gif: gr.Image) -> None:
+    """Show a video's panels once `made` has filled them (a step of its own, so that the API answers the files'
+    paths)."""
+    made.success(lambda: (gr.update(visible=True),) * 2, None, [mp4, gif], api_visibility="private", queue=False)
 
 
 @contextmanager
@@ -365,7 +365,7 @@ class RunView:
             return x_t, x0, f"{caption} · scrubbing the last run"
 
         reveal(self.make_video.click(export_video, [self.history, self.fps], [self.mp4, self.gif],
-                                     api_name=f"{self.name}_video"), self.gif)
+                                     api_name=f"{self.name}_video"), self.mp4, self.gif)
         wire_stop(stop, self.stops, starts, stop_api)
         self.scrub.input(show_frame, [self.scrub, self.history], [self.x_t, self.x0, self.status],
                          api_visibility="private", show_progress="hidden")

@@ -268,7 +268,7 @@ def inversion_form(lab: Lab) -> InversionForm:
                      file_types=[".safetensors", ".bin", ".pt"], elem_id="ti-upload")
     examples_button = gr.Button("Back to the embeddings made for this model alone", size="sm",
                                 visible=bool(engine.example_embeddings()))
-    text, names = describe_learned(engine, engine.own_learned())
+    text, names = describe_learned(engine, lab.learned.value)  # the model's own, which each session starts with
     loaded = gr.Markdown(text, elem_id="ti-loaded", label="Loaded embeddings")
     ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
     ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
@@ -333,7 +333,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
 
 def check_learned(learned: dict, token: str, learned_token: str) -> None:
     if not learned:
-        raise ValueError("No embeddings are loaded: upload a file or load the model's own first")
+        raise ValueError("No embeddings are loaded: this model ships none; upload a file (/load_embedding)")
     if token and learned_token not in learned:
         raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
 
