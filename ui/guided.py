@@ -114,8 +114,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
                                        controls.guidance_scale],
                                 label=label, example_labels=[example_label(*row[:-1]) for row in rows])
         with gr.Column(scale=3):
-            plot = gr.LinePlot(x="step", y="loss", label="Loss by step", show_label=False, height=220,
-                               title="loss on the guided steps", elem_id="guided-plot")
+            plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss", label="Loss by step",
+                               show_label=False, height=220, title="loss on the guided steps", elem_id="guided-plot")
             view = RunView("guided", stops, "Press Generate: the loss steers the run on every N-th step.",
                            beside_result="Unguided: the same seed and settings", sendable=True)
             code = CodePanel(writers, "guided", ("guided",))
