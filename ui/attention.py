@@ -139,7 +139,8 @@ def maps_panels(first_token: int) -> Maps:
         token = gr.Number(value=first_token, label="Token shown large",
                           info="its position in the grid (0: the start token), or click its map")
     grid = gr.Gallery(label="Every token's map over x0 at this step (click one to show it large)", columns=5,
-                      format="png", allow_preview=False, elem_classes=["pixels", "columns-5"], elem_id="attention-grid",
+                      format="png", allow_preview=False, elem_classes=["pixels", "columns-5", "all-rows"],
+                      elem_id="attention-grid",
                       interactive=False)
     mass = gr.BarPlot(x="token", y="share", label="Attention share by token", show_label=False, x_label_angle=-45,
                       height=300, title="How this step's attention splits across the tokens", elem_id="attention-mass")
@@ -147,7 +148,7 @@ def maps_panels(first_token: int) -> Maps:
                 "many of them, so together they take a large share even where each one takes less than a word.",
                 elem_id="attention-padding")
     grays = gr.Gallery(label="The maps in grayscale, on the map scale chosen", columns=5, format="png",
-                       elem_classes=["pixels", "columns-5"], elem_id="attention-maps", interactive=False)
+                       elem_classes=["pixels", "columns-5", "all-rows"], elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
     mp4, gif = video_outputs("map video", "attention-video")
     return Maps(opacity, scale, token, grid, mass, grays, make_video, mp4, gif)
