@@ -61,10 +61,13 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Tab("Guidance taken apart", id="compare-parts", elem_id="compare-parts"):
             build_parts(engine, stops, controls, options, writers)
         for kind, default, about in (
-                ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales."),
-                ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler; `euler:15` gives "
-                                                          "one its own step count.\n\n" + SAMPLERS_ABOUT),
-                ("seeds", "1,2,3,4", "Several images for one prompt, one per seed.")):
+                ("scales", "1,3,5,7.5,10,15", "One seed across guidance scales (they replace the generation "
+                                              "settings' guidance scale)."),
+                ("samplers", "lms,euler,ddim,dpm++,optim", "The same seed through each sampler (they replace the "
+                                                          "generation settings' sampler); `euler:15` gives one its "
+                                                          "own step count.\n\n" + SAMPLERS_ABOUT),
+                ("seeds", "1,2,3,4", "Several images for one prompt, one per seed (they replace the generation "
+                                     "settings' seed).")):
             with gr.Tab(kind.capitalize(), id=f"compare-{kind}", elem_id=f"compare-{kind}"):
                 build_comparison(engine, stops, controls, options, ComparisonTab(kind, default, about), writers)
     return tabs
