@@ -154,8 +154,9 @@ def low_start(config: dict, name: str, steps: int) -> str | None:
                 f"so the UNet finds almost nothing to remove and the result is a nearly flat field")
     else:
         what = "the UNet takes the pure noise a run starts from for a picture nearly done, so the result stays noise"
-    enough = next((n for n in range(steps + 1, steps + top) if _first_timestep(config, name, n) >= top / 2), None)
-    more = f" From {enough} steps it starts at {_first_timestep(config, name, enough):g}." if enough else ""
+    starts = ((n, _first_timestep(config, name, n)) for n in range(steps + 1, steps + top))
+    enough = next(((n, start) for n, start in starts if start >= top / 2), None)
+    more = f" From {enough[0]} steps it starts at {enough[1]:g}." if enough else ""
     return (f"{name} with {steps} step{'s' if steps > 1 else ''} starts at timestep {first:g}, not near {top}: "
             f"{what}.{more}")
 

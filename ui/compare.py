@@ -300,6 +300,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
     seeds = {run.settings.seed for run in runs}
     about = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds " + ", ".join(labels)
     shown, last, movement, said = [None] * len(runs), [None] * len(runs), [], []  # said: notes from the runs' steps
+    told = run_notes(runs, labels)  # before the first step
 
     def round_(state: str) -> Round:
         lead = max((frame for frame in last if frame), key=lambda f: (f.index + 1) / f.steps, default=None)
@@ -307,7 +308,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
                   for label, frame, run in zip(labels, last, runs)]
         steps = "" if len({count[1:] for count in counts}) == 1 else " · steps run: " + ", ".join(
             f"{label} {done} / {total}" for label, done, total in counts)  # optim's early stop, an entry's own count
-        notes = [*run_notes(runs, labels), *said]
+        notes = [*told, *said]
         return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
                      status_line(lead, state, about + steps, notes),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,

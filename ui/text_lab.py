@@ -349,7 +349,7 @@ def describe_learned(engine: Engine, learned: dict) -> tuple[str, list[str]]:
 
 def wire_loading(lab: Lab, form: InversionForm) -> None:
     """Loading embeddings from a file into this session's, or going back to the model's own."""
-    engine = lab.engine
+    engine, own = lab.engine, lab.learned.value  # the model's own, read once: every session starts with them
 
     def describe(session_learned: dict) -> tuple[str, dict]:
         text, names = describe_learned(engine, session_learned)
@@ -375,10 +375,9 @@ def wire_loading(lab: Lab, form: InversionForm) -> None:
         """This session's embeddings back to those made for this model (its folder's embeddings/), which it
         starts with: an uploaded file's are dropped."""
         with user_errors():
-            if not engine.example_embeddings():
+            if not own:
                 raise ValueError("This model has no embeddings of its own: upload a file (/load_embedding)")
-        session_learned = engine.own_learned()
-        return session_learned, *describe(session_learned)
+        return own, *describe(own)
 
     outputs = [lab.learned, form.loaded, form.learned_token]
     checked = form.upload.upload(check_file, form.upload, None, api_visibility="private")
