@@ -162,9 +162,13 @@ def test_the_page_streams_each_tokens_map_and_the_scrubber_moves_them(toy_page):
         expect(tile).not_to_have_attribute("src", src)
     page.screenshot(path=SHOTS / "attention-scrub.png", full_page=True)
     tab.get_by_role("button", name="Make the video of the chosen token's map").click()
-    expect(page.locator("#attention-video-gif img")).to_have_attribute(
+    expect(page.locator("#attention-map-video-gif img")).to_have_attribute(
         "src", re.compile(r"sdlens-attention-token2-seed2\.gif$"), timeout=RUN_TIMEOUT_MS)
-    expect(page.locator("#attention-video-gif")).to_be_visible()
+    expect(page.locator("#attention-map-video-gif")).to_be_visible()
+    expect(page.locator("#attention-map-video-mp4")).to_be_visible()
+    run_green_heart(page, tab, 4)  # a new run: the last run's video goes, until one is made of this run
+    expect(page.locator("#attention-map-video-gif")).to_be_hidden()
+    expect(page.locator("#attention-map-video-mp4")).to_be_hidden()
 
 
 def test_on_one_scale_the_background_words_map_goes_dark(toy_page):

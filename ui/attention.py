@@ -150,7 +150,7 @@ def maps_panels(first_token: int) -> Maps:
     grays = gr.Gallery(label="The maps in grayscale, on the map scale chosen", columns=5, format="png",
                        elem_classes=["pixels", "columns-5", "all-rows"], elem_id="attention-maps", interactive=False)
     make_video = gr.Button("Make the video of the chosen token's map (MP4 + GIF)", size="sm")
-    mp4, gif = video_outputs("map video", "attention-video")
+    mp4, gif = video_outputs("map video", "attention-map-video")
     return Maps(opacity, scale, token, grid, mass, grays, make_video, mp4, gif)
 
 
@@ -162,6 +162,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
             view = RunView("attention", stops, "Press Generate to watch where each token's attention lands.",
                            beside_result="The chosen token's map over x0")
             maps = maps_panels(attention.first_word(engine.attention_tokens(form.prompt.value)))
+            view.videos += [maps.mp4, maps.gif]
             code = CodePanel(writers, "attention", ("attention",))
     history = gr.State(None)  # the last run's maps, step for step with view.history: [StepView]
     wire_run(engine, form, view, maps, history, concurrency, code)
@@ -208,10 +209,10 @@ def wire_run(engine: Engine, form: Form, view: RunView, maps: Maps, history: gr.
                     drawn = drawn._replace(grays=[view.cached(gray) for gray in step.images])
                     kept.append(drawn)
                 latest.update(zip(shown, panels(base[0], drawn, opacity, token, scale)))
-                return {**latest, maps.mp4: None, maps.gif: None}
+                return latest
 
             def final():
-                return {**dict.fromkeys(shown), **latest, maps.mp4: None, maps.gif: None, history: kept or None}
+                return {**dict.fromkeys(shown), **latest, history: kept or None}
 
             yield from view.stream(run, flag, extra=step_panels, final=final)
 

@@ -256,6 +256,7 @@ class RunView:
             self.fps = Slider(1, export.MAX_FPS, value=export.DEFAULT_FPS, step=1, label="Video frames per second",
                               scale=1)
         self.mp4, self.gif = video_outputs("x0 video", f"{name}-video")
+        self.videos = [self.mp4, self.gif]  # every video panel of the tab: a new run empties and hides them
         # this session's last run: (seed, [(caption, video caption, x_t file, x0 file), ...])
         self.history = gr.State(None)
 
@@ -310,7 +311,8 @@ class RunView:
         for note in notes:
             gr.Warning(note)
         shown, frame, image = [], None, result  # shown: what `history` keeps of every preview step
-        clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)}  # the last run's frames
+        # the last run's frames and videos, hidden by the first message; later ones keep the videos empty
+        clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)} | self.hidden_videos()
         with user_errors():
             for frame, files in read_ahead(self.saved(run.frames)):
                 if frame.note:
@@ -324,16 +326,20 @@ class RunView:
                 if frame.image is not None:  # the last step: its images go out with the final message
                     break
                 yield {self.status: status_line(frame, "running", about, notes), self.result: None,
-                       self.scrub: 1, self.mp4: None, self.gif: None,
-                       self.progress: progress(frame, "running", run.settings.seed, notes)} | clear | extra(frame)
+                       self.scrub: 1, self.progress: progress(frame, "running", run.settings.seed, notes)
+                       } | dict.fromkeys(self.videos) | clear | extra(frame)
                 clear = {}
         state = ended(image, flag)
         last = shown[-1] if shown else (None,) * 4
-        yield ({self.x_t: last[2], self.x0: last[3], self.result: image, self.mp4: None, self.gif: None,
+        yield ({self.x_t: last[2], self.x0: last[3], self.result: image, **self.hidden_videos(),
                 self.status: status_line(frame, state, about, notes), self.scrub: counter(len(shown)),
                 self.progress: progress(frame, state, run.settings.seed, notes),
                 self.history: (run.settings.seed, shown) if shown else None}
                | (extra(frame) if frame is not None and frame.image is not None else {}) | final())
+
+    def hidden_videos(self) -> dict:
+        """Every video panel emptied and hidden (until `reveal` shows the next video made)."""
+        return {panel: gr.update(value=None, visible=False) for panel in self.videos}
 
     def wire(self, stop: gr.Button, stop_api: str | None, starts: tuple[gr.Button, ...] = ()) -> None:
         """Stop (also for the runs `starts` ask for, see `wire_stop`), the scrubber and the video; `stop_api`
