@@ -3,6 +3,7 @@
     python -m bench.tabs                          # the tiny random SD on this machine's CPU, in about 10 s
     python -m bench.tabs --device cuda            # an SD-v1-shaped model with random weights, float16, 512 px
     python -m bench.tabs --model toy --device cuda
+    python -m bench.tabs --model tiny-4x          # a VAE that downsamples 4x (16x16 latents at 64 px)
 
 What each row checks (a run whose latents turn to NaN or inf fails its row):
 - text to image against diffusers' StableDiffusionPipeline on the very same parts, seed and steps;
@@ -47,7 +48,8 @@ from core.toyworld.evaluate import blueness
 
 PROMPT, OTHER = "a red circle on a white background", "a blue star on a yellow background"
 EXAMPLE = Path(__file__).resolve().parents[1] / "ui" / "assets" / "examples" / "red-heart.png"
-SHAPES = {"tiny": TINY, "sd-v1": SD_V1}
+# tiny-4x: a VAE that downsamples 4x instead of SD's 8x, so 16x16 latents at 64 px (the shape of a finer toy world)
+SHAPES = {"tiny": TINY, "tiny-4x": replace(TINY, vae_channels=TINY.vae_channels[:3]), "sd-v1": SD_V1}
 
 
 @dataclass
@@ -223,7 +225,7 @@ def engine_for(model: str, device: str, dtype: str, folder: Path) -> Engine:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", choices=["tiny", "sd-v1", "toy"], help="default: sd-v1 on cuda, tiny elsewhere")
+    parser.add_argument("--model", choices=[*SHAPES, "toy"], help="default: sd-v1 on cuda, tiny elsewhere")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args(argv)
     model = args.model or ("sd-v1" if args.device.startswith("cuda") else "tiny")

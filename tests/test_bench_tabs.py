@@ -20,6 +20,15 @@ def test_every_tab_meets_its_reference_on_the_tiny_model(capsys):
     assert "max diff 0.0e+00" in printed["text to image"]  # float32 on a CPU: the very same latents as diffusers
 
 
+def test_every_tab_meets_its_reference_where_the_vae_downsamples_4x(capsys):
+    """Nothing assumes SD's 8x: a model with 16x16 latents at 64 px (a finer toy world's shape) passes every row."""
+    assert tabs.SHAPES["tiny-4x"].vae_scale_factor == 4
+    assert tabs.main(["--model", "tiny-4x", "--steps", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-4x" in printed.splitlines()[0]
+    assert all(line.startswith("ok ") for line in rows(printed).values()) and set(rows(printed)) == set(TABS)
+
+
 def test_a_tab_whose_result_departs_from_its_reference_fails_its_row_and_the_others_still_run(capsys, monkeypatch):
     mix = Engine.mix_prompts
     monkeypatch.setattr(Engine, "mix_prompts",  # mixes at 0.5 whatever factor it is given
