@@ -135,12 +135,23 @@ def test_stop_ends_the_run_and_the_app_keeps_serving(app_url):
     ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
     ({"steps": 2.5}, "steps must be a whole number, got 2.5"),
     ({"width": 4096}, "Width takes 64 to 128, got 4096"),
+    ({"steps": "abc"}, "Steps takes a number from 1 to 200, got 'abc'"),
+    ({"seed": "abc"}, "seed must be a number, got 'abc'"),
 ])
 def test_bad_input_gets_a_clear_error(app_url, change, message):
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match=re.escape(message)):
         txt2img(client, **change).result()
     assert len(image_paths(list(txt2img(client, steps=2)), X0)) == 2
+
+
+def test_numbers_sent_as_text_run_as_those_numbers(app_url):
+    """A script that read its settings from a CSV or the command line sends "3" and "7.5": the same run."""
+    client = Client(app_url, verbose=False)
+    as_text = txt2img(client, steps="3", guidance_scale="7.5", seed="5").result()
+    as_numbers = txt2img(client, steps=3, guidance_scale=7.5, seed=5).result()
+    assert image_paths([as_text], X0) and np.array_equal(*(np.asarray(Image.open(run[RESULT]))
+                                                           for run in (as_text, as_numbers)))
 
 
 # --- image to image, the VAE, the noise schedule ---

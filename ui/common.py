@@ -61,10 +61,13 @@ def user_errors():
 
 
 def number(value, name: str) -> float:
-    """A widget's number; an emptied box arrives as None."""
+    """A widget's number (a script may send it as text, "7.5"); an emptied box arrives as None."""
     if value is None:
         raise ValueError(f"{name} is empty: enter a number")
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
 def whole(value, name: str) -> int:
@@ -120,10 +123,16 @@ class Slider(gr.Slider):
     is_template = True  # drawn by gr.Slider's front end
 
     def preprocess(self, payload):
-        if payload is not None and not self.minimum <= payload <= self.maximum:
-            raise gr.Error(f"{self.label} takes {self.minimum:g} to {self.maximum:g}, got {payload:g}",
-                           print_exception=False)
-        return super().preprocess(payload)
+        if payload is not None and not self.minimum <= self.read(payload) <= self.maximum:  # NaN is refused too
+            refuse(f"{self.label} takes {self.minimum:g} to {self.maximum:g}, got {self.read(payload):g}")
+        return super().preprocess(self.read(payload) if isinstance(payload, str) else payload)
+
+    def read(self, payload) -> float:
+        """The payload as a number (a script may send it as text, "30"), or a message naming the slider."""
+        try:
+            return float(payload)
+        except (TypeError, ValueError):
+            refuse(f"{self.label} takes a number from {self.minimum:g} to {self.maximum:g}, got {payload!r}")
 
 
 def choice_values(widget: gr.components.Component) -> list | None:
@@ -192,5 +201,5 @@ class Scrubber(Slider):
 
     def preprocess(self, payload):
         if payload is not None:
-            payload = min(max(payload, self.minimum), self.maximum)
+            payload = min(max(self.read(payload), self.minimum), self.maximum)
         return super().preprocess(payload)
