@@ -1,4 +1,5 @@
 """The running app (`python app.py` on the tiny model) driven through gradio_client, as scripts use it."""
+import html
 import re
 from pathlib import Path
 
@@ -287,6 +288,10 @@ def test_learned_embeddings_stay_with_the_user_who_loaded_them(app_url, tmp_path
     assert " · done · " in outputs[-1][2] and len(image_paths(outputs, 1)) == 3
     with pytest.raises(Exception, match="No embeddings are loaded"):
         other.predict(**run)
+    with pytest.raises(Exception) as refused:  # two runs of it would be one picture twice
+        owner.predict(**(run | {"prompt": "a <nope> on a table"}))
+    assert ("The prompt 'a <nope> on a table' holds none of the loaded tokens (<thing>): write one in it, or name a "
+            "word of it") in html.unescape(str(refused.value))  # the page shows messages as HTML
     with pytest.raises(Exception, match=re.escape("This model has no embeddings of its own: upload a file")):
         other.predict(api_name="/load_model_embeddings")
 

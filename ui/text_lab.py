@@ -301,7 +301,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                check_learned(learned, token, learned_token)
+                check_learned(learned, prompt, token, learned_token)
                 if token:
                     position, runs = lab.edited(prompt, token, [(learned_token, 1.0)], settings, learned, flag)
                     about = f"token {position} → `{learned_token}`"
@@ -316,7 +316,7 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
         """The run as a script: with a token, both images side by side; without, the image with the learned
         embeddings."""
         settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every, previews, scheduler)
-        check_learned(learned, token, learned_token)
+        check_learned(learned, prompt, token, learned_token)
         if token:
             return lab.edit_script(prompt, token, [(learned_token, 1.0)], settings, learned,
                                    "A learned embedding in place of a token")
@@ -331,11 +331,16 @@ def build_textual_inversion(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
     return form.prompt, form.token
 
 
-def check_learned(learned: dict, token: str, learned_token: str) -> None:
+def check_learned(learned: dict, prompt: str, token: str, learned_token: str) -> None:
+    """A run that uses a loaded token: put in place of `token`, or (without one) written in the prompt; two runs
+    of a prompt without one would be the same picture twice."""
     if not learned:
         raise ValueError("No embeddings are loaded: this model ships none; upload a file (/load_embedding)")
     if token and learned_token not in learned:
         raise ValueError(f"{learned_token!r} is not loaded; loaded: {', '.join(learned)}")
+    if not token and not any(name in prompt for name in learned):
+        raise ValueError(f"The prompt {prompt!r} holds none of the loaded tokens ({', '.join(learned)}): write one "
+                         f"in it, or name a word of it to put a loaded token in its place")
 
 
 def describe_learned(engine: Engine, learned: dict) -> tuple[str, list[str]]:
