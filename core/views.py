@@ -141,13 +141,13 @@ class Views:
     def check_noise_row(self, image: str | Path | Image.Image, steps: int, scheduler: str, index: int,
                         seed: int) -> tuple[images.Fitted, Settings]:
         """The image fitted to the model and the schedule's settings; ValueError for a bad input."""
-        if not isinstance(index, int) or not 0 <= index < steps:
-            raise ValueError(f"step must be from 0 to {steps - 1} (steps - 1), got {index!r}")
         fitted = images.fit_to(self.bundle, image)
         width, height = fitted.image.size
         settings = drawn(replace(self.base, steps=steps, scheduler=scheduler, seed=seed,
                                  width=width, height=height, preview_every=0))
         check_settings(self.bundle, settings)
+        if not isinstance(index, int) or not 0 <= index < steps:
+            raise ValueError(f"step must be from 0 to {steps - 1} (steps - 1), got {index!r}")
         return fitted, settings
 
     def noise_row(self, image: str | Path | Image.Image, steps: int, scheduler: str, index: int, seed: int,

@@ -231,6 +231,11 @@ def test_vae_schedule_and_add_noise_endpoints(app_url):
     assert table["data"][6][0] == 7 and f"sigma {table['data'][6][2]:.4f}" in about
     assert "· seed 1" in about and "the UNet still finds the picture in them" in about  # noise that hides it
     assert row[0]["caption"].startswith("1: σ 14.61") and row[-1]["caption"].startswith("15: σ")
+    # a step past a script's own count: its range, counted as the page counts (the slider's page range is 30)
+    for step in (12, 50):
+        with pytest.raises(Exception, match=re.escape(f"step must be from 1 to 10 (the steps; 1 = the noisiest), "
+                                                      f"got {step}")):
+            client.predict(handle_file(str(EXAMPLE)), 10, "lms", step, 1, api_name="/add_noise")
 
 
 def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):
@@ -247,6 +252,12 @@ def test_guided_streams_the_loss_and_ends_beside_the_unguided_run(app_url):
         client.predict(prompt="a red circle", negative_prompt="", loss="blue", color="#0000ff", level=0.5,
                        loss_scale=50, every=3, mode="cheap", steps=4, guidance_scale=7.5, seed=7, width=64,
                        height=64, preview_every=1, scheduler="ddim", api_name="/guided")
+    # a start past a script's own steps: the run's range (the page's slider follows its steps, a script's does not)
+    with pytest.raises(Exception, match=re.escape("start (the first steps left unguided) must be a whole number "
+                                                  "from 0 to 3, got 100")):
+        client.predict(prompt="a red circle", negative_prompt="", loss="blue", color="#0000ff", level=0.5,
+                       loss_scale=50, every=3, start=100, mode="cheap", steps=4, guidance_scale=7.5, seed=7,
+                       width=64, height=64, preview_every=1, scheduler="lms", api_name="/guided")
 
 
 # --- the text lab ---

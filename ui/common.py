@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def counter(count: int) -> dict:
     return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
 
 
-def within_steps(steps: gr.Slider, step: gr.Slider, first: int = 0) -> gr.events.Dependency:
+def within_steps(steps: gr.Slider, step: StepSlider, first: int = 0) -> gr.events.Dependency:
     """`step`, a step of the run counted from `first` (or a count of steps, from 0), offers only the steps that
     `steps` makes; at one step, the only choice, it greys out. Returns the event, for what must follow `step`
     once it is within the new count."""
@@ -122,17 +123,37 @@ class Slider(gr.Slider):
 
     is_template = True  # drawn by gr.Slider's front end
 
+    top = property(lambda self: self.maximum)  # the largest value this slider lets through
+
     def preprocess(self, payload):
-        if payload is not None and not self.minimum <= self.read(payload) <= self.maximum:  # NaN is refused too
-            refuse(f"{self.label} takes {self.minimum:g} to {self.maximum:g}, got {self.read(payload):g}")
-        return super().preprocess(self.read(payload) if isinstance(payload, str) else payload)
+        """The number (gr.Slider's own check of its range left out: this one's speaks for itself)."""
+        if payload is None:
+            return None
+        if not self.minimum <= self.read(payload) <= self.top:  # NaN is refused too
+            refuse(f"{self.label} takes {self.span()}, got {self.read(payload):g}")
+        return gr.Number.round_to_precision(self.read(payload) if isinstance(payload, str) else payload,
+                                            self.precision)
 
     def read(self, payload) -> float:
         """The payload as a number (a script may send it as text, "30"), or a message naming the slider."""
         try:
             return float(payload)
         except (TypeError, ValueError):
-            refuse(f"{self.label} takes a number from {self.minimum:g} to {self.maximum:g}, got {payload!r}")
+            refuse(f"{self.label} takes a number from {self.span()}, got {payload!r}")
+
+    def span(self) -> str:
+        return f"{self.minimum:g} to {self.maximum:g}"
+
+
+class StepSlider(Slider):
+    """A slider over a run's steps, whose end follows the Steps slider on the page (`within_steps`). A script's
+    call does not move that end, so a value past it is left to the run's check, which knows the run's steps."""
+
+    is_template = True  # drawn by gr.Slider's front end
+    top = math.inf
+
+    def span(self) -> str:
+        return f"{self.minimum:g} to the run's last step"
 
 
 def choice_values(widget: gr.components.Component) -> list | None:

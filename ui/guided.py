@@ -11,7 +11,7 @@ from core.code import Scripts
 from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, TARGET_OF, Guidance, Target
 from ui.code_panel import CodePanel, Writers
-from ui.common import GENERATE, Dropdown, Radio, Slider, number, user_errors, whole, within_steps
+from ui.common import GENERATE, Dropdown, Radio, Slider, StepSlider, number, user_errors, whole, within_steps
 from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
 from ui.send import Prompted
 from ui.stops import StopFlags
@@ -64,7 +64,7 @@ def loss_form(first: Guidance, steps: int) -> LossForm:
     with gr.Row():
         every = Slider(1, MAX_EVERY, value=first.every, step=1, label="Guide every N steps",
                        info="the notebook: every 5")
-        start = Slider(0, max(steps - 1, 1), value=first.start, step=1, label="Leave the first N steps unguided",
+        start = StepSlider(0, max(steps - 1, 1), value=first.start, step=1, label="Leave the first N steps unguided",
                        info="the notebook: 0; the first steps set the layout, and guidance after them "
                             "mostly keeps it")
     with gr.Row():

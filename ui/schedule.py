@@ -6,8 +6,8 @@ import pandas as pd
 
 from core.engine import Engine
 from core.sampler import MAX_STEPS
-from ui.common import (EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, Dropdown, ImageFile, Slider, given, user_errors,
-                       whole, within_steps)
+from ui.common import (EXAMPLE_IMAGES, GENERATE, SAMPLER_CHOICES, Dropdown, ImageFile, Slider, StepSlider, given,
+                       user_errors, whole, within_steps)
 from ui.run_view import PANEL, image_panel
 
 EXPLAIN = """**init_noise_sigma = {init:.4f}.** Text to image starts from noise of standard deviation 1 multiplied
@@ -61,7 +61,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
                               height=PANEL // 2, elem_id="noise-input", value=str(EXAMPLE_IMAGES[-1]))
             gr.Examples([[str(path)] for path in EXAMPLE_IMAGES], [image])
             with gr.Row():
-                step = Slider(1, defaults.steps, value=defaults.steps // 2 + 1, step=1,
+                step = StepSlider(1, defaults.steps, value=defaults.steps // 2 + 1, step=1,
                               label="Step (1 = the noisiest)", info="counted as a run counts them")
                 seed = gr.Number(value=defaults.seed, label="Seed of the noise", info="-1: a random seed")
             add = gr.Button("Add noise", variant="primary")
@@ -74,7 +74,10 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
 
     def read(image, steps, scheduler, step, seed) -> tuple:
         """The inputs as the engine takes them: its steps are counted from 0."""
-        return given(image), whole(steps, "steps"), scheduler, whole(step, "step") - 1, whole(seed, "seed")
+        steps, step = whole(steps, "steps"), whole(step, "step")
+        if steps >= 1 and not 1 <= step <= steps:  # the page counts from 1 (fewer than 1 step: the engine says)
+            raise ValueError(f"step must be from 1 to {steps} (the steps; 1 = the noisiest), got {step}")
+        return given(image), steps, scheduler, step - 1, whole(seed, "seed")
 
     def check(*inputs):
         """Refuse bad inputs with a message before the run, leaving the last run's panels as they are."""
