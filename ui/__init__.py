@@ -36,7 +36,7 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 #attention-grid .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; }
 #history .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; display: -webkit-box;
                           -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
-                          line-height: 1.3; max-height: 3.9em; padding-top: 0; padding-bottom: 0; }
+                          line-height: 1.3; padding-top: 0; padding-bottom: 0; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
 .all-rows .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
                        overflow: visible !important; }
