@@ -145,6 +145,9 @@ def test_a_link_reopens_the_experiment(page, app_url):
         expect(attention.get_by_label("down", exact=True)).not_to_be_checked(timeout=LINK_TIMEOUT_MS)
         expect(attention.get_by_label("mid", exact=True)).to_be_checked()
         expect(attention.get_by_label("up", exact=True)).to_be_checked()
+        other.goto(app_url + "?tab=nosuch&steps=12")  # a tab the page does not have: said, not silently dropped
+        expect(other.get_by_text("The link's tab='nosuch' is not one of this page's (txt2img, img2img, "
+                                 )).to_be_visible(timeout=LINK_TIMEOUT_MS)
     finally:
         other.close()
 

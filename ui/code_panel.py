@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from core.code import Unscriptable
+from core.sampler import MAX_SEED, RANDOM_SEED
 from ui.common import choice_values, user_errors
 
 LABEL = "This run as a script (diffusers, transformers and torch only): python script.py OUT.png"
@@ -215,6 +216,9 @@ class Writers:
         link)."""
         experiment = self.experiments.get(tab)
         if experiment is None:
+            if tab:
+                gr.Warning(html.escape(f"The link's tab={tab!r} is not one of this page's ("
+                                       f"{', '.join(self.experiments)}): the page opens as it starts", quote=False))
             return {tabs: gr.skip()}  # an empty dict would be read as one value for all the outputs
         top, *inner = experiment.place
         updates = {tabs: gr.Tabs(selected=top)} | ({sub_tabs[top]: gr.Tabs(selected=inner[0])} if inner else {})
@@ -241,6 +245,12 @@ def linked_value(component, name: str, value):
         return linked_choice(component, name, value)
     if not isinstance(component, (gr.Number, gr.Slider)):
         return value
+    return linked_number(component, name, value)
+
+
+def linked_number(component: gr.Number | gr.Slider, name: str, value):
+    """A link's number, or a message that says why the input keeps its own: not a number, out of the slider's
+    range, a fraction where the input counts in whole numbers, or not a seed."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -248,6 +258,12 @@ def linked_value(component, name: str, value):
     if isinstance(component, gr.Slider) and not component.minimum <= number <= component.maximum:
         return left_as_it_was(f"The link's {name}={value} is out of range ({component.label} takes "
                               f"{component.minimum:g} to {component.maximum:g})", name)
+    counted = name == "seed" or isinstance(component, gr.Slider) and float(component.step).is_integer()
+    if counted and not number.is_integer():
+        return left_as_it_was(f"The link's {name}={value} is not a whole number", name)
+    if name == "seed" and not (number == RANDOM_SEED or 0 <= number <= MAX_SEED):
+        return left_as_it_was(f"The link's seed={value} is not a seed ({RANDOM_SEED}: a random one, or 0 to "
+                              f"{MAX_SEED})", name)
     return number
 
 
