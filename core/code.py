@@ -178,7 +178,10 @@ def _settings(recipe: Recipe) -> str:
         lines += [f"prompt_b = {recipe.mix[0]!r}", f"mix_factor = {recipe.mix[1]!r}  # f x prompt + (1 - f) x prompt_b"]
     lines += [f"negative_prompt = {recipe.negative_prompt!r}"]
     if recipe.image is not None:
-        lines += [f"image_path = {recipe.image!r}", f"strength = {recipe.strength!r}"]
+        where = (f"{Path(recipe.image).relative_to(REPOSITORY).as_posix()} in the SD Lens repository"
+                 if Path(recipe.image).is_relative_to(REPOSITORY) else
+                 "the app's copy of the image, kept while its cache lasts: point this at your own copy")
+        lines += [f"image_path = {recipe.image!r}  # {where}", f"strength = {recipe.strength!r}"]
     else:
         lines += [f"height, width = {s.height}, {s.width}"]
     varied = COMPARED[recipe.comparison.kind].each.split(", ") if recipe.comparison else []  # the loop sets them
@@ -355,7 +358,7 @@ def loss_fn(images):
     {body}
 
 
-def guide(scheduler, latents, t, noise_pred, text_embeddings, sigma):
+def guide(scheduler, latents, t, noise_pred, text_embeddings, sigma, step):
     """Loss guidance: move x_t against the gradient of the loss of its predicted x0, decoded to pixels."""
     with torch.enable_grad():
         latents = latents.detach().requires_grad_()
@@ -364,7 +367,7 @@ def guide(scheduler, latents, t, noise_pred, text_embeddings, sigma):
         images = (vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
         loss = loss_fn(images.float())
         grad = torch.autograd.grad(loss * loss_scale, latents)[0]
-    print(f"step {{int(t)}}: loss {{loss.item():.4f}}")
+    print(f"step {{step}} (timestep {{int(t)}}): loss {{loss.item():.4f}}")  # steps counted from 1, as the page
     return latents.detach() - grad * sigma**2
 '''
 
@@ -570,7 +573,7 @@ def _loop(recipe: Recipe) -> str:
         when = ("i >= loss_start and (i - loss_start) % loss_every == 0" if recipe.guidance.start
                 else "i % loss_every == 0")
         guide = (f"\n        if {when}:\n            latents = guide(scheduler, latents, t, noise_pred, "
-                 "text_embeddings, scheduler.sigmas[i].item())")
+                 "text_embeddings, scheduler.sigmas[i].item(), i + 1)")
     order = ""
     if s.scheduler == "lms" and recipe.image is not None and recipe.lms_order == "run":
         order = f", order=min(i + 1, {LMS_MAX_ORDER})"

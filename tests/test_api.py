@@ -337,7 +337,9 @@ def test_code_writes_a_tabs_script_from_its_named_parameters(app_url, tiny_bundl
     engine = Engine(tiny_bundle)
     assert left_out.strip() == Scripts(engine).txt2img("a red circle", "", engine.default_settings()).strip()
     image = client.predict("img2img", {"prompt": "a cat"}, api_name="/code")  # the example image, as /img2img
-    assert "green-star.png" in image
+    # the example's own file, not the app's expiring copy of it
+    assert "image_path = '" + str(EXAMPLE.with_name("green-star.png")) + "'  # ui/assets/examples/green-star.png in " \
+           "the SD Lens repository" in image
     swap_parameters = {k: v for k, v in TXT2IMG_PARAMETERS.items() if k != "negative_prompt"}
     swap = client.predict("swap_token", swap_parameters | {"token": "red", "replacement": "blue"}, api_name="/code")
     assert "position = 2  # red -> 1 x blue" in swap and "seed = 7" in swap

@@ -1,6 +1,8 @@
 """The "Image to image" tab: an image's latents noised to a start step, then denoised toward a prompt."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from core.code import Scripts
@@ -101,10 +103,19 @@ def code_writer(engine: Engine, controls: Controls):
                      previews, scheduler):
         """The run as a script (it reads the image from the path the app used)."""
         settings = controls.settings(steps, guidance_scale, seed, preview_every, previews, scheduler)
-        return Scripts(engine).img2img(prompt, negative_prompt, given(image, "input image"),
+        return Scripts(engine).img2img(prompt, negative_prompt, shipped_example(given(image, "input image")),
                                        number(strength, "strength"), settings, lms_order=lms_order)
 
     return img2img_code
+
+
+def shipped_example(path: str) -> str:
+    """An example image's own file in the repository, for the app's copy of it (gradio serves examples from its
+    cache); any other image's path as it is."""
+    for example in EXAMPLE_IMAGES:
+        if Path(path).name == example.name and Path(path).read_bytes() == example.read_bytes():
+            return str(example)
+    return path
 
 
 def wire_plan(engine: Engine, start: tuple[Slider, gr.Radio], controls: Controls, plan: gr.Markdown) -> None:
