@@ -19,7 +19,7 @@ from core import images, schedule, text, vae
 from core.safety import Flagger, screened, screened_pictures
 from core.guidance import Guidance
 from core.models import ModelBundle
-from core.sampler import (MAX_GUIDANCE, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
+from core.sampler import (MAX_GUIDANCE, MAX_STEPS, Conditioning, Frame, RunFailed, Settings, Start, check_settings,
                           drawn, sample)
 from core.views import Views
 
@@ -60,7 +60,8 @@ class Plan:
         if self.first == 0:
             return head + f"all {self.steps} steps from pure noise; the image is ignored"
         plan = head + (f"skip the first {self.first} steps, start at timestep {self.timestep:.0f}, "
-                       f"sigma {self.sigma:.2f} ({self.steps - self.first} steps run)")
+                       f"sigma {self.sigma:.2f} ({self.steps - self.first} step"
+                       f"{'s' if self.steps - self.first > 1 else ''} run)")
         if self.lms_order is None:
             return plan
         return plan + f"; LMS's order counted {schedule.LMS_ORDERS[self.lms_order]}"
@@ -194,12 +195,12 @@ class Engine:
         """"lms, euler:15" -> each sampler, with its own step count where one follows a colon."""
         def sampler(entry: str) -> dict:
             name, _, steps = (part.strip() for part in entry.lower().partition(":"))
-            if name not in schedule.SCHEDULERS:
+            if name not in schedule.SCHEDULERS or steps and not 1 <= int(steps) <= MAX_STEPS:
                 raise ValueError(name)
             return {"scheduler": name, **({"steps": int(steps)} if steps else {})}
         return compare.parse_list(text, "samplers", sampler,
-                                  f"one of {', '.join(schedule.SCHEDULERS)}, with an optional step count",
-                                  "lms,euler:15,ddim")
+                                  f"one of {', '.join(schedule.SCHEDULERS)}, with an optional step count from 1 to "
+                                  f"{MAX_STEPS}", "lms,euler:15,ddim")
 
     def guided(self, prompt: str, negative_prompt: str, settings: Settings, guidance: Guidance, *,
                should_stop: Callable[[], bool] = lambda: False) -> Run:

@@ -85,6 +85,8 @@ def test_a_note_only_some_entries_give_is_labelled_with_them(toy_engine):
     ("lms,heun", "samplers: 'heun' is not one of lms, euler, ddim, dpm"),
     (",".join(["lms"] * 13), "samplers takes at most 12 entries, got 13"),
     ("lms:ten", "'lms:ten' is not one of"),
+    ("euler:0", "samplers: 'euler:0' is not one of lms, euler, ddim, dpm\\+\\+, optim, with an optional step count "
+                "from 1 to 200"),
 ])
 def test_bad_sampler_lists_say_what_is_allowed(text, message):
     with pytest.raises(ValueError, match=message):
