@@ -374,6 +374,16 @@ def test_every_endpoint_names_what_it_returns(app_url):
     assert "/txt2img" in endpoints and not unnamed, unnamed
 
 
+def test_every_generation_endpoint_runs_with_its_parameters_left_out(app_url):
+    """A script may leave out any parameter of a run, as of /txt2img: each takes the page's starting value."""
+    endpoints = Client(app_url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    required = {name: [p["parameter_name"] for p in endpoints[name]["parameters"] if not p["parameter_has_default"]]
+                for name in ("/txt2img", "/guided", "/swap_token", "/mix_tokens", "/textual_inversion",
+                             "/mix_prompts", "/attention")}
+    # but the loaded token to put in place: the tiny model ships no embeddings, so a script names the one it loads
+    assert {name: names for name, names in required.items() if names} == {"/textual_inversion": ["learned_token"]}
+
+
 def test_a_token_picker_is_described_to_scripts_as_any_text(app_url):
     """It takes a word of the prompt or a position typed in, not only the positions it first offers."""
     endpoints = Client(app_url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]

@@ -271,7 +271,7 @@ def inversion_form(lab: Lab) -> InversionForm:
     text, names = describe_learned(engine, lab.learned.value)  # the model's own, which each session starts with
     loaded = gr.Markdown(text, elem_id="ti-loaded", label="Loaded embeddings")
     ti_prompt = gr.Textbox(label="Prompt", value=first[0], info="write a loaded token (e.g. <teal>) in it ...")
-    ti_token_box = token_picker(engine, first[0], first[1] or None, "... or put a loaded token in place of",
+    ti_token_box = token_picker(engine, first[0], first[1], "... or put a loaded token in place of",
                                 "a word of the prompt (the notebook's way); empty: as written")
     ti_learned_token = Dropdown(names, value=names[0] if names else None, label="The loaded token to put there",
                                 allow_custom_value=True)
