@@ -129,10 +129,10 @@ class Slider(gr.Slider):
         """The number (gr.Slider's own check of its range left out: this one's speaks for itself)."""
         if payload is None:
             return None
-        if not self.minimum <= self.read(payload) <= self.top:  # NaN is refused too
-            refuse(f"{self.label} takes {self.span()}, got {self.read(payload):g}")
-        return gr.Number.round_to_precision(self.read(payload) if isinstance(payload, str) else payload,
-                                            self.precision)
+        value = self.read(payload)
+        if not self.minimum <= value <= self.top:  # NaN is refused too
+            refuse(f"{self.label} takes {self.span()}, got {value:g}")
+        return gr.Number.round_to_precision(value if isinstance(payload, str) else payload, self.precision)
 
     def read(self, payload) -> float:
         """The payload as a number (a script may send it as text, "30"), or a message naming the slider."""
