@@ -568,7 +568,7 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     code = page.locator("#cfg_sweep-code")
     # the script follows the run (an event of its own, slower on a loaded host); the editor draws the lines in view
     expect(code).to_contain_text("guidance_scales = [1.0, 4.0]", timeout=RUN_TIMEOUT_MS)
-    expect(page.locator("#history")).to_contain_text(re.compile(r"scales · 1, 4: \S"))
+    expect(page.locator("#history")).to_contain_text(re.compile(r"scales · 1, 4: \S"), timeout=RUN_TIMEOUT_MS)
     code.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "code-compare.png")
     link = page.locator("#cfg_sweep-link textarea").input_value()
@@ -591,7 +591,8 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     for box in (pictures.nth(k).bounding_box() for k in range(2)):  # two pictures small enough to show whole
         assert box["width"] < strip["width"] / 3 and box["y"] + box["height"] <= strip["y"] + strip["height"]
     seeds.get_by_text("Show the code").click()
-    expect(page.locator("#compare_seeds-link textarea")).to_have_value(re.compile(r"entries=\d+%2C\+5"))
+    expect(page.locator("#compare_seeds-link textarea")).to_have_value(re.compile(r"entries=\d+%2C\+5"),
+                                                                       timeout=RUN_TIMEOUT_MS)  # follows the run
 
 
 def test_guidance_taken_apart_ends_where_the_predictions_differ_most_and_shows_any_step(page):
