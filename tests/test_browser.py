@@ -50,19 +50,24 @@ def page(app_url):
 
 
 def set_number(page, label, value):
-    """Type `value` into a slider's number box and press Enter, as a user does once the box shows, until the box
-    holds it. A tab's controls mount when the tab is first opened (Gradio renders its children then); a value typed
-    while they mount may not take, so it is typed again, three times at most."""
-    box = page.get_by_label(f"number input for {label}")
+    """Type `value` into a slider's number box and press Enter, as a user does once the box shows."""
+    fill(page.get_by_label(f"number input for {label}"), str(value), enter=True)
+
+
+def fill(box, text, enter=False):
+    """Type `text` into `box` (then Enter) until the box holds it. A tab's controls mount when the tab is first
+    opened (Gradio renders its children then) and take their first value as they mount: a value typed in that
+    moment can be replaced by the box's default, so it is typed again, three times at most."""
     for _ in range(3):
-        box.fill(str(value))
-        box.press("Enter")
+        box.fill(text)
+        if enter:
+            box.press("Enter")
         try:
-            expect(box).to_have_value(str(value), timeout=2000)
+            expect(box).to_have_value(text, timeout=2000)
             return
         except AssertionError:
             continue
-    expect(box).to_have_value(str(value))
+    expect(box).to_have_value(text)
 
 
 def test_the_page_opens_without_a_link_and_without_errors(page):
@@ -348,7 +353,7 @@ def test_a_strength_out_of_range_is_named_with_its_range(page):
 
 def test_an_img2img_example_sets_its_prompt_and_strength_and_clears_the_negative_prompt(page):
     tab = open_tab(page, "Image to image", "tab-img2img")
-    tab.get_by_label("Negative prompt", exact=True).fill("purple")
+    fill(tab.get_by_label("Negative prompt", exact=True), "purple")
     tab.locator("tr.tr-body").nth(1).click()  # the notebook's second: a man on a bench at 0.6
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("An oil painting of a man on a bench")
     expect(tab.get_by_label("Negative prompt", exact=True)).to_have_value("")
@@ -473,7 +478,7 @@ def test_tokens_table_and_the_encoder_proof(page):
     tab = open_text_tab(page, "Tokens and embeddings", "text-tokens")
     headers = page.locator("#tokens-table th")
     expect(headers.nth(1)).to_contain_text("token id")  # named before the first press, not numbered 1, 2, 3
-    tab.get_by_label("Prompt").fill("A picture of a puppy.")
+    fill(tab.get_by_label("Prompt"), "A picture of a puppy.")
     tab.get_by_role("button", name="Show the tokens").click()
     expect(page.locator("#tokens-proof")).to_contain_text("max abs difference 0", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#tokens-table")).to_contain_text("6829")
@@ -485,9 +490,9 @@ def test_tokens_table_and_the_encoder_proof(page):
 
 def test_swap_streams_both_runs_side_by_side(page):
     tab = open_text_tab(page, "Swap a token", "text-swap")
-    tab.get_by_label("Prompt").fill("a picture of a puppy")
-    tab.get_by_label("Put this word there").fill("cat")
-    tab.get_by_label("The token to replace").fill("puppy")
+    fill(tab.get_by_label("Prompt"), "a picture of a puppy")
+    fill(tab.get_by_label("Put this word there"), "cat")
+    fill(tab.get_by_label("The token to replace"), "puppy")
     tab.get_by_label("The token to replace").press("Enter")
     tab.get_by_role("button", name="Generate both").click()
     status = page.locator("#swap-status")
@@ -560,7 +565,7 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
     page.get_by_role("tab", name="Inside a step", exact=True).click()
     page.get_by_role("tab", name="Scales", exact=True).click()
     tab = page.locator("#compare-scales")
-    tab.get_by_label("Scales").fill("1, 4")  # its name includes the info under the label
+    fill(tab.get_by_label("Scales"), "1, 4")  # its name includes the info under the label
     tab.get_by_role("button", name="Compare").click()
     expect(page.locator("#scales-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     box = page.locator("#cfg_sweep-code-box")
@@ -583,7 +588,7 @@ def test_a_comparison_shows_its_code_and_its_link_reopens_the_sub_tab(page, app_
         other.close()
     page.get_by_role("tab", name="Seeds", exact=True).click()  # a random seed: the link keeps the one drawn
     seeds = page.locator("#compare-seeds")
-    seeds.get_by_label("Seeds").fill("-1, 5")
+    fill(seeds.get_by_label("Seeds"), "-1, 5")
     seeds.get_by_role("button", name="Compare").click()
     expect(page.locator("#seeds-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     strip, pictures = page.locator("#seeds-strip").bounding_box(), page.locator("#seeds-strip img")
