@@ -210,6 +210,13 @@ def test_the_recipe_is_the_second_edition_in_fixed_steps():
     assert (full.decoder_restart_steps, full.decoder_restart_lr) == (2000, 5e-4)
 
 
+def test_the_fine_preset_is_the_full_recipe_on_16x16_latents():
+    full, fine = PRESETS["full"], PRESETS["fine"]
+    assert full.shape().vae_scale_factor == 8 and fine.shape().vae_scale_factor == 4
+    assert len(fine.unet_channels) == 3  # one level more, for the latents twice as wide
+    assert replace(fine, vae_channels=full.vae_channels, unet_channels=full.unet_channels) == full
+
+
 def test_blueness_is_how_much_blue_beats_red_and_green():
     assert blueness(Image.new("RGB", (8, 8), (0, 0, 255))) == 1.0
     assert blueness(Image.new("RGB", (8, 8), (128, 128, 128))) == 0.0

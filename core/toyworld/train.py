@@ -2,6 +2,7 @@
 
     python -m core.toyworld.train                      # the shipped model: about 4.5 hours on 2 CPU cores
     python -m core.toyworld.train --device cuda        # the same recipe on a GPU (VAE and UNet: ~14 min on an H200)
+    python -m core.toyworld.train --preset fine --out /tmp/fine  # 16x16 latents: about twice the UNet's time
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
 
 Every stage runs a fixed number of steps, so the same command gives the same model on any machine. Each
@@ -117,6 +118,9 @@ STAGE_FIELDS["vae decoder restart"] = STAGE_FIELDS["vae decoder"] + ("decoder_re
 
 PRESETS = {
     "full": TrainConfig(),
+    # 16x16 latents at 64 px: a VAE of three levels (4x down) and a UNet of three, so that a shape spans more
+    # latent cells (image to image's layout is lost on the 8x8 cells, model/EXPERIMENTS.md attempt 36)
+    "fine": TrainConfig(vae_channels=(32, 64, 64), unet_channels=(32, 64, 128)),
     "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_steps=6, vae_batch=8,
                         text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_steps=6, unet_batch=8,
                         warmup_steps=2, decoder_steps=6, decoder_batch=2, decoder_restart_steps=6, checkpoint_every=2),
