@@ -131,10 +131,10 @@ def test_cfg_parts_endpoint_ends_on_the_step_where_the_predictions_differ_most(a
 
 
 @pytest.mark.parametrize("endpoint, entries, captions, change", [
-    ("/cfg_sweep", "1,7.123456789", ["1", "7.123456789"], lambda v: {"guidance_scale": float(v)}),
+    ("/cfg_sweep", "1,7.123456789", ["CFG 1", "CFG 7.123456789"], lambda v: {"guidance_scale": float(v)}),
     ("/compare_samplers", "euler,ddim:3", ["euler", "ddim:3"],
      lambda v: {"scheduler": v.split(":")[0], "steps": int(v.split(":")[1]) if ":" in v else 4}),
-    ("/compare_seeds", "1,2", ["1", "2"], lambda v: {"seed": int(v)}),
+    ("/compare_seeds", "1,2", ["seed 1", "seed 2"], lambda v: {"seed": int(v)}),
 ])
 def test_each_entry_equals_the_same_run_on_txt2img(app_url, endpoint, entries, captions, change):
     client = Client(app_url, verbose=False)
@@ -142,10 +142,10 @@ def test_each_entry_equals_the_same_run_on_txt2img(app_url, endpoint, entries, c
                              api_name=endpoint)
     strip, progress = outputs[0], outputs[-1]
     assert [item["caption"] for item in strip] == captions and progress["state"] == "done"
-    for item, caption in zip(strip, captions):
-        alone = client.predict(prompt="a red circle", negative_prompt="", **(SETTINGS | change(caption)),
+    for item, entry in zip(strip, entries.split(",")):
+        alone = client.predict(prompt="a red circle", negative_prompt="", **(SETTINGS | change(entry)),
                                api_name="/txt2img")[3]
-        assert np.abs(pixels(item["image"]) - pixels(alone)).max() == 0, (endpoint, caption)
+        assert np.abs(pixels(item["image"]) - pixels(alone)).max() == 0, (endpoint, entry)
 
 
 def test_a_random_seed_in_a_comparison_is_shown_as_the_seed_it_drew(app_url):
@@ -153,8 +153,8 @@ def test_a_random_seed_in_a_comparison_is_shown_as_the_seed_it_drew(app_url):
     outputs = client.predict(prompt="a red circle", negative_prompt="", entries="-1,5", **SETTINGS,
                              api_name="/compare_seeds")
     strip, status, progress = outputs[0], outputs[1], outputs[-1]
-    drawn = int(strip[0]["caption"])
-    assert 0 <= drawn < 2**32 and [item["caption"] for item in strip][1:] == ["5"]
+    drawn = int(strip[0]["caption"].removeprefix("seed "))
+    assert 0 <= drawn < 2**32 and [item["caption"] for item in strip][1:] == ["seed 5"]
     assert progress["seeds"] == [drawn, 5] and progress["entries"] == [str(drawn), "5"]
     assert f"seeds {drawn}, 5" in status
     alone = client.predict(prompt="a red circle", negative_prompt="", **(SETTINGS | {"seed": drawn}),

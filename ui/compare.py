@@ -242,7 +242,7 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), changes,
                     should_stop=flag.is_set)
             labels = [label_of(change, run.settings) for change, run in zip(changes, runs)]
-            for update in stream_side_by_side(engine, runs, labels, flag):
+            for update in stream_side_by_side(engine, runs, labels, flag, CAPTIONS[kind]):
                 values = [update.strip, update.status, *(update.plots if plots else [])]
                 if gif is None or update.state != "done":
                     yield [*values, *([None] if gif else []), update.progress]
@@ -262,6 +262,9 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
         compare, inputs, outputs, api_name=comparison.api_name, **options)
     idle_after(stop, (run,), stops)
     code.after(run, compare_code, inputs, StripView(strip, run_progress))
+
+
+CAPTIONS = {"scales": "CFG {}", "samplers": "{}", "seeds": "seed {}"}  # an entry's picture, by its label
 
 
 def label_of(change: dict, settings: Settings) -> str:
@@ -292,8 +295,10 @@ def run_notes(runs: list[Run], labels: list[str]) -> list[str]:
     return shared + [f"{label}: {note}" for label, run in zip(labels, runs) for note in run.notes if note not in shared]
 
 
-def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag: threading.Event) -> Iterator[Round]:
-    """Each round advances every run one step; the last round carries every result."""
+def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag: threading.Event,
+                        caption: str = "{}") -> Iterator[Round]:
+    """Each round advances every run one step; the last round carries every result, each image captioned with
+    `caption` of its entry's label."""
     sigmas = pd.DataFrame([(label, i + 1, sigma) for label, run in zip(labels, runs) for i, sigma in
                            enumerate(engine.views.schedule_table(run.settings.steps, run.settings.scheduler).sigmas)],
                           columns=["sampler", "step", "sigma"])
@@ -309,7 +314,7 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
         steps = "" if len({count[1:] for count in counts}) == 1 else " · steps run: " + ", ".join(
             f"{label} {done} / {total}" for label, done, total in counts)  # optim's early stop, an entry's own count
         notes = [*told, *said]
-        return Round([(image, label) for image, label in zip(shown, labels) if image is not None],
+        return Round([(image, caption.format(label)) for image, label in zip(shown, labels) if image is not None],
                      status_line(lead, state, about + steps, notes),
                      [pd.DataFrame(movement, columns=["sampler", "step", "x0 movement"]), sigmas], state,
                      {"state": state, "entries": labels, "steps": [done for _, done, _ in counts],
@@ -329,6 +334,6 @@ def stream_side_by_side(engine: Engine, runs: list[Run], labels: list[str], flag
 
 
 def sweep_gif(strip: list, folder: Path) -> str:
-    """The scales' results as a GIF, scaled up, each frame captioned with its scale."""
-    frames = [export.video_frame([image], f"guidance scale {label}") for image, label in strip]
+    """The scales' results as a GIF, scaled up, each frame captioned as on the page."""
+    frames = [export.video_frame([image], caption) for image, caption in strip]
     return str(export.write_gif(frames, folder / "sdlens-cfg-sweep.gif", SWEEP_FPS))
