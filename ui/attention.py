@@ -64,9 +64,8 @@ def panels(x0, step: StepView, opacity: float, token: int, scale: str) -> list:
     shares, tokens, grays = step.shares, step.tokens, step.scaled(scale)
     over = [attention.overlay(opened(x0), opened(gray), opacity) for gray in grays]
     names = [f"{i} {word(name)}" for i, name in enumerate(tokens)]
-    bars = [f"{i:02d} {word(name)}" for i, name in enumerate(tokens)]  # the chart sorts its bars as text
     return [[(image, f"{name} · {share:.1%}") for image, name, share in zip(over, names, shares)], over[token],
-            pd.DataFrame({"token": bars, "share": shares}), list(zip(grays, names))]
+            pd.DataFrame({"token": names, "share": shares}), list(zip(grays, names))]
 
 
 def kept_frames(last_run, last_maps) -> list[tuple[str, str, StepView]]:
@@ -142,8 +141,11 @@ def maps_panels(first_token: int) -> Maps:
                       format="png", allow_preview=False, elem_classes=["pixels", "columns-5", "all-rows"],
                       elem_id="attention-grid",
                       interactive=False)
-    mass = gr.BarPlot(x="token", y="share", label="Attention share by token", show_label=False, x_label_angle=-45,
-                      height=300, title="How this step's attention splits across the tokens", elem_id="attention-mass")
+    # sort=[]: no order of its own, so the bars keep the prompt's order (Vega-Lite puts values it is not given
+    # after those it is, in the data's order)
+    mass = gr.BarPlot(x="token", y="share", sort=[], label="Attention share by token", show_label=False,
+                      x_label_angle=-45, height=300, title="How this step's attention splits across the tokens",
+                      elem_id="attention-mass")
     gr.Markdown("The last bar sums the padding: every position after the end token, up to CLIP's 77. There are "
                 "many of them, so together they take a large share even where each one takes less than a word.",
                 elem_id="attention-padding")
