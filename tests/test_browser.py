@@ -429,8 +429,11 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     page.get_by_role("option", name=re.compile("^ddim")).click()
     expect(about).not_to_have_text(lms, timeout=RUN_TIMEOUT_MS)
     expect(about).to_contain_text("step 7 · timestep")
-    set_number(tab, "Steps", 1)  # one step: the only one to choose, and the step slider greys out
     step = tab.get_by_label("number input for Step (1 = the noisiest)")
+    set_number(tab, "Steps", 29)  # the step keeps its place in the schedule: 7 of 15 is 13 of 29
+    expect(step).to_have_value("13")
+    expect(about).to_contain_text("step 13 · timestep", timeout=RUN_TIMEOUT_MS)
+    set_number(tab, "Steps", 1)  # one step: the only one to choose, and the step slider greys out
     expect(step).to_be_disabled()
     expect(step).to_have_value("1")
     expect(about).to_contain_text("step 1 · timestep", timeout=RUN_TIMEOUT_MS)

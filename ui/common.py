@@ -103,18 +103,23 @@ def counter(count: int) -> dict:
     return gr.update(maximum=max(count, 2), value=max(count, 1), visible=count > 1)
 
 
-def within_steps(steps: gr.Slider, step: StepSlider, first: int = 0) -> gr.events.Dependency:
+def within_steps(steps: gr.Slider, step: StepSlider, first: int = 0, keep_place: bool = False) -> gr.events.Dependency:
     """`step`, a step of the run counted from `first` (or a count of steps, from 0), offers only the steps that
-    `steps` makes; at one step, the only choice, it greys out. Returns the event, for what must follow `step`
-    once it is within the new count."""
+    `steps` makes; at one step, the only choice, it greys out. With `keep_place` a new count moves it to the same
+    place in the schedule (step 16 of 30 -> 8 of 15), else only into the new range. Returns the event, for what
+    must follow `step` once it is within the new count."""
+    chosen_in = gr.State(steps.value)  # the count the step was chosen in
 
-    def follow(count, chosen):
+    def follow(count, chosen, before):
         with user_errors():
-            last = whole(count, "steps") - 1 + first
-            return gr.update(maximum=max(last, first + 1), value=min(whole(chosen, "step"), last),
-                             interactive=last > first)
+            count, chosen = whole(count, "steps"), whole(chosen, "step")
+            if keep_place and before > 1:
+                chosen = first + round((chosen - first) * (count - 1) / (before - 1))
+            last = count - 1 + first
+            return gr.update(maximum=max(last, first + 1), value=min(chosen, last), interactive=last > first), count
 
-    return steps.change(follow, [steps, step], step, api_visibility="private", show_progress="hidden")
+    return steps.change(follow, [steps, step, chosen_in], [step, chosen_in], api_visibility="private",
+                        show_progress="hidden")
 
 
 class Slider(gr.Slider):

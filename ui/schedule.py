@@ -99,7 +99,7 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
         the controls say."""
         return add_noise(image, steps, scheduler, step, seed) if shown else (gr.skip(),) * 3
 
-    clamped = within_steps(steps, step, first=1)
+    clamped = within_steps(steps, step, first=1, keep_place=True)
     inputs = [image, steps, scheduler, step, seed]
     options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
     add.click(check, inputs, None, api_visibility="private").success(
