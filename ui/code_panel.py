@@ -35,6 +35,8 @@ RUN_KINDS = {"txt2img": "text to image", "img2img": "image to image", "swap_toke
              "cfg_sweep": "scales", "compare_samplers": "samplers", "compare_seeds": "seeds"}  # history captions
 THUMBNAIL = 128         # pixels on the longer side of a history thumbnail
 CAPTION_PROMPT = 80     # characters of a run's prompts kept in its history caption
+EDITS = {"swap_token": "{token} → {replacement}", "mix_tokens": "{token} → {weight:g} {word_a} + {rest:g} {word_b}",
+         "textual_inversion": "{token} → {learned_token}", "mix_prompts": "{factor:g} A + {rest:g} B"}  # the edit run
 
 Writer = Callable[..., str]  # a tab's named parameters (those of its endpoint) -> the script of that run
 
@@ -142,7 +144,18 @@ class History:
         prompts = " + ".join(str(settings[k]) for k in ("prompt", "prompt_a", "prompt_b") if k in settings)
         prompts = prompts if len(prompts) <= CAPTION_PROMPT else prompts[:CAPTION_PROMPT - 1].rstrip() + "…"
         which = settings["entries"] if "entries" in settings else f"seed {settings.get('seed')}"
-        return f"{RUN_KINDS.get(tab, tab)} · {which}: {prompts}"
+        return " · ".join(filter(None, [RUN_KINDS.get(tab, tab), History.edit(tab, settings), which])) + f": {prompts}"
+
+    @staticmethod
+    def edit(tab: str, settings: dict) -> str | None:
+        """A text lab run's edit, as "red → blue" (a token swapped); None for other runs, and for textual inversion
+        with no word named (its token is in the prompt)."""
+        if tab not in EDITS or (tab == "textual_inversion" and not settings.get("token")):
+            return None
+        weight = settings.get("weight", settings.get("factor"))  # a number, or its text from a script
+        weight = None if weight is None else float(weight)
+        return EDITS[tab].format(**{**settings, "weight": weight, "factor": weight},
+                                 rest=None if weight is None else 1 - weight)
 
     @staticmethod
     def shown(runs: list) -> list:
