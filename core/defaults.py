@@ -2,7 +2,8 @@
 
     {"settings":   {"guidance_scale": 3.0},              # Settings fields the page starts from
      "notes":      {"guidance_scale": "this model: 3",   # shown under that setting's control
-                    "img2img": {"scheduler": "..."}},    # a tab of DEMO_SETTINGS: its own notes, in place of those
+                    "img2img": {"scheduler": "..."},     # a tab of DEMO_SETTINGS: its own notes, in place of those
+                    "guided": {"mode": "..."}},          # ... the guidance tab's also on Guidance fields
      "guidance":   {"scale": 20.0},                      # Guidance fields the guidance tab starts from
      "embeddings": ["embeddings/teal.safetensors"],      # learned tokens the text lab offers, beside the file
      "examples":   {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]}}
@@ -147,8 +148,8 @@ def _notes(where: str, data: Any) -> dict:
     of its own notes."""
     _keys(where, data, _names(Settings) + tuple(DEMO_SETTINGS))
     for key, value in data.items():
-        if key in DEMO_SETTINGS:
-            _keys(f"{where} {key}", value, _names(Settings))
+        if key in DEMO_SETTINGS:  # the guidance tab's notes may also speak of its loss (e.g. its gradient, "mode")
+            _keys(f"{where} {key}", value, _names(Settings) + (_names(Guidance) if key == "guided" else ()))
         for setting, note in (value.items() if key in DEMO_SETTINGS else [(key, value)]):
             if not isinstance(note, str):
                 tab = f" {key}:" if key in DEMO_SETTINGS else ""

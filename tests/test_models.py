@@ -139,7 +139,8 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     (folder / "lens_defaults.json").write_text(json.dumps({
         "settings": {"guidance_scale": 3.0, "steps": 20},
         "notes": {"guidance_scale": "this model: 3; LMS breaks above it", "scheduler": "euler holds at 7.5",
-                  "img2img": {"scheduler": "image to image: euler keeps the layout"}},
+                  "img2img": {"scheduler": "image to image: euler keeps the layout"},
+                  "guided": {"mode": "accurate breaks shapes here"}},
         "guidance": {"start": 5},
         "examples": {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}],
                      "guided": [{"prompt": "a red circle", "loss": "blue", "scale": 50.0, "color": "#0000ff"}]},
@@ -171,6 +172,7 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
     assert len(notes) == 2
     assert engine.setting_note("scheduler", "img2img") == "image to image: euler keeps the layout"
     assert engine.setting_note("guidance_scale", "img2img") == "this model: 3; LMS breaks above it"
+    assert props(engine, "Gradient") == ["accurate breaks shapes here"] and props(plain, "Gradient") == [None]
     # the Guidance and Image to image tabs alone start from the notebook's demos of them: 50 steps at CFG 8
     assert props(plain, "Steps", "value").count(50) == 2 and 50 not in props(engine, "Steps", "value")
     assert props(plain, "Guidance scale (CFG)", "value").count(8.0) == 2
@@ -205,6 +207,10 @@ def test_the_shipped_toy_defaults_are_checked_and_name_their_embedding():
     ({"notes": {"steps": 3}}, "notes steps must be text, got 3"),
     ({"notes": {"guided": {"steps": 3}}}, "notes guided: steps must be text, got 3"),
     ({"notes": {"img2img": {"cfg": "3"}}}, "notes img2img: unknown key 'cfg'; allowed: steps, guidance_scale"),
+    ({"notes": {"img2img": {"mode": "3"}}}, "notes img2img: unknown key 'mode'; allowed: steps"),  # guidance's own
+    ({"notes": {"guided": {"mood": "3"}}}, "notes guided: unknown key 'mood'; allowed: steps, guidance_scale, seed, "
+                                           "height, width, preview_every, scheduler, previews, loss, scale, every, "
+                                           "start, mode, target"),
     ({"notes": {"img2img": "image to image: 3"}}, "notes img2img must be a JSON object with keys from steps"),
     ({"notes": {"txt2img": {"steps": "30"}}}, "notes: unknown key 'txt2img'"),
     ({"embeddings": ["missing.safetensors"]}, "embeddings: there is no file"),

@@ -49,8 +49,9 @@ class LossForm:
         return [self.loss, self.color, self.level, self.loss_scale, self.every, self.start, self.mode]
 
 
-def loss_form(first: Guidance, steps: int) -> LossForm:
-    """The loss's controls, starting from `first`; the unguided steps offered are those of a run of `steps`."""
+def loss_form(first: Guidance, steps: int, mode_note: str | None = None) -> LossForm:
+    """The loss's controls, starting from `first`; the unguided steps offered are those of a run of `steps`;
+    `mode_note`: what the model's folder says about the gradient."""
     with gr.Row():
         loss = Dropdown(list(LOSSES), value=first.loss, label="Loss on the decoded x0")
         loss_scale = Slider(0, SCALE_SLIDER_MAX, value=first.scale, step=1, label="Loss scale", info="0: unguided")
@@ -68,7 +69,7 @@ def loss_form(first: Guidance, steps: int) -> LossForm:
                        info="the notebook: 0; the first steps set the layout, and guidance after them "
                             "mostly keeps it")
     with gr.Row():
-        mode = Radio(list(MODES), value=first.mode, label="Gradient")
+        mode = Radio(list(MODES), value=first.mode, label="Gradient", info=mode_note)
     with gr.Accordion("What the losses and gradients do", open=False):
         gr.Markdown(f"{LOSS_HELP}\n\n{MODE_HELP}\n\nThe update on a guided step is "
                     "latents -= gradient x sigma², as in the notebook.")
@@ -102,7 +103,8 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps)
+            form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps,
+                             engine.setting_note("mode", "guided"))
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()

@@ -5,6 +5,7 @@
     python -m core.toyworld.evaluate --model DIR --blue    # the blue loss at the Guidance tab's defaults vs none
     python -m core.toyworld.evaluate --model DIR --blue --scale 60   # ... at another scale
     python -m core.toyworld.evaluate --model DIR --blue --scale 120 --start 10   # ... the first 10 steps unguided
+    python -m core.toyworld.evaluate --model DIR --blue --gradient accurate      # ... the gradient through the UNet
     python -m core.toyworld.evaluate --model DIR --img2img # drawn scenes asked for another colour, by strength,
                                                            # at the Image to image tab's defaults
 
@@ -237,6 +238,7 @@ def evaluate_img2img(engine, settings, strengths=(0.2, 0.3, 0.4, 0.6), reader: R
 
 def main() -> None:
     from core.engine import Engine
+    from core.guidance import MODES
     from core.models import load_bundle
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="with --blue: the loss scale, in place of the page's default")
     parser.add_argument("--start", type=int, help="with --blue: leave the first START steps unguided, in place of the "
                                                   "page's default")
+    parser.add_argument("--gradient", choices=MODES, help="with --blue: how the gradient reaches the latents, in place "
+                                                         "of the page's default")
     args = parser.parse_args()
     engine = Engine(load_bundle(args.model, device="cpu", dtype="float32"))
     settings = engine.default_settings("guided" if args.blue else "img2img" if args.img2img else None)
@@ -263,7 +267,8 @@ def main() -> None:
         guidance = engine.default_guidance()
         guidance = replace(guidance, scale=args.scale) if args.scale is not None else guidance
         guidance = replace(guidance, start=args.start) if args.start is not None else guidance
-        result = {"loss": guidance.loss, "scale": guidance.scale, "start": guidance.start,
+        guidance = replace(guidance, mode=args.gradient) if args.gradient else guidance
+        result = {"loss": guidance.loss, "scale": guidance.scale, "start": guidance.start, "gradient": guidance.mode,
                   **evaluate_blue(engine, settings, guidance, args.seeds)}
     elif args.img2img:
         result = evaluate_img2img(engine, settings)
