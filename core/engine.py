@@ -5,6 +5,7 @@ generator, stop flag belong to the call), so many users can share one engine.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -262,7 +263,22 @@ class Engine:
         )
         if not prompt.strip():
             notes += (f"{name} is empty: CLIP encodes it as no text at all",)
-        return Conditioning(text.encode(self.bundle, tokens, learned), uncond), notes
+        unknown = self.unknown_words(((name, prompt), ("The negative prompt", negative_prompt)))
+        return Conditioning(text.encode(self.bundle, tokens, learned), uncond), notes + unknown
+
+    def unknown_words(self, prompts) -> tuple[str, ...]:
+        """A note naming the words of the (name, text) `prompts` that the model's training captions never held, for
+        a model that says which words it knows (the toy world); learned tokens such as <teal> are its own."""
+        vocabulary, said = self.bundle.vocabulary, []
+        for name, written in prompts if vocabulary else ():
+            words = re.findall(r"[a-z]+", re.sub(r"<[^>]*>", " ", written.lower()))
+            unknown = [word for word in dict.fromkeys(words) if word not in vocabulary.words]
+            if unknown:
+                said.append((name, ", ".join(map(repr, unknown))))
+        if not said:
+            return ()
+        (first, words), more = said[0], "".join(f"; {name[0].lower()}{name[1:]}: {words}" for name, words in said[1:])
+        return (f"{first} has words this model never saw in training: {words}{more}. It knows {vocabulary.known}",)
 
     # --- the text lab: tokens, embeddings and their edits ---
 

@@ -20,6 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from core.defaults import ModelDefaults
 from core.sampler import TORCH_THREADS
+from core.toyworld.data import KNOWN, WORDS
 
 HUB_PROBE_SECONDS = 5.0
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
@@ -31,6 +32,14 @@ TOY = "toy"
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says which one and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words a model's training captions held (the toy world's): a prompt's other words steer it nowhere in
+    particular, and a run says so."""
+    words: frozenset[str]
+    known: str                     # how a note names them, e.g. "shapes (circle, ...), colours (...)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class ModelBundle:
     dtype: torch.dtype
     defaults: ModelDefaults = field(default_factory=ModelDefaults)  # what the model's folder recommends
     source: str = ""               # where the weights load from: a Hub id, or the folder's absolute path
+    vocabulary: Vocabulary | None = None  # the words it was trained on, where they are few; None: any text
 
     @property
     def vae_scale_factor(self) -> int:
@@ -217,7 +227,8 @@ def is_toy(bundle: ModelBundle) -> bool:
 def load_toy(device: str = "auto", dtype: str = "auto", folder: Path = TOY_DIR) -> ModelBundle:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"The toy world model is not in {folder}: train it with `python -m core.toyworld.train`")
-    return replace(load_bundle(str(folder), device, dtype), name="toy world (a small SD trained on shapes)")
+    return replace(load_bundle(str(folder), device, dtype), name="toy world (a small SD trained on shapes)",
+                   vocabulary=Vocabulary(WORDS, KNOWN))
 
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto",

@@ -406,3 +406,17 @@ def test_an_empty_prompt_runs_with_a_note_saying_so(tiny_bundle):
     mixed = engine.mix_prompts("a red circle", "", 0.5, "x " * 90, SMALL)
     assert [note.split(":")[0] for note in mixed.notes] == [
         "The negative prompt is longer than CLIP's 77 tokens; ignored", "Prompt B is empty"]
+
+
+def test_words_the_toy_world_never_saw_are_named_before_the_run(toy_engine, tiny_bundle):
+    """The toy world knows the words of its captions: a run names any other word in its prompts, once per run."""
+    settings = replace(SMALL, steps=2)
+    assert toy_engine.txt2img("A Red Circle, on a white background.", "blue", settings).notes == ()
+    assert toy_engine.txt2img("a <teal> star on a black background", "", settings).notes == ()  # a learned token
+    notes = toy_engine.txt2img("a cat in a hat, a red cat", "blurry", settings).notes
+    assert len(notes) == 1 and notes[0].startswith(
+        "The prompt has words this model never saw in training: 'cat', 'in', 'hat'; the negative prompt: 'blurry'. "
+        "It knows shapes (circle, square, triangle, star, heart, cross), colours (red, ")
+    mixed = toy_engine.mix_prompts("a red circle", "a red dog", 0.5, "", settings).notes
+    assert [note.split(":")[0] for note in mixed] == ["Prompt B has words this model never saw in training"]
+    assert Engine(tiny_bundle).txt2img("a cat in a hat", "blurry", settings).notes == ()  # any words: SD's own

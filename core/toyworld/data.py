@@ -39,6 +39,11 @@ TEMPLATES = (
     "{size} {color} {shape} on a {background} background",
     "an image of a {color} {shape} against {background}",
 )
+# the words a caption can hold, and how a note names them
+WORDS = frozenset(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", " ".join(TEMPLATES)))) | {"an"} | set(COLORS) \
+    | set(SHAPES) | set(SIZES)
+KNOWN = (f"shapes ({', '.join(SHAPES)}), colours ({', '.join(COLORS)}) and sizes ({', '.join(SIZES)}), "
+         "as in “a red circle on a white background”")
 BACKGROUND_PHRASE = re.compile(r"(?:,| on| against) (?:a )?\{background\}(?: background)?")  # in every template
 ROLES = ("color", "background")  # the scene's two colours: its shape's and its background's
 
