@@ -168,6 +168,7 @@ def test_the_history_reopens_a_run_with_its_settings(page):
     history.locator("img").first.click()
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value("a red circle on a white background")
     expect(tab.get_by_label("number input for Steps")).to_have_value("20")
+    expect(page.get_by_role("tab", name="Text to image", exact=True)).to_be_in_viewport()  # scrolled up to it
     expect(page.get_by_text(re.compile(r"The settings of “text to image · seed \d+: a red circle on a white "
                                        r"background” are back in its tab: run it again"))).to_be_visible()
     page.locator(".toast-close").click()

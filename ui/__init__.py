@@ -32,10 +32,10 @@ body.smooth-upscale .pixels img { image-rendering: auto !important; }
 .pixels .thumbnail-item { display: flex; flex-direction: column; }
 .pixels .thumbnail-item img { min-height: 0; flex: 1; }
 .pixels .caption-label { position: static; transform: none; max-width: 100%; margin: 2px auto 0;
-                         background: none; color: var(--body-text-color); box-shadow: none; }
+                         font-size: var(--text-md); background: none; color: var(--body-text-color); box-shadow: none; }
 #attention-grid .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; }
-#history .caption-label { white-space: normal; overflow-wrap: anywhere; text-align: center; display: -webkit-box;
-                          -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
+#history .caption-label { font-size: var(--text-sm); white-space: normal; overflow-wrap: anywhere; text-align: center;
+                          display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden;
                           line-height: 1.3; padding-top: 0; padding-bottom: 0; }
 #history .grid-container { grid-template-columns: repeat(10, minmax(0, 1fr)) !important; }
 .all-rows .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
@@ -68,7 +68,7 @@ def build_app(engine: Engine, concurrency: int = 1, notice: str | None = None,
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="model-notice")
         upscale.change(None, upscale, None, js=UPSCALE_JS)
-        with gr.Tabs() as tabs:
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Text to image", id="txt2img", elem_id="tab-txt2img"):
                 from_text = txt2img.build(engine, stops, concurrency, writers)
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):

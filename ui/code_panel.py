@@ -199,8 +199,9 @@ class Writers:
         demo.load(open_link, None, outputs, api_visibility="private")  # queued: its messages show
         with gr.Accordion("History", open=True):
             self.history.gallery.render()
-        # queued, so that its message shows
-        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private")
+        # queued, so that its message shows; then the page scrolls up to the tab opened
+        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private").then(
+            None, js="() => document.getElementById('tabs').scrollIntoView({block: 'start'})")
 
     def code(self, tab: str, parameters: dict, session_learned: dict):
         """The script of a run of `tab` (an endpoint's name, e.g. txt2img) with `parameters` (that endpoint's
