@@ -164,6 +164,10 @@ def test_a_folder_can_recommend_settings_and_examples(tiny_sd_dir, tmp_path):
 
     assert set(props(engine, "Guidance scale (CFG)")) == {f"{CFG_NOTE} · this model: 3; LMS breaks above it"}
     assert set(props(plain, "Guidance scale (CFG)")) == {CFG_NOTE}
+    # the scales compared are guidance scales: their box says what the model's folder says of them
+    assert "comma-separated, at most 12 · this model: 3; LMS breaks above it" in props(engine, "Scales")
+    assert "comma-separated, at most 12" in props(plain, "Scales") and "comma-separated, at most 12" in props(
+        engine, "Seeds")
     assert set(props(plain, "Width")) == {f"a multiple of {plain.bundle.vae_scale_factor}"}
     assert "euler holds at 7.5" in props(engine, "Sampler") and "euler holds at 7.5" not in props(plain, "Sampler")
     # a tab's own note replaces the general one there: image to image's, on its one Sampler menu

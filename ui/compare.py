@@ -213,7 +213,9 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown(comparison.about)
-            entries = gr.Textbox(label=kind.capitalize(), value=comparison.default, info="comma-separated, at most 12")
+            said = engine.setting_note("guidance_scale") if kind == "scales" else None  # the model's own scales
+            entries = gr.Textbox(label=kind.capitalize(), value=comparison.default,
+                                 info=" · ".join(filter(None, ["comma-separated, at most 12", said])))
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Compare")
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
