@@ -431,7 +431,10 @@ def test_schedule_tab_table_plot_and_add_noise(page):
     expect(about).not_to_have_text(lms, timeout=RUN_TIMEOUT_MS)
     expect(about).to_contain_text("step 7 · timestep")
     step = tab.get_by_label("number input for Step (1 = the noisiest)")
-    set_number(tab, "Steps", 29)  # the step keeps its place in the schedule: 7 of 15 is 13 of 29
+    steps = tab.get_by_label("number input for Steps")
+    steps.select_text()  # typed as a person types it, through 2 on the way to 29: the step keeps its place in
+    steps.press_sequentially("29", delay=300)  # the schedule all the same, 7 of 15 is 13 of 29
+    steps.press("Enter")
     expect(step).to_have_value("13")
     expect(about).to_contain_text("step 13 · timestep", timeout=RUN_TIMEOUT_MS)
     set_number(tab, "Steps", 1)  # one step: the only one to choose, and the step slider greys out

@@ -105,21 +105,26 @@ def counter(count: int) -> dict:
 
 def within_steps(steps: gr.Slider, step: StepSlider, first: int = 0, keep_place: bool = False) -> gr.events.Dependency:
     """`step`, a step of the run counted from `first` (or a count of steps, from 0), offers only the steps that
-    `steps` makes; at one step, the only choice, it greys out. With `keep_place` a new count moves it to the same
-    place in the schedule (step 16 of 30 -> 8 of 15), else only into the new range. Returns the event, for what
-    must follow `step` once it is within the new count."""
-    chosen_in = gr.State(steps.value)  # the count the step was chosen in
+    `steps` makes; at one step, the only choice, it greys out. With `keep_place` a new count puts it at the place
+    in the schedule the user last chose (step 16 of 30 -> 8 of 15, whatever counts the Steps box passed through
+    as it was typed), else only into the new range; a tab whose link sets both must not keep the place. Returns
+    the event, for what must follow `step` once it is within the new count."""
+    place = [gr.State((step.value - first) / max(steps.value - 1, 1))] if keep_place else []  # 0: first, 1: last
 
-    def follow(count, chosen, before):
+    def chosen_place(count, chosen):
+        with user_errors():
+            return (whole(chosen, "step") - first) / max(whole(count, "steps") - 1, 1)
+
+    def follow(count, chosen, *kept):
         with user_errors():
             count, chosen = whole(count, "steps"), whole(chosen, "step")
-            if keep_place and before > 1:
-                chosen = first + round((chosen - first) * (count - 1) / (before - 1))
+            chosen = first + round(kept[0] * (count - 1)) if kept else chosen
             last = count - 1 + first
-            return gr.update(maximum=max(last, first + 1), value=min(chosen, last), interactive=last > first), count
+            return gr.update(maximum=max(last, first + 1), value=min(chosen, last), interactive=last > first)
 
-    return steps.change(follow, [steps, step, chosen_in], [step, chosen_in], api_visibility="private",
-                        show_progress="hidden")
+    if keep_place:
+        step.input(chosen_place, [steps, step], place, api_visibility="private", queue=False, show_progress="hidden")
+    return steps.change(follow, [steps, step, *place], step, api_visibility="private", show_progress="hidden")
 
 
 class Slider(gr.Slider):

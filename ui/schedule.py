@@ -99,14 +99,14 @@ def build_add_noise(engine: Engine, concurrency: int, steps: gr.Slider, schedule
         the controls say."""
         return add_noise(image, steps, scheduler, step, seed) if shown else (gr.skip(),) * 3
 
-    clamped = within_steps(steps, step, first=1, keep_place=True)
+    placed = within_steps(steps, step, first=1, keep_place=True)
     inputs = [image, steps, scheduler, step, seed]
     options = {"concurrency_id": GENERATE, "concurrency_limit": concurrency}
     add.click(check, inputs, None, api_visibility="private").success(
         add_noise, inputs, [noised, about, row], api_name="add_noise", **options)
-    # once per change: a new step count after the step is clamped into it (not again for the clamp's own change),
-    # a new sampler, a step the user moves
+    # once per change: a new step count after the step is put at its place in it (not again for that move's own
+    # change), a new sampler, a step the user moves
     following = {"inputs": [*inputs, about], "outputs": [noised, about, row], "api_visibility": "private",
                  "trigger_mode": "always_last", "show_progress": "hidden", **options}
-    clamped.then(follow, **following)
+    placed.then(follow, **following)
     gr.on([scheduler.change, step.input], follow, **following)
