@@ -200,7 +200,7 @@ class Writers:
         with gr.Accordion("History", open=True):
             self.history.gallery.render()
         # queued, so that its message shows; then the page scrolls up to the tab opened
-        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private").then(
+        self.history.gallery.select(open_run, self.history.state, outputs, api_visibility="private").success(
             None, js="() => document.getElementById('tabs').scrollIntoView({block: 'start'})")
 
     def code(self, tab: str, parameters: dict, session_learned: dict):

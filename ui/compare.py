@@ -270,8 +270,8 @@ CAPTIONS = {"scales": "CFG {}", "samplers": "{}", "seeds": "seed {}"}  # an entr
 
 
 def label_of(change: dict, settings: Settings) -> str:
-    """An entry's caption: the scale, the sampler key (with its steps when given) or the seed its run used (a
-    random one drawn for -1)."""
+    """An entry's label, as the status line and the link give it: the scale, the sampler key (with its steps when
+    given) or the seed its run used (a random one drawn for -1); CAPTIONS make its picture's caption."""
     if "guidance_scale" in change:
         scale = change["guidance_scale"]
         return f"{scale:g}" if float(f"{scale:g}") == scale else repr(scale)  # short, yet the very scale run
