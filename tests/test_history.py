@@ -10,6 +10,8 @@ PROMPT = "a red circle on a white background"
     ("txt2img", {"prompt": PROMPT, "seed": 32}, f"text to image · seed 32: {PROMPT}"),
     ("swap_token", {"prompt": PROMPT, "token": "red", "replacement": "blue", "seed": 32},
      f"token swap · red → blue · seed 32: {PROMPT}"),
+    ("swap_token", {"prompt": PROMPT, "token": "2", "replacement": "blue", "seed": 32},
+     f"token swap · token 2 → blue · seed 32: {PROMPT}"),  # picked from the menu: its position, as the status
     ("mix_tokens", {"prompt": PROMPT, "token": "red", "word_a": "blue", "word_b": "yellow", "weight": 0.7, "seed": 1},
      f"token mix · red → 0.7 blue + 0.3 yellow · seed 1: {PROMPT}"),
     ("textual_inversion", {"prompt": "a green star", "token": "green", "learned_token": "<teal>", "seed": 32},

@@ -19,7 +19,7 @@ from PIL import Image
 
 from core.code import Unscriptable
 from core.sampler import MAX_SEED, RANDOM_SEED
-from ui.common import choice_values, user_errors
+from ui.common import choice_values, number, user_errors
 
 LABEL = "This run as a script (diffusers, transformers and torch only): python script.py OUT.png"
 IDLE = "# The script of this tab's run appears here when a run ends."
@@ -148,14 +148,15 @@ class History:
 
     @staticmethod
     def edit(tab: str, settings: dict) -> str | None:
-        """A text lab run's edit, as "red → blue" (a token swapped); None for other runs, and for textual inversion
-        with no word named (its token is in the prompt)."""
+        """A text lab run's edit, as "red → blue" (a word swapped) or "token 2 → blue" (a token picked from the
+        menu, by its position, as the run's status names it); None for other runs, and for textual inversion with
+        no word named (its token is in the prompt)."""
         if tab not in EDITS or (tab == "textual_inversion" and not settings.get("token")):
             return None
-        weight = settings.get("weight", settings.get("factor"))  # a number, or its text from a script
-        weight = None if weight is None else float(weight)
-        return EDITS[tab].format(**{**settings, "weight": weight, "factor": weight},
-                                 rest=None if weight is None else 1 - weight)
+        token = str(settings.get("token"))
+        weight = number(settings.get("weight", settings.get("factor", 0)), "weight")  # a script may send text
+        return EDITS[tab].format(**{**settings, "weight": weight, "factor": weight, "rest": 1 - weight,
+                                    "token": f"token {token}" if token.isdigit() else token})
 
     @staticmethod
     def shown(runs: list) -> list:
