@@ -251,9 +251,10 @@ class Engine:
         return settings
 
     def conditioning(self, prompt: str, negative_prompt: str, *, learned: text.Learned | None = None,
-                     name: str = "The prompt") -> tuple[Conditioning, tuple[str, ...]]:
+                     name: str = "The prompt", words: bool = True) -> tuple[Conditioning, tuple[str, ...]]:
         """Both prompts encoded (with any learned tokens they use), a note for each one longer than CLIP reads,
-        and one when the prompt (called `name` in the notes) is empty."""
+        one when the prompt (called `name` in the notes) is empty, and with `words` one naming any word the model
+        never saw (unknown_words)."""
         tokens = text.tokenize(self.bundle, prompt, learned)
         negative = text.tokenize(self.bundle, negative_prompt, learned)
         uncond = self.empty_encoding if negative_prompt == "" else text.encode(self.bundle, negative, learned)
@@ -263,15 +264,19 @@ class Engine:
         )
         if not prompt.strip():
             notes += (f"{name} is empty: CLIP encodes it as no text at all",)
-        unknown = self.unknown_words(((name, prompt), ("The negative prompt", negative_prompt)))
+        unknown = self.unknown_words(((name, prompt), ("The negative prompt", negative_prompt)), learned) if words \
+            else ()
         return Conditioning(text.encode(self.bundle, tokens, learned), uncond), notes + unknown
 
-    def unknown_words(self, prompts) -> tuple[str, ...]:
-        """A note naming the words of the (name, text) `prompts` that the model's training captions never held, for
-        a model that says which words it knows (the toy world); learned tokens such as <teal> are its own."""
+    def unknown_words(self, prompts, learned: text.Learned | None = None) -> tuple[str, ...]:
+        """A note naming the words (and numbers) of the (name, text) `prompts` that the model's training captions
+        never held, for a model that says which words it knows (the toy world); the `learned` tokens such as
+        <teal> are its own."""
         vocabulary, said = self.bundle.vocabulary, []
         for name, written in prompts if vocabulary else ():
-            words = re.findall(r"[a-z]+", re.sub(r"<[^>]*>", " ", written.lower()))
+            for token in learned or {}:
+                written = written.replace(token, " ")
+            words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+", written.lower())
             unknown = [word for word in dict.fromkeys(words) if word not in vocabulary.words]
             if unknown:
                 said.append((name, ", ".join(map(repr, unknown))))
@@ -323,8 +328,10 @@ class Engine:
         """Generate from factor x encoding(A) + (1 - factor) x encoding(B): the notebook's mix_factor weights the
         first prompt."""
         settings = self.check_mix(prompt_a, prompt_b, factor, negative_prompt, settings)
-        a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned, name="Prompt A")
-        b, more = self.conditioning(prompt_b, negative_prompt, learned=learned, name="Prompt B")
+        a, notes = self.conditioning(prompt_a, negative_prompt, learned=learned, name="Prompt A", words=False)
+        b, more = self.conditioning(prompt_b, negative_prompt, learned=learned, name="Prompt B", words=False)
+        more += self.unknown_words((("Prompt A", prompt_a), ("Prompt B", prompt_b),
+                                    ("The negative prompt", negative_prompt)), learned)
         mixed = replace(a, cond=factor * a.cond + (1 - factor) * b.cond)
         frames = sample(self.bundle, mixed, settings, should_stop=should_stop)
         return self._run(settings, notes + tuple(note for note in more if note not in notes), frames)

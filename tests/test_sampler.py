@@ -412,11 +412,17 @@ def test_words_the_toy_world_never_saw_are_named_before_the_run(toy_engine, tiny
     """The toy world knows the words of its captions: a run names any other word in its prompts, once per run."""
     settings = replace(SMALL, steps=2)
     assert toy_engine.txt2img("A Red Circle, on a white background.", "blue", settings).notes == ()
-    assert toy_engine.txt2img("a <teal> star on a black background", "", settings).notes == ()  # a learned token
+    teal = "a <teal> star on a black background"  # the toy's learned token: its own word where it is loaded
+    assert toy_engine.txt2img(teal, "", settings, learned=toy_engine.own_learned()).notes == ()
+    assert "training: 'teal'" in toy_engine.txt2img(teal, "", settings).notes[0]  # else CLIP reads < teal >
     notes = toy_engine.txt2img("a cat in a hat, a red cat", "blurry", settings).notes
     assert len(notes) == 1 and notes[0].startswith(
         "The prompt has words this model never saw in training: 'cat', 'in', 'hat'; the negative prompt: 'blurry'. "
         "It knows shapes (circle, square, triangle, star, heart, cross), colours (red, ")
-    mixed = toy_engine.mix_prompts("a red circle", "a red dog", 0.5, "", settings).notes
-    assert [note.split(":")[0] for note in mixed] == ["Prompt B has words this model never saw in training"]
+    mixed = toy_engine.mix_prompts("a red cat", "a red dog", 0.5, "blurry", settings).notes
+    assert len(mixed) == 1 and mixed[0].startswith(  # one note for the three prompts
+        "Prompt A has words this model never saw in training: 'cat'; prompt B: 'dog'; the negative prompt: 'blurry'")
+    odd = toy_engine.txt2img("3 cafés, don't <dog> red-ish", "", settings).notes[0]
+    assert odd.startswith("The prompt has words this model never saw in training: '3', 'cafés', \"don't\", 'dog', "
+                          "'ish'")  # an unloaded <dog> is CLIP's dog
     assert Engine(tiny_bundle).txt2img("a cat in a hat", "blurry", settings).notes == ()  # any words: SD's own
