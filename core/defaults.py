@@ -143,13 +143,16 @@ def _typed(where: str, data: dict, plain: dict) -> None:
             raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
 
 
+GUIDANCE_NOTES = ("mode",)  # the Guidance fields whose control shows a note
+
+
 def _notes(where: str, data: Any) -> dict:
     """Setting -> note for every tab, and for a tab of DEMO_SETTINGS (which starts from settings of its own) an object
     of its own notes."""
     _keys(where, data, _names(Settings) + tuple(DEMO_SETTINGS))
     for key, value in data.items():
-        if key in DEMO_SETTINGS:  # the guidance tab's notes may also speak of its loss (e.g. its gradient, "mode")
-            _keys(f"{where} {key}", value, _names(Settings) + (_names(Guidance) if key == "guided" else ()))
+        if key in DEMO_SETTINGS:  # the guidance tab's notes may also speak of its gradient ("mode")
+            _keys(f"{where} {key}", value, _names(Settings) + (GUIDANCE_NOTES if key == "guided" else ()))
         for setting, note in (value.items() if key in DEMO_SETTINGS else [(key, value)]):
             if not isinstance(note, str):
                 tab = f" {key}:" if key in DEMO_SETTINGS else ""
