@@ -3,7 +3,7 @@
     {"settings":   {"guidance_scale": 3.0},              # Settings fields the page starts from
      "notes":      {"guidance_scale": "this model: 3",   # shown under that setting's control
                     "img2img": {"scheduler": "..."},     # a tab of DEMO_SETTINGS: its own notes, in place of those
-                    "guided": {"mode": "..."}},          # ... the guidance tab's also on Guidance fields
+                    "guided": {"mode": "..."}},          # ... the guidance tab's also on its gradient
      "guidance":   {"scale": 20.0},                      # Guidance fields the guidance tab starts from
      "embeddings": ["embeddings/teal.safetensors"],      # learned tokens the text lab offers, beside the file
      "examples":   {"txt2img": [{"prompt": "a red circle", "negative_prompt": "", "guidance_scale": 3.0}]}}
