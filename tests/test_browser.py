@@ -445,6 +445,8 @@ def test_schedule_tab_table_plot_and_add_noise(page):
 
 def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     tab = open_tab(page, "Guidance", "tab-guided")
+    generate = tab.get_by_role("button", name="Generate")  # on a projector's first 720 lines, under the prompts
+    assert generate.evaluate("e => e.getBoundingClientRect().bottom + window.scrollY") < 720
     # the tab starts from the notebook's guidance demo (50 steps, CFG 8), the examples' CFG: one block of them
     expect(tab.get_by_label("number input for Steps")).to_have_value("50")
     expect(tab.get_by_label("number input for Guidance scale (CFG)")).to_have_value("8")

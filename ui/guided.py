@@ -103,12 +103,12 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps,
-                             engine.setting_note("mode", "guided"))
-            with gr.Row():
+            with gr.Row():  # under the prompts, as on every tab: in view on a projector's 720 lines
                 generate = gr.Button("Generate", variant="primary")
                 stop = stop_button()
-            examples = gr.Column()  # the notebook's demos under the buttons, above the long generation settings
+            form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps,
+                             engine.setting_note("mode", "guided"))
+            examples = gr.Column()  # the notebook's demos under the loss, above the long generation settings
             controls = Controls(engine, tab="guided")
             with examples:
                 for label, rows in example_blocks(engine.examples("guided"), controls.defaults.guidance_scale):
