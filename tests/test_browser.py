@@ -78,6 +78,32 @@ def test_the_page_opens_without_a_link_and_without_errors(page):
     expect(notebook).to_have_attribute("href", re.compile(r"^https://github\.com/fastai/diffusion-nbs/"))
 
 
+RUN_BUTTONS = [("Text to image", None, "#tab-txt2img", "Generate"), ("Guidance", None, "#tab-guided", "Generate"),
+               ("Image to image", None, "#tab-img2img", "Generate"), ("Attention", None, "#tab-attention", "Generate"),
+               ("Text", "Swap a token", "#text-swap", "Generate both"),
+               ("Inside a step", "Guidance taken apart", "#compare-parts", "Generate"),
+               ("Inside a step", "Scales", "#compare-scales", "Compare"),
+               ("Inside a step", "Samplers", "#compare-samplers", "Compare"),
+               ("Inside a step", "Seeds", "#compare-seeds", "Compare")]
+
+
+def test_every_run_button_shows_on_a_projectors_first_screen(page, app_url):
+    """At 1280 x 720, each tab's run button ends within the page's first 720 lines: no scrolling to run."""
+    projected = page.context.browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        projected.goto(app_url)
+        for top, sub, scope, name in RUN_BUTTONS:
+            projected.get_by_role("tab", name=top, exact=True).click()
+            if sub:
+                projected.get_by_role("tab", name=sub, exact=True).click()
+            button = projected.locator(scope).get_by_role("button", name=name, exact=True)
+            expect(button).to_be_visible()
+            bottom = button.evaluate("e => e.getBoundingClientRect().bottom + window.scrollY")
+            assert bottom <= 720, (top, sub, bottom)
+    finally:
+        projected.close()
+
+
 def test_generate_streams_distinct_frames(page):
     status = page.locator("#txt2img-status")
     page.get_by_label("Prompt", exact=True).fill("a red circle on a white background")
@@ -445,8 +471,6 @@ def test_schedule_tab_table_plot_and_add_noise(page):
 
 def test_guidance_plots_the_loss_and_shows_the_unguided_run_beside(page):
     tab = open_tab(page, "Guidance", "tab-guided")
-    generate = tab.get_by_role("button", name="Generate")  # on a projector's first 720 lines, under the prompts
-    assert generate.evaluate("e => e.getBoundingClientRect().bottom + window.scrollY") < 720
     # the tab starts from the notebook's guidance demo (50 steps, CFG 8), the examples' CFG: one block of them
     expect(tab.get_by_label("number input for Steps")).to_have_value("50")
     expect(tab.get_by_label("number input for Guidance scale (CFG)")).to_have_value("8")

@@ -212,11 +212,11 @@ def build_comparison(engine: Engine, stops: StopFlags, controls: Controls, optio
     parse = {"scales": engine.parse_scales, "samplers": engine.parse_samplers, "seeds": engine.parse_seeds}[kind]
     with gr.Row():
         with gr.Column(scale=2):
-            gr.Markdown(comparison.about)
             said = engine.setting_note("guidance_scale") if kind == "scales" else None  # the model's own scales
             entries = gr.Textbox(label=kind.capitalize(), value=comparison.default,
                                  info=" · ".join(filter(None, ["comma-separated, at most 12", said])))
             prompt, negative_prompt, (go, stop) = prompts_and_buttons(engine, stops, "Compare")
+            gr.Markdown(comparison.about)  # under the buttons: Compare in a projector's first 720 lines
         with gr.Column(scale=3):
             strip = gallery(f"Predicted x0 of each run as it forms, then the results, by {kind[:-1]}",
                             f"{kind}-strip", 3 if kind != "seeds" else 4)

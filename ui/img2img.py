@@ -18,15 +18,18 @@ START_NOTE = ("Decoded, a noised start can look like plain noise while the UNet 
 
 
 def _inputs(engine: Engine) -> tuple:
-    """The run's own inputs: the image, the prompts and the strength."""
+    """The run's own inputs: the image, the prompts, the Generate and Stop buttons (under the prompts, as on every
+    tab: in a projector's first 720 lines), and the strength."""
     image = ImageFile(label="Input image", type="filepath", sources=["upload", "clipboard"], elem_classes="pixels",
                       height=PANEL // 2, elem_id="img2img-input", value=str(EXAMPLE_IMAGES[0]))
     first_prompt, first_strength = engine.examples("img2img")[0]  # the tab opens on its first example
     prompt = gr.Textbox(label="Prompt", value=first_prompt, lines=2)
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
+    with gr.Row():
+        buttons = gr.Button("Generate", variant="primary"), stop_button()
     strength = Slider(0, 1, value=first_strength, step=0.05, label="Strength",
                       info="0 keeps the image, 1 ignores it")
-    return image, prompt, negative_prompt, strength
+    return image, prompt, negative_prompt, buttons, strength
 
 
 def _lms_order(scheduler: str) -> gr.Radio:
@@ -42,12 +45,9 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
     defaults = engine.default_settings("img2img")
     with gr.Row():
         with gr.Column(scale=2):
-            image, prompt, negative_prompt, strength = _inputs(engine)
+            image, prompt, negative_prompt, (generate, stop), strength = _inputs(engine)
             plan = gr.Markdown(engine.img2img_plan(strength.value, defaults.steps, defaults.scheduler).describe(),
                                elem_id="img2img-plan")
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary")
-                stop = stop_button()
             examples = [[str(path), prompt_, "", strength_]  # an example has no negative prompt: it clears one
                         for path, (prompt_, strength_) in zip(EXAMPLE_IMAGES, engine.examples("img2img"))]
             gr.Examples(examples, [image, prompt, negative_prompt, strength])  # above the long generation settings
