@@ -282,8 +282,8 @@ class Engine:
                 said.append((name, ", ".join(map(repr, unknown))))
         if not said:
             return ()
-        (first, words), more = said[0], "".join(f"; {name[0].lower()}{name[1:]}: {words}" for name, words in said[1:])
-        return (f"{first} has words this model never saw in training: {words}{more}. It knows {vocabulary.known}",)
+        (first, listed), more = said[0], "".join(f"; {name[0].lower()}{name[1:]}: {words}" for name, words in said[1:])
+        return (f"{first} has words this model never saw in training: {listed}{more}. It knows {vocabulary.known}",)
 
     # --- the text lab: tokens, embeddings and their edits ---
 
