@@ -19,7 +19,7 @@ from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, CheckboxGroup, Radio, Slider, nth, number, user_errors, whole
 from ui.run_view import (EXPIRED, NO_RUN, Controls, RunView, check_kept, checked_first, idle_after, reveal,
-                         stop_button, video_outputs)
+                         run_buttons, video_outputs)
 from ui.stops import StopFlags
 
 OPACITY = 0.6  # how strongly a map covers x0 at first
@@ -112,9 +112,7 @@ def form_column(engine: Engine) -> Form:
     cells = sorted({layer.cell for layer in layers})
     prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-    with gr.Row():
-        generate = gr.Button("Generate", variant="primary")
-        stop = stop_button()
+    generate, stop = run_buttons()
     first = [place for place in attention.DEFAULT_PLACES if place in places] or places
     parts = CheckboxGroup(places, value=first, label="UNet parts the maps are summed over",
                           info="the up blocks place the words best; DAAM sums all three (from the next Generate)")

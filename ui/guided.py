@@ -12,7 +12,7 @@ from core.engine import Engine
 from core.guidance import LOSSES, MAX_EVERY, MODES, TARGET_OF, Guidance, Target
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Dropdown, Radio, Slider, StepSlider, number, user_errors, whole, within_steps
-from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
+from ui.run_view import Controls, RunView, checked_first, idle_after, run_buttons
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -103,9 +103,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("guided")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            with gr.Row():  # under the prompts, as on every tab: in view on a projector's 720 lines
-                generate = gr.Button("Generate", variant="primary")
-                stop = stop_button()
+            generate, stop = run_buttons()  # under the prompts, as on every tab: in a projector's first 720 lines
             form = loss_form(engine.default_guidance(), engine.default_settings("guided").steps,
                              engine.setting_note("mode", "guided"))
             examples = gr.Column()  # the notebook's demos under the loss, above the long generation settings

@@ -9,7 +9,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import EXAMPLE_IMAGES, GENERATE, ImageFile, Radio, Slider, given, number, user_errors, whole
-from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, idle_after, stop_button
+from ui.run_view import PANEL, Controls, RunView, checked_first, image_panel, idle_after, run_buttons
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -25,8 +25,7 @@ def _inputs(engine: Engine) -> tuple:
     first_prompt, first_strength = engine.examples("img2img")[0]  # the tab opens on its first example
     prompt = gr.Textbox(label="Prompt", value=first_prompt, lines=2)
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-    with gr.Row():
-        buttons = gr.Button("Generate", variant="primary"), stop_button()
+    buttons = run_buttons()
     strength = Slider(0, 1, value=first_strength, step=0.05, label="Strength",
                       info="0 keeps the image, 1 ignores it")
     return image, prompt, negative_prompt, buttons, strength

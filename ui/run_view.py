@@ -76,6 +76,12 @@ def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", interactive=False)
 
 
+def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
+    """A tab's run button beside its Stop button (`stop_button`), in a row under the prompts."""
+    with gr.Row():
+        return gr.Button(label, variant="primary"), stop_button()
+
+
 def idle_after(stop: gr.Button, runs: tuple[gr.events.Dependency, ...], stops: StopFlags) -> None:
     """Stop greys out when one of `runs` ends, done or refused, unless the session has another run going or
     waiting."""

@@ -19,7 +19,7 @@ from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Dropdown, Slider, number, user_errors, whole
 from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
-                         image_panel, stop_button, stop_flag, wire_stop)
+                         image_panel, run_buttons, stop_flag, wire_stop)
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -48,10 +48,8 @@ def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str,
 
 def go_and_stop(stops: StopFlags, label: str) -> tuple[gr.Button, gr.Button]:
     """A run button beside a Stop button for this session's run; returns both (see `stop_button`)."""
-    with gr.Row():
-        go = gr.Button(label, variant="primary")
-        stop = stop_button()
-        wire_stop(stop, stops)
+    go, stop = run_buttons(label)
+    wire_stop(stop, stops)
     return go, stop
 
 
@@ -400,9 +398,7 @@ def build_mix_prompts(lab: Lab) -> None:
             prompt_b = gr.Textbox(label="Prompt B", value=first[1])
             factor = Slider(0, 1, value=first[2], step=0.05, label="Mix factor: the weight of A",
                             info="the notebook's mix_factor: factor x encoding(A) + (1 - factor) x encoding(B)")
-            with gr.Row():
-                prompts_go = gr.Button("Generate", variant="primary")
-                prompts_stop = stop_button()
+            prompts_go, prompts_stop = run_buttons()
             with gr.Row():
                 count = Slider(2, MAX_SWEEP, value=6, step=1, label="Images in the sweep")
                 sweep_fps = Slider(1, export.MAX_FPS, value=SWEEP_FPS, step=1, label="GIF frames per second")

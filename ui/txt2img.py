@@ -7,7 +7,7 @@ from core.code import Scripts
 from core.engine import Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, user_errors
-from ui.run_view import Controls, RunView, checked_first, idle_after, stop_button
+from ui.run_view import Controls, RunView, checked_first, idle_after, run_buttons
 from ui.send import Prompted
 from ui.stops import StopFlags
 
@@ -17,9 +17,7 @@ def build(engine: Engine, stops: StopFlags, concurrency: int, writers: Writers) 
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0], lines=2)
             negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary")
-                stop = stop_button()
+            generate, stop = run_buttons()
             examples = gr.Column()  # under the buttons, above the long generation settings
             controls = Controls(engine)
             with examples:
