@@ -313,8 +313,9 @@ def test_prompt_mix_and_sweep_endpoints(app_url):
     outputs = list(client.submit(prompt_a="a red circle", prompt_b="a blue star", factor=0.3, **settings,
                                  api_name="/mix_prompts"))
     assert len(image_paths(outputs, X0)) == 4 and "0.3 x A + 0.7 x B" in outputs[-1][STATUS]
-    strip, gif = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
-                                api_name="/prompt_sweep")
+    strip, gif, status = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
+                                        api_name="/prompt_sweep")
+    assert status == "sweep from A to B · image 3 of 3 · done · seed 3"
     assert [item["caption"] for item in strip] == ["1.00", "0.50", "0.00"]  # from A to B
     assert all(Image.open(item["image"]).format == "PNG" for item in strip)  # lossless: the ends equal plain runs
     assert Image.open(gif).n_frames == 3

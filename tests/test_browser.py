@@ -579,6 +579,7 @@ def test_prompt_mix_sweep(page):
     button = tab.get_by_role("button", name="Sweep from A to B")
     button.click()
     expect(page.locator("#prompts-strip img")).to_have_count(4, timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#prompts-status")).to_contain_text("image 4 of 4 · done", timeout=RUN_TIMEOUT_MS)
     below, strip = button.bounding_box(), page.locator("#prompts-strip").bounding_box()
     assert 0 <= strip["y"] - (below["y"] + below["height"]) < 100  # right under the button pressed
     gif = page.locator("#prompts-gif img")  # shown, playing, on the page

@@ -439,7 +439,7 @@ def build_mix_prompts(lab: Lab) -> None:
     prompt_sweep, check_sweep = sweep_handlers(lab)
     sweep_inputs = [prompt_a, prompt_b, count, sweep_fps, *controls.inputs, lab.learned]
     sweep = checked_first(sweep_go, check_sweep, sweep_inputs, lab.stops, prompts_stop).success(
-        prompt_sweep, sweep_inputs, [strip, sweep_gif], api_name="prompt_sweep", **lab.options)
+        prompt_sweep, sweep_inputs, [strip, sweep_gif, prompts_view.status], api_name="prompt_sweep", **lab.options)
     idle_after(prompts_stop, (run, sweep), lab.stops)
 
 
@@ -462,18 +462,25 @@ def sweep_handlers(lab: Lab):
             with user_errors():
                 settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
                                              previews, scheduler)
-                fps = export.check_fps(number(fps, "frames per second"))
+                fps, count = export.check_fps(number(fps, "frames per second")), whole(count, "count")
                 shown = []
-                yield gr.update(value=[], visible=True), gr.update(value=None, visible=True)  # shown from now on
-                for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, whole(count, "count"),
+
+                def status(state: str) -> str:
+                    return f"sweep from A to B · image {len(shown)} of {count} · {state} · seed {settings.seed}"
+
+                yield gr.update(value=[], visible=True), gr.update(value=None, visible=True), status("running")
+                for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, count,
                                                       learned=learned, should_stop=flag.is_set):
                     shown.append((image, f"{mix:.2f}"))
-                    yield shown, None
+                    yield shown, None, status(f"mix factor {mix:.2f} · running")
+            last = status("done" if len(shown) == count else "stopped")
             if not shown:
+                yield shown, None, last
                 return
             with tempfile.TemporaryDirectory(prefix="sdlens-") as folder:
                 path = Path(folder) / "sdlens-prompt-sweep.gif"
                 frames = [export.video_frame([image], f"mix factor {mix}") for image, mix in shown]
-                yield shown, str(export.write_gif(frames, path, fps))
+                yield shown, str(export.write_gif(frames, path, fps)), last
 
     return prompt_sweep, check_sweep
+
