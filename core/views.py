@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from core import images, schedule, text, vae
 from core.models import ModelBundle
@@ -58,16 +58,25 @@ class NoiseRow:
     seed: int                      # the noise's seed (one drawn for RANDOM_SEED)
 
 
-def heat_image(matrix: torch.Tensor, cell: int = 4) -> Image.Image:
-    """A (rows, columns) matrix as a picture: blue below zero, white at zero, red above; `cell` px a value."""
+def heat_image(matrix: torch.Tensor, labels: list[str], cell: int = 4, row: int = 16) -> Image.Image:
+    """A (rows, columns) matrix as a picture: blue below zero, white at zero, red above; each value `cell` px
+    wide and `row` px tall, each row named on its left by its label."""
     values = matrix.detach().float().cpu()
     values = (values / values.abs().max().clamp_min(1e-8)).numpy()       # in [-1, 1]
     red = np.where(values > 0, 1.0, 1 + values)
     blue = np.where(values < 0, 1.0, 1 - values)
     green = 1 - np.abs(values)
     rgb = (np.stack([red, green, blue], -1) * 255).round().astype(np.uint8)  # (rows, columns, 3)
-    image = Image.fromarray(rgb)
-    return image.resize((image.width * cell, image.height * cell), Image.Resampling.NEAREST)
+    cells = Image.fromarray(rgb)
+    cells = cells.resize((cells.width * cell, cells.height * row), Image.Resampling.NEAREST)
+    font = ImageFont.load_default(size=row - 4)
+    margin = max((round(font.getlength(label)) for label in labels), default=0) + 8
+    image = Image.new("RGB", (margin + cells.width, cells.height), "white")
+    image.paste(cells, (margin, 0))
+    draw = ImageDraw.Draw(image)
+    for index, label in enumerate(labels):
+        draw.text((4, index * row + row // 2), label, fill="black", font=font, anchor="lm")
+    return image
 
 
 class Views:
@@ -94,8 +103,9 @@ class Views:
         ours = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids))
         open_ = text.encode_embeddings(bundle, text.token_embeddings(bundle, plain.input_ids), causal=False)
         token_rows, position_rows = embeds[0, :tokens.length], positions[0, :tokens.length]
+        labels = [f"{position} {name}" for position, _, name, *_ in rows]
         return TokenView(rows, bundle.max_length - tokens.length, tokens.truncated,
-                         token_heat=heat_image(token_rows), position_heat=heat_image(position_rows),
+                         token_heat=heat_image(token_rows, labels), position_heat=heat_image(position_rows, labels),
                          token_range=token_rows.abs().max().item(), position_range=position_rows.abs().max().item(),
                          max_diff=(ours - reference).abs().max().item(),
                          max_diff_without_mask=(open_ - reference).abs().max().item())

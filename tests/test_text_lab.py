@@ -133,10 +133,15 @@ def test_token_view_lists_tokens_and_proves_the_encoder(engine):
     view = engine.views.token_view("A picture of a puppy.")
     assert [token for _, token, *_ in view.rows] == [49406, 320, 1674, 539, 320, 6829, 269, 49407]
     assert view.padding == 69 and view.max_diff == 0.0 and view.max_diff_without_mask > 1e-3
-    assert view.token_heat.size == (HIDDEN * 4, 8 * 4)
+    heat = np.asarray(view.token_heat)
+    margin = view.token_heat.width - HIDDEN * 4  # the rows' names, left of 4 px a value
+    assert heat.shape[0] == 8 * 16 and margin > 40
     table = engine.bundle.text_encoder.get_input_embeddings().weight[[row[1] for row in view.rows]]
     assert view.token_range == table.abs().max().item()  # the value drawn in full colour
-    assert np.asarray(view.token_heat)[..., 1].min() == 0  # that cell in full blue or red: no green left
+    assert heat[:, margin:, 1].min() == 0  # that cell in full blue or red: no green left
+    names = heat[:, :margin].min(axis=2).reshape(8, 16, margin)  # black text on white, in each row's band
+    assert [(row < 100).sum() > 10 for row in names] == [True] * 8
+    assert (names[:, :, -4:] == 255).all()  # a white gap before the values
 
 
 # --- textual inversion ---

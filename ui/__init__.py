@@ -18,6 +18,7 @@ NOTEBOOK = ("Grown out of the [Stable Diffusion Deep Dive]"
             "(https://github.com/fastai/diffusion-nbs/blob/master/Stable%20Diffusion%20Deep%20Dive.ipynb) notebook "
             "(fastai, Jonathan Whitaker), which the notes under the controls call \"the notebook\".")
 # !important: gradio repeats every rule scoped under its container, which outranks a body-level class.
+# Images whose rows are named (.below-label) start under the panel's label, not behind it.
 # Galleries: captions under the thumbnails and the download button above them, not over them; the history and
 # the strips and grids (columns-N) keep their thumbnails small, as many to a row however few there are (gradio
 # would widen two to half the row each and crop them to the gallery's height); the history has three lines of
@@ -28,6 +29,7 @@ CSS = """
 .dark .gradio-container { --block-info-text-color: var(--neutral-300); }
 .pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 body.smooth-upscale .pixels img { image-rendering: auto !important; }
+.below-label img { padding-top: 2rem; box-sizing: border-box; }
 .pixels .grid-container { padding-top: 2.25rem; }
 .pixels .thumbnail-item { display: flex; flex-direction: column; }
 .pixels .thumbnail-item img { min-height: 0; flex: 1; }
