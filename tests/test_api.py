@@ -282,6 +282,11 @@ def test_swap_token_streams_both_runs(app_url):
         width=64, height=64, preview_every=1, scheduler="lms", api_name="/swap_token"))
     assert len(image_paths(outputs, 0)) == len(image_paths(outputs, 1)) == 5
     assert " · done · " in outputs[-1][2] and "token 5 → 'cat'" in outputs[-1][2]
+    assert "⚠️" not in outputs[-1][2]
+    one_step = Client(app_url, verbose=False).predict(
+        prompt="a picture of a puppy", token="puppy", replacement="cat", steps=1, guidance_scale=7.5, seed=3,
+        width=64, height=64, preview_every=1, scheduler="euler", api_name="/swap_token")
+    assert one_step[2].count("⚠️ euler with 1 step starts at timestep 0") == 1  # the pair's note, said once
     with pytest.raises(Exception, match="'stegosaurus' is 3 tokens"):
         Client(app_url, verbose=False).predict(
             prompt="a picture of a puppy", token="puppy", replacement="stegosaurus", steps=5, guidance_scale=7.5,

@@ -313,16 +313,13 @@ class RunView:
         unchanged as a component update, which costs more than the step of a small model. The run is read
         ahead (the next step computed and its previews saved while gradio sends this one).
         """
-        about, notes = f"seed {run.settings.seed}{about}", list(run.notes)
-        for note in notes:
-            gr.Warning(note)
+        about, notes = f"seed {run.settings.seed}{about}", list(run.notes)  # on the status line, not as toasts
         shown, frame, image = [], None, result  # shown: what `history` keeps of every preview step
         # the last run's frames and videos, hidden by the first message; later ones keep the videos empty
         clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)} | self.hidden_videos()
         with user_errors():
             for frame, files in read_ahead(self.saved(run.frames)):
                 if frame.note:
-                    gr.Warning(frame.note)
                     notes.append(frame.note)
                 if files is not None:
                     x_t, x0 = files
@@ -419,12 +416,14 @@ class PairView:
         message carries both."""
         first, second = runs
         about, seed = f"seed {first.settings.seed} · {about}", first.settings.seed
+        notes = list(dict.fromkeys([*first.notes, *second.notes]))  # the two runs' notes, each once
         frame, images = None, (None, None)
         update = {self.left: None, self.right: None}  # the first message clears the last run's images
         with user_errors():
             for frame, other in zip(first.frames, second.frames):
-                update |= {self.status: status_line(frame, "running", about, []),
-                           self.progress: progress(frame, "running", seed, [])}
+                notes += [note for note in (frame.note, other.note) if note and note not in notes]
+                update |= {self.status: status_line(frame, "running", about, notes),
+                           self.progress: progress(frame, "running", seed, notes)}
                 if frame.x0_image is not None or frame.image is not None:  # the last step, previewed or not
                     images = (frame.image or frame.x0_image, other.image or other.x0_image)
                     update |= {self.left: images[0], self.right: images[1]}
@@ -433,5 +432,5 @@ class PairView:
                 yield update
                 update = {}
         state = ended(frame.image if frame else None, flag)
-        yield {self.left: images[0], self.right: images[1], self.status: status_line(frame, state, about, []),
-               self.progress: progress(frame, state, seed, [])}
+        yield {self.left: images[0], self.right: images[1], self.status: status_line(frame, state, about, notes),
+               self.progress: progress(frame, state, seed, notes)}
