@@ -346,7 +346,8 @@ class Engine:
 
     def check_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings,
                     count: int) -> Settings:
-        """A sweep's settings (final images only), checked with its prompts and count."""
+        """A sweep's settings (final images only, a random seed drawn once for all of them), checked with its
+        prompts and count."""
         if not 2 <= count <= MAX_SWEEP:
             raise ValueError(f"the sweep takes from 2 to {MAX_SWEEP} images, got {count!r}")
         return replace(self.check_mix(prompt_a, prompt_b, 1.0, negative_prompt, settings), preview_every=0)

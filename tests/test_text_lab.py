@@ -91,6 +91,14 @@ def test_a_sweep_is_checked_before_its_first_image(engine, prompt_b, count, mess
     assert engine.check_sweep("a red circle", "a blue star", "", SMALL, 3).preview_every == 0
 
 
+def test_a_sweep_with_a_random_seed_draws_it_once(engine):
+    """Sweep from A to B (same seed): with seed -1 every image starts from one drawn noise, so a sweep from a
+    prompt to itself gives the same image throughout."""
+    sweep = list(engine.prompt_sweep("a red circle", "a red circle", "", replace(SMALL, seed=-1), count=3))
+    assert len({image.tobytes() for _, image in sweep}) == 1
+    assert engine.check_sweep("a red circle", "a blue star", "", replace(SMALL, seed=-1), 3).seed >= 0
+
+
 def test_sweep_runs_from_a_to_b(engine):
     sweep = list(engine.prompt_sweep("a red circle", "a blue star", "", SMALL, count=3))
     assert [factor for factor, _ in sweep] == [1.0, 0.5, 0.0]

@@ -461,9 +461,9 @@ def sweep_handlers(lab: Lab):
         """The mix from A to B (factors from 1 down to 0) with the same seed, as a strip and a GIF."""
         with stop_flag(lab.stops, request) as flag:
             with user_errors():
-                settings = controls.settings(steps, guidance_scale, seed, width, height, preview_every,
-                                             previews, scheduler)
                 fps, count = export.check_fps(number(fps, "frames per second")), whole(count, "count")
+                settings = engine.check_sweep(prompt_a, prompt_b, "", controls.settings(  # its seed drawn once
+                    steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), count)
                 shown = []
 
                 def status(state: str) -> str:
