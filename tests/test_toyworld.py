@@ -194,6 +194,10 @@ def test_a_changed_recipe_retrains_the_stages_it_changes_and_only_those(tmp_path
     assert "vae-decoder-restart.pt: the recipe changed (decoder_restart_lr), so vae decoder restart trains anew" in log
     assert "vae decoder restart: 6 steps\n" in log
     assert re.findall(r"^(.+): \d+ steps", log, re.M) == ["vae decoder restart"]  # no other stage trains
+    recipe = tmp_path / ".toy-checkpoints" / "recipe.json"  # checkpoints from before a field was added, at its default
+    recipe.write_text(json.dumps({k: v for k, v in json.loads(recipe.read_text()).items() if k != "unet_norm_groups"}))
+    train(replace(cfg, unet_steps=7, decoder_restart_lr=1e-3), tmp_path / "toy")
+    assert re.findall(r"^(.+): \d+ steps", capsys.readouterr().out, re.M) == []  # nothing trains anew
 
 
 def test_every_field_that_makes_weights_belongs_to_a_stage():

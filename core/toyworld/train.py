@@ -185,8 +185,9 @@ class Checkpoints:
         recipe, written = folder / "recipe.json", json.dumps(cfg.recipe(), indent=2) + "\n"
         self.folder, self.every = folder, cfg.checkpoint_every
         if recipe.exists() and recipe.read_text() != written:
-            theirs = json.loads(recipe.read_text())
-            self._drop_changed({k for k in set(theirs) | set(cfg.recipe()) if theirs.get(k) != cfg.recipe().get(k)})
+            # a field newer than the checkpoints: they were trained as its default has it
+            theirs, ours = {**TrainConfig().recipe(), **json.loads(recipe.read_text())}, cfg.recipe()
+            self._drop_changed({k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)})
         recipe.write_text(written)
 
     def _drop_changed(self, changed: set) -> None:
