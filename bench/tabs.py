@@ -143,7 +143,7 @@ def swap(c: Context) -> tuple[str, bool]:
 
 def mix(c: Context) -> tuple[str, bool]:
     same = pixels(final(c.engine.mix_prompts(PROMPT, OTHER, 1.0, "", c.settings)).image, c.alone.image)
-    ends = dict(c.engine.prompt_sweep(PROMPT, OTHER, "", c.settings, 2))
+    ends = {factor: image for factor, image, _ in c.engine.prompt_sweep(PROMPT, OTHER, "", c.settings, 2)}
     other = final(c.engine.txt2img(OTHER, "", c.settings)).image
     apart = max(pixels(ends[1.0], c.alone.image), pixels(ends[0.0], other))
     return f"mix at factor 1 vs the first prompt: {same:.0f}/255; sweep's ends vs each prompt: {apart:.0f}/255", \

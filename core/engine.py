@@ -354,9 +354,10 @@ class Engine:
 
     def prompt_sweep(self, prompt_a: str, prompt_b: str, negative_prompt: str, settings: Settings, count: int, *,
                      learned: text.Learned | None = None,
-                     should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[float, Image.Image]]:
+                     should_stop: Callable[[], bool] = lambda: False
+                     ) -> Iterator[tuple[float, Image.Image, tuple[str, ...]]]:
         """The mix from A to B (factors from 1 down to 0) at `count` evenly spaced factors, same seed: (factor,
-        image) as each finishes."""
+        image, what its run noted) as each finishes."""
         settings = self.check_sweep(prompt_a, prompt_b, negative_prompt, settings, count)
         for i in range(count):
             if should_stop():
@@ -366,7 +367,7 @@ class Engine:
                                    should_stop=should_stop)
             frames = list(run.frames)
             if len(frames) == settings.steps:
-                yield factor, frames[-1].image
+                yield factor, frames[-1].image, run.notes + tuple(frame.note for frame in frames if frame.note)
 
     def load_learned(self, path: str | Path) -> text.Learned:
         """Textual-inversion embeddings from a file, checked against this model's text encoder."""

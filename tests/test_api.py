@@ -321,6 +321,14 @@ def test_prompt_mix_and_sweep_endpoints(app_url):
     strip, gif, status = client.predict(prompt_a="a red circle", prompt_b="a blue star", count=3, **settings,
                                         api_name="/prompt_sweep")
     assert status == "sweep from A to B · image 3 of 3 · done · seed 3"
+    drawn, _, status = client.predict(prompt_a="", prompt_b="a blue star", count=2, **(settings | {"seed": -1}),
+                                      api_name="/prompt_sweep")
+    seed = int(re.search(r"image 2 of 2 · done · seed (\d+)\n", status).group(1))  # drawn, once for the sweep
+    assert status.endswith("\n⚠️ Prompt A is empty: CLIP encodes it as no text at all")
+    named, _, _ = client.predict(prompt_a="", prompt_b="a blue star", count=2, **(settings | {"seed": seed}),
+                                 api_name="/prompt_sweep")
+    assert [Image.open(item["image"]).tobytes() for item in drawn] == [Image.open(item["image"]).tobytes()
+                                                                       for item in named]  # the seed it names
     assert [item["caption"] for item in strip] == ["1.00", "0.50", "0.00"]  # from A to B
     assert all(Image.open(item["image"]).format == "PNG" for item in strip)  # lossless: the ends equal plain runs
     assert Image.open(gif).n_frames == 3

@@ -3,8 +3,10 @@ are served publicly, diffusers' own checker loads from a model folder (a small r
 Space the app serves every interface."""
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from core import safety
 from core.engine import Engine
 from core.models import TOY_DIR
 from tests.conftest import add_small_safety_checker
+from ui.run_view import PairView
 
 
 def flag_all(pictures):
@@ -104,3 +107,14 @@ def test_on_a_space_the_app_serves_every_interface(monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/sd-lens")
     assert app.parse_args([]).host == "0.0.0.0"
     assert app.parse_args(["--host", "127.0.0.1"]).host == "127.0.0.1"
+
+
+def test_a_pair_of_flagged_runs_says_why_once(tiny_bundle):
+    """The two-image tabs (a token swapped or mixed) put a note on the status line once, though both runs carry it."""
+    engine = Engine(tiny_bundle, safety=flag_all)
+    settings = replace(engine.default_settings(), steps=3, seed=3, preview_every=1)
+    with gr.Blocks():
+        view = PairView("pair", None, "as written", "edited")
+    runs = engine.edit_token("a red cat", "", settings, 2, [("blue", 1.0)])
+    last = list(view.stream(runs, threading.Event(), "token 2 → 'blue'"))[-1]
+    assert last[view.status].count(safety.NOTE) == 1 and last[view.progress]["notes"] == [safety.NOTE]

@@ -95,15 +95,18 @@ def test_a_sweep_with_a_random_seed_draws_it_once(engine):
     """Sweep from A to B (same seed): with seed -1 every image starts from one drawn noise, so a sweep from a
     prompt to itself gives the same image throughout."""
     sweep = list(engine.prompt_sweep("a red circle", "a red circle", "", replace(SMALL, seed=-1), count=3))
-    assert len({image.tobytes() for _, image in sweep}) == 1
+    assert len({image.tobytes() for _, image, _ in sweep}) == 1
     assert engine.check_sweep("a red circle", "a blue star", "", replace(SMALL, seed=-1), 3).seed >= 0
 
 
 def test_sweep_runs_from_a_to_b(engine):
     sweep = list(engine.prompt_sweep("a red circle", "a blue star", "", SMALL, count=3))
-    assert [factor for factor, _ in sweep] == [1.0, 0.5, 0.0]
+    assert [factor for factor, _, _ in sweep] == [1.0, 0.5, 0.0]
     alone = list(engine.txt2img("a blue star", "", SMALL).frames)[-1].image
     assert sweep[-1][1].tobytes() == alone.tobytes()
+    assert [notes for _, _, notes in sweep] == [()] * 3
+    _, _, notes = next(engine.prompt_sweep("", "a blue star", "", SMALL, count=2))  # what each image's run says
+    assert notes == ("Prompt A is empty: CLIP encodes it as no text at all",)
 
 
 def test_edit_token_gives_the_prompt_and_its_edit_from_the_same_noise(engine):

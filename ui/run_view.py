@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -202,17 +202,22 @@ class Controls:
                        preview_every=whole(preview_every, "preview_every"), previews=previews, scheduler=scheduler)
 
 
-def progress(frame: Frame | None, state: str, seed: int, notes: list[str]) -> dict:
+def progress(frame: Frame | None, state: str, seed: int, notes: Iterable[str]) -> dict:
     """Where a run stands, as plain fields for scripts (the page shows the same as one line)."""
     return {"step": frame.index + 1 if frame else 0, "steps": frame.steps if frame else None,
             "timestep": frame.timestep if frame else None, "sigma": frame.sigma if frame else None,
             "state": state, "seed": seed, "notes": list(notes)}
 
 
-def status_line(frame: Frame | None, state: str, about: str, notes: list[str]) -> str:
+def status_line(frame: Frame | None, state: str, about: str, notes: Iterable[str]) -> str:
     """The status line: "step 3 / 30 · timestep 899.0 · sigma 8.1 · running · seed 32", then any notes."""
     head = frame_caption(frame) if frame else "no step run"
-    return "\n".join([f"{head} · {state} · {about}", *(f"⚠️ {note}" for note in notes)])
+    return with_notes(f"{head} · {state} · {about}", notes)
+
+
+def with_notes(line: str, notes: Iterable[str]) -> str:
+    """A status line with a warning line under it for each note."""
+    return "\n".join([line, *(f"⚠️ {note}" for note in notes)])
 
 
 def ended(image, flag: threading.Event) -> str:
@@ -313,7 +318,7 @@ class RunView:
         unchanged as a component update, which costs more than the step of a small model. The run is read
         ahead (the next step computed and its previews saved while gradio sends this one).
         """
-        about, notes = f"seed {run.settings.seed}{about}", list(run.notes)  # on the status line, not as toasts
+        about, notes = f"seed {run.settings.seed}{about}", list(run.notes)  # shown on the status line
         shown, frame, image = [], None, result  # shown: what `history` keeps of every preview step
         # the last run's frames and videos, hidden by the first message; later ones keep the videos empty
         clear = {self.x_t: None, self.x0: None, self.scrub: gr.update(visible=False)} | self.hidden_videos()
@@ -416,12 +421,12 @@ class PairView:
         message carries both."""
         first, second = runs
         about, seed = f"seed {first.settings.seed} · {about}", first.settings.seed
-        notes = list(dict.fromkeys([*first.notes, *second.notes]))  # the two runs' notes, each once
+        notes = dict.fromkeys([*first.notes, *second.notes])  # the two runs' notes, each once, in order
         frame, images = None, (None, None)
         update = {self.left: None, self.right: None}  # the first message clears the last run's images
         with user_errors():
             for frame, other in zip(first.frames, second.frames):
-                notes += [note for note in (frame.note, other.note) if note and note not in notes]
+                notes |= dict.fromkeys(note for note in (frame.note, other.note) if note)
                 update |= {self.status: status_line(frame, "running", about, notes),
                            self.progress: progress(frame, "running", seed, notes)}
                 if frame.x0_image is not None or frame.image is not None:  # the last step, previewed or not

@@ -19,7 +19,7 @@ from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Dropdown, Slider, number, user_errors, whole
 from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
-                         image_panel, run_buttons, stop_flag, wire_stop)
+                         image_panel, run_buttons, stop_flag, wire_stop, with_notes)
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -464,15 +464,17 @@ def sweep_handlers(lab: Lab):
                 fps, count = export.check_fps(number(fps, "frames per second")), whole(count, "count")
                 settings = engine.check_sweep(prompt_a, prompt_b, "", controls.settings(  # its seed drawn once
                     steps, guidance_scale, seed, width, height, preview_every, previews, scheduler), count)
-                shown = []
+                shown, notes = [], {}
 
                 def status(state: str) -> str:
-                    return f"sweep from A to B · image {len(shown)} of {count} · {state} · seed {settings.seed}"
+                    return with_notes(f"sweep from A to B · image {len(shown)} of {count} · {state} · seed "
+                                      f"{settings.seed}", notes)
 
                 yield gr.update(value=[], visible=True), gr.update(value=None, visible=True), status("running")
-                for mix, image in engine.prompt_sweep(prompt_a, prompt_b, "", settings, count,
-                                                      learned=learned, should_stop=flag.is_set):
+                for mix, image, said in engine.prompt_sweep(prompt_a, prompt_b, "", settings, count,
+                                                            learned=learned, should_stop=flag.is_set):
                     shown.append((image, f"{mix:.2f}"))
+                    notes |= dict.fromkeys(said)
                     yield shown, None, status(f"mix factor {mix:.2f} · running")
             last = status("done" if len(shown) == count else "stopped")
             if not shown:
