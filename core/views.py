@@ -58,9 +58,11 @@ class NoiseRow:
     seed: int                      # the noise's seed (one drawn for RANDOM_SEED)
 
 
-def heat_image(matrix: torch.Tensor, labels: list[str], cell: int = 4, row: int = 16) -> Image.Image:
-    """A (rows, columns) matrix as a picture: blue below zero, white at zero, red above; each value `cell` px
-    wide and `row` px tall, each row named on its left by its label."""
+def heat_image(matrix: torch.Tensor, labels: list[str], width: int = 512, row: int = 16) -> Image.Image:
+    """A (rows, columns) matrix as a picture: blue below zero, white at zero, red above; each value `row` px tall
+    and up to 4 px wide (SD's 768 columns 1 px each: the picture stays about `width` wide, so the names on the
+    left of each row stay legible beside it)."""
+    cell = max(1, min(4, width // matrix.shape[1]))
     values = matrix.detach().float().cpu()
     values = (values / values.abs().max().clamp_min(1e-8)).numpy()       # in [-1, 1]
     red = np.where(values > 0, 1.0, 1 + values)

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from core import text
 from core.engine import Engine
 from core.sampler import Settings
+from core.views import heat_image
 from core.toyworld.data import COLORS
 from core.toyworld.evaluate import Reader
 from core.toyworld.textual_inversion import TEAL, TOKEN
@@ -153,6 +154,8 @@ def test_token_view_lists_tokens_and_proves_the_encoder(engine):
     names = heat[:, :margin].min(axis=2).reshape(8, 16, margin)  # black text on white, in each row's band
     assert [(row < 100).sum() > 10 for row in names] == [True] * 8
     assert (names[:, :, -4:] == 255).all()  # a white gap before the values
+    wide = heat_image(torch.randn(8, 768), [f"{at} {name}" for at, _, name, *_ in view.rows])  # SD's: 1 px a value
+    assert wide.width - 768 == margin and wide.height == 8 * 16
 
 
 # --- textual inversion ---
