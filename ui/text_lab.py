@@ -126,9 +126,9 @@ def build_tokens(lab: Lab) -> None:
         with gr.Column(scale=2):
             proof = gr.Markdown(elem_id="tokens-proof", label="Checked against the text encoder")
             token_heat = gr.Image(label=heat_label(TOKEN_HEAT), format="png",
-                                  elem_classes=["pixels", "below-label"], height=PANEL // 2, elem_id="tokens-heat")
+                                  elem_classes=["pixels", "below-label"], height=PANEL * 3 // 4, elem_id="tokens-heat")
             position_heat = gr.Image(label=heat_label(POSITION_HEAT), format="png",
-                                     elem_classes=["pixels", "below-label"], height=PANEL // 2,
+                                     elem_classes=["pixels", "below-label"], height=PANEL * 3 // 4,
                                      elem_id="tokens-positions")
 
     def tokenize(prompt, learned):
