@@ -312,8 +312,11 @@ class Engine:
         settings = self.check_txt2img(prompt, negative_prompt, settings)
         learned = learned or {}
         ingredients = [(learned[part][0] if part in learned else self.token_id(part), weight) for part, weight in parts]
-        # 2. encode: the prompt as it is, and with the blend at the position
-        cond, notes = self.conditioning(prompt, negative_prompt, learned=learned)
+        # 2. encode: the prompt as it is, and with the blend at the position; a note names words the model never saw
+        cond, notes = self.conditioning(prompt, negative_prompt, learned=learned, words=False)
+        put = " ".join(part for part, _ in parts if part not in learned and not str(part).strip().isdigit())
+        notes += self.unknown_words((("The prompt", prompt), ("The negative prompt", negative_prompt),
+                                     ("The words put in the token's place", put)), learned)
         tokens = text.tokenize(self.bundle, prompt, learned)
         with torch.no_grad():
             edited = text.encode_embeddings(self.bundle, text.blend_at(self.bundle, tokens, learned, position,

@@ -426,3 +426,7 @@ def test_words_the_toy_world_never_saw_are_named_before_the_run(toy_engine, tiny
     assert odd.startswith("The prompt has words this model never saw in training: '3', 'cafés', \"don't\", 'dog', "
                           "'ish'")  # an unloaded <dog> is CLIP's dog
     assert Engine(tiny_bundle).txt2img("a cat in a hat", "blurry", settings).notes == ()  # any words: SD's own
+    swapped = toy_engine.edit_token("a picture of a puppy", "", settings, 5, [("cat", 0.5), ("320", 0.5)])
+    assert {run.notes for run in swapped} == {(  # both runs; a token id (320) is no word
+        "The prompt has words this model never saw in training: 'puppy'; the words put in the token's place: 'cat'. "
+        f"It knows {toy_engine.bundle.vocabulary.known}",)}
