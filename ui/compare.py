@@ -24,7 +24,7 @@ from core.sampler import Settings
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, SAMPLER_CHOICES, Scrubber, counter, nth, user_errors
 from ui.run_view import (EXPIRED, Controls, cached, checked_by_script, ended, frame_caption, idle_after,
-                         image_panel, progress, run_buttons, status_line, stop_flag, wire_stop)
+                         image_panel, progress, run_buttons, status_line, stop_flag)
 from ui.stops import StopFlags
 
 PART_CAPTIONS = ("unconditional x0", "text x0", "guided x0", "noise prediction")
@@ -45,8 +45,7 @@ def prompts_and_buttons(engine: Engine, stops: StopFlags, label: str):
     """A prompt, a negative prompt, and a run button beside Stop; returns (prompt, negative, (button, Stop))."""
     prompt = gr.Textbox(label="Prompt", value=engine.examples("txt2img")[0][0])
     negative_prompt = gr.Textbox("", label="Negative prompt", placeholder="what to steer away from")
-    go, stop = run_buttons(label)
-    wire_stop(stop, stops)
+    go, stop = run_buttons(label, stops)
     return prompt, negative_prompt, (go, stop)
 
 

@@ -76,10 +76,14 @@ def stop_button() -> gr.Button:
     return gr.Button("Stop", variant="stop", interactive=False)
 
 
-def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
-    """A tab's run button beside its Stop button (`stop_button`), in a row under the prompts."""
+def run_buttons(label: str = "Generate", stops: StopFlags | None = None) -> tuple[gr.Button, gr.Button]:
+    """A tab's run button beside its Stop button (`stop_button`), in a row under the prompts; with `stops`,
+    Stop is wired to stop this session's run (tabs whose RunView wires it leave it out)."""
     with gr.Row():
-        return gr.Button(label, variant="primary"), stop_button()
+        go, stop = gr.Button(label, variant="primary"), stop_button()
+    if stops is not None:
+        wire_stop(stop, stops)
+    return go, stop
 
 
 def idle_after(stop: gr.Button, runs: tuple[gr.events.Dependency, ...], stops: StopFlags) -> None:

@@ -19,7 +19,7 @@ from core.engine import MAX_SWEEP, Engine
 from ui.code_panel import CodePanel, Writers
 from ui.common import GENERATE, Dropdown, Slider, number, user_errors, whole
 from ui.run_view import (PANEL, Controls, PairView, RunView, checked_by_script, checked_first, idle_after,
-                         image_panel, run_buttons, stop_flag, wire_stop, with_notes)
+                         image_panel, run_buttons, stop_flag, with_notes)
 from ui.stops import StopFlags
 
 SWEEP_FPS = 2  # a sweep has a few images: each stays half a second
@@ -44,13 +44,6 @@ def token_choices(engine: Engine, prompt: str, learned: dict) -> list[tuple[str,
     except ValueError:
         return []
     return [(f"{position}: {name.removesuffix('</w>')}", str(position)) for position, _, name, _, _ in rows]
-
-
-def go_and_stop(stops: StopFlags, label: str) -> tuple[gr.Button, gr.Button]:
-    """A run button beside a Stop button for this session's run; returns both (see `stop_button`)."""
-    go, stop = run_buttons(label)
-    wire_stop(stop, stops)
-    return go, stop
 
 
 def token_picker(engine: Engine, prompt: str, value: str | None, label: str, info: str | None = None):
@@ -165,7 +158,7 @@ def build_swap(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                                                                   "a word of the prompt, or its position")
             replacement = gr.Textbox(label="Put this word there", value=first[2],
                                      info="one token, or a token id such as 2368")
-            swap_go, swap_stop = go_and_stop(lab.stops, "Generate both")
+            swap_go, swap_stop = run_buttons("Generate both", lab.stops)
             gr.Examples(engine.examples("swap_token"), [swap_prompt, swap_token_box, replacement],
                         example_labels=[f"{p}: {t} → {r}" for p, t, r in engine.examples("swap_token")])
         with gr.Column(scale=3):
@@ -207,7 +200,7 @@ def build_mix_tokens(lab: Lab) -> tuple[gr.Textbox, gr.Dropdown]:
                 word_b = gr.Textbox(label="Word B", value=first[3])
             weight = Slider(0, 1, value=first[4], step=0.05, label="Weight of A",
                             info="the mix is weight x A + (1 - weight) x B")
-            mix_go, mix_stop = go_and_stop(lab.stops, "Generate both")
+            mix_go, mix_stop = run_buttons("Generate both", lab.stops)
             gr.Examples(engine.examples("mix_tokens"), [mix_prompt, mix_token_box, word_a, word_b, weight],
                         example_labels=[f"{p}: {a} + {b}" for p, _, a, b, _ in engine.examples("mix_tokens")])
         with gr.Column(scale=3):
@@ -274,7 +267,7 @@ def inversion_form(lab: Lab) -> InversionForm:
                                 "a word of the prompt (the notebook's way); empty: as written")
     ti_learned_token = Dropdown(names, value=names[0] if names else None, label="The loaded token to put there",
                                 allow_custom_value=True)
-    ti_go, ti_stop = go_and_stop(lab.stops, "Generate both")
+    ti_go, ti_stop = run_buttons("Generate both", lab.stops)
     gr.Examples(engine.examples("textual_inversion"), [ti_prompt, ti_token_box],
                 example_labels=[f"{p}" + (f": {t} → the loaded token" if t else "")
                                 for p, t in engine.examples("textual_inversion")])
