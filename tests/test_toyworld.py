@@ -22,6 +22,7 @@ from core.toyworld.data import (COLORS, CONTRAST, SHADE_MARGIN, SHADE_SPREAD, SH
                                 off_palette_images, sample_scene, scene_shades, shade)
 from core.toyworld.evaluate import (Reader, blue_grid, blueness, box_iou, evaluate, evaluate_blue, evaluate_img2img,
                                      prompt_grid, prompt_of)
+from core.toyworld.report import vae_cells
 from core.toyworld.train import PRESETS, STAGE_FIELDS, Checkpoints, stage_of, train
 
 DATA = Path(__file__).parent / "data"
@@ -135,6 +136,8 @@ def test_training_recipe_runs_and_the_engine_loads_its_model(tmp_path):
     assert len(bundle.tokenizer) == 49408 and bundle.tokenizer("puppy").input_ids[1] == 6829
     assert bundle.scheduler_config["beta_schedule"] == "scaled_linear"
     assert bundle.vae.config.scaling_factor != 0.18215  # set from the trained latents' spread
+    held_out, unnamed = map(float, vae_cells(bundle, tmp_path / "toy")[0].split(" / "))
+    assert abs(held_out - measured["vae_psnr_db"]) < 0.05 and 0 < unnamed < 60  # the report's, from the saved weights
     engine = Engine(bundle)
     assert engine.examples("txt2img")[0][0] == "a red circle on a white background"
     run = engine.txt2img("a red circle", "", Settings(steps=3, height=64, width=64, preview_every=0))
