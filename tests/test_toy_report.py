@@ -37,8 +37,8 @@ def seen(monkeypatch):
 
     def img2img(engine, settings):
         calls.append(("img2img", settings.scheduler, settings.steps, settings.guidance_scale))
-        return {s: {"layout": layout, "new_colour": colour}
-                for s, layout, colour in (("0.2", 1.0, 0.0), ("0.3", 0.917, 0.25), ("0.4", 0.75, 0.5), ("0.6", 0.0, 1.0))}
+        measured = (("0.2", 1.0, 0.0), ("0.3", 0.917, 0.25), ("0.4", 0.75, 0.5), ("0.6", 0.0, 1.0))
+        return {s: {"layout": layout, "new_colour": colour} for s, layout, colour in measured}
 
     monkeypatch.setattr(report_module, "evaluate", txt2img)
     monkeypatch.setattr(report_module, "evaluate_blue", guided)

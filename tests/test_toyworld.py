@@ -223,8 +223,10 @@ def test_the_fine_preset_is_the_full_recipe_on_16x16_latents():
     assert len(fine.unet_channels) == 3  # one level more, for the latents twice as wide
     # channels per norm group at the first level: at 1 the output's norm takes out each channel's mean (the colour)
     assert [c.unet_channels[0] // c.shape().unet_norm_groups for c in (full, fine)] == [2, 4]
+    # attention where the full preset has it (8x8, 4x4 and mid), none at 16x16
+    assert full.shape().unet_attention == (True, True) and fine.shape().unet_attention == (False, True, True)
     assert replace(fine, vae_channels=full.vae_channels, unet_channels=full.unet_channels,
-                   unet_norm_groups=full.unet_norm_groups) == full
+                   unet_norm_groups=full.unet_norm_groups, unet_attention=full.unet_attention) == full
 
 
 def test_blueness_is_how_much_blue_beats_red_and_green():

@@ -74,6 +74,7 @@ class TrainConfig:
     unet_layers_per_block: int = 1
     unet_norm_groups: int = 32        # GroupNorm groups (at most one a channel): at one channel a group, the
                                       # output's norm removes each channel's mean, the scene's colour in latents
+    unet_attention: tuple = ()        # per level, down the UNet: whether it has attention (empty: every level)
     unet_steps: int = 3000            # steps of each cycle
     unet_cycles: int = 2              # cycles of warmup + cosine, each from the last one's EMA weights
     unet_batch: int = 128
@@ -96,7 +97,7 @@ class TrainConfig:
         return Shape(text_hidden=self.text_hidden, text_intermediate=4 * self.text_hidden,
                      text_layers=self.text_layers, text_heads=4, vae_channels=self.vae_channels,
                      vae_layers_per_block=1, vae_norm_groups=8, unet_channels=self.unet_channels,
-                     unet_attention=(True,) * len(self.unet_channels),
+                     unet_attention=self.unet_attention or (True,) * len(self.unet_channels),
                      unet_layers_per_block=self.unet_layers_per_block,
                      unet_norm_groups=min(self.unet_norm_groups, self.unet_channels[0]))
 
@@ -113,7 +114,8 @@ STAGE_FIELDS = {
     "vae": VAE_FIELDS,
     "latents": VAE_FIELDS,
     "unet": VAE_FIELDS + ("text_hidden", "text_layers", "unet_channels", "unet_layers_per_block", "unet_norm_groups",
-                          "unet_steps", "unet_batch", "unet_lr", "uncond_fraction", "text_from_timestep", "ema_decay"),
+                          "unet_attention", "unet_steps", "unet_batch", "unet_lr", "uncond_fraction",
+                          "text_from_timestep", "ema_decay"),
     "vae decoder": VAE_FIELDS + ("decoder_steps", "decoder_batch", "decoder_lr", "decoder_off_palette"),
 }
 STAGE_FIELDS["vae decoder restart"] = STAGE_FIELDS["vae decoder"] + ("decoder_restart_steps", "decoder_restart_lr")
@@ -122,8 +124,10 @@ PRESETS = {
     "full": TrainConfig(),
     # 16x16 latents at 64 px: a VAE of three levels (4x down) and a UNet of three, so that a shape spans more
     # latent cells (image to image's layout is lost on the 8x8 cells, model/EXPERIMENTS.md attempt 36); 4 channels a
-    # norm group at the first level, as the full preset has 2 (attempt 38: with 1 no colour is learned)
-    "fine": TrainConfig(vae_channels=(32, 64, 64), unet_channels=(32, 64, 128), unet_norm_groups=8),
+    # norm group at the first level, as the full preset has 2 (attempt 38: with 1 no colour is learned); attention
+    # at 8x8, 4x4 and mid as in the full preset, none at 16x16, where it took 60% of a step's time (attempt 41)
+    "fine": TrainConfig(vae_channels=(32, 64, 64), unet_channels=(32, 64, 128), unet_norm_groups=8,
+                        unet_attention=(False, True, True)),
     "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_steps=6, vae_batch=8,
                         text_hidden=32, text_layers=1, unet_channels=(32, 32), unet_steps=6, unet_batch=8,
                         warmup_steps=2, decoder_steps=6, decoder_batch=2, decoder_restart_steps=6, checkpoint_every=2),
