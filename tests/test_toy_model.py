@@ -1,11 +1,13 @@
 """The shipped toy world model: what a prompt asks for is what the page shows."""
+import json
 from dataclasses import replace
 
 import pytest
 
 from core.toyworld.data import make_dataset, off_palette_images
 from core.toyworld.evaluate import Reader
-from core.toyworld.train import PRESETS, held_out_psnr, to_tensor
+from core.models import TOY_DIR
+from core.toyworld.train import held_out_psnr, to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,9 @@ def test_the_vae_round_trips_scenes_it_never_saw_and_colours_no_caption_names(to
     """The model card's VAE targets: 30 dB on as many new scenes as the recipe holds out (from a seed it never
     trained on), 24 dB on scenes in arbitrary colours."""
     vae = toy.bundle.vae
-    recipe = PRESETS["full"]
-    new_scenes = make_dataset(recipe.held_out, seed=recipe.seed + 1, shade_spread=recipe.shade_spread,
-                              free_colour=recipe.free_colour)
+    recipe = json.loads((TOY_DIR / "training.json").read_text())["recipe"]  # the data it was trained on
+    new_scenes = make_dataset(recipe["held_out"], seed=recipe["seed"] + 1, shade_spread=recipe["shade_spread"],
+                              free_colour=recipe["free_colour"])
     new_scenes = to_tensor([image for image, _, _ in new_scenes])
     assert held_out_psnr(vae, new_scenes) >= 30
     assert held_out_psnr(vae, to_tensor(off_palette_images(128, seed=7))) >= 24
