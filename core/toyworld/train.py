@@ -2,7 +2,7 @@
 
     python -m core.toyworld.train                      # the shipped model: about 4.5 hours on 2 CPU cores
     python -m core.toyworld.train --device cuda        # the same recipe on a GPU (VAE and UNet: ~14 min on an H200)
-    python -m core.toyworld.train --preset fine --out /tmp/fine  # 16x16 latents: about twice the UNet's time
+    python -m core.toyworld.train --preset fine --out /tmp/fine  # 16x16 latents: about 2.5 hours on 2 CPU cores
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
 
 Every stage runs a fixed number of steps, so the same command gives the same model on any machine. Each
