@@ -100,9 +100,9 @@ def test_the_fast_preview_map_is_the_best_linear_map_for_the_toy_vae(toy_engine)
     bundle = toy_engine.bundle
     pictures = torch.cat([vae.from_pil(image) for image, _, _ in make_dataset(32, seed=5)])
     with torch.no_grad():
-        codes = vae.encode(bundle, pictures)                                      # (32, 4, 8, 8)
-        cells = torch.nn.functional.avg_pool2d(vae.decode(bundle, codes), 8)     # (32, 3, 8, 8)
-    x = torch.cat([codes.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(32 * 64, 1)], 1)
+        codes = vae.encode(bundle, pictures)                                      # (32, 4, h, w)
+        cells = torch.nn.functional.avg_pool2d(vae.decode(bundle, codes), bundle.vae_scale_factor)  # (32, 3, h, w)
+    x = torch.cat([codes.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(codes[:, 0].numel(), 1)], 1)
     oracle = x @ torch.linalg.lstsq(x, cells.permute(0, 2, 3, 1).reshape(-1, 3)).solution
     best = (oracle.clamp(0, 1) - cells.permute(0, 2, 3, 1).reshape(-1, 3)).abs().mean()
     ours = (vae.linear_preview(bundle, codes) - cells).abs().mean()
