@@ -15,7 +15,7 @@ from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 
 # SGD with momentum 0.5: each step goes on by half the step before, so the latents run clean before the schedule
-# ends (on the toy at 30 steps: after 19 to 29)
+# ends (on the toy at 30 steps: after 15 to 25)
 OPTIMISER, OPTIONS = torch.optim.SGD, {"momentum": 0.5}
 TOLERANCE = 0.15  # latent units; SD's latents are scaled to unit spread
 

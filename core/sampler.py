@@ -34,7 +34,7 @@ MIN_SIDE = 64
 PREVIEWS = {  # how previews are decoded; the final image always goes through the VAE
     "auto": "fast when previewing every step, else the full VAE",
     "fast": "a linear map of the latents fitted to the VAE: one pixel per latent cell, almost free "
-            "(the VAE itself on models where no such map fits, like the toy)",
+            "(the VAE itself on models where no such map fits)",
     "full": "the VAE decoder: every pixel, at the cost of a decode per preview",
 }
 TORCH_THREADS = torch.get_num_threads()  # torch's own choice, read before anything changes it

@@ -110,25 +110,26 @@ def test_lms_as_diffusers_counts_its_order_equals_the_stock_pipeline(engine, tin
     assert (ours.latents - ref).abs().max().item() > 1e-2
 
 
-def test_low_strength_on_the_toy_model_keeps_the_layout_and_another_colour_moves_it(toy_engine):
-    """The yellow triangle at strength 0.3, at the tab's defaults (the notebook's 50 steps at CFG 8): asked for
-    again, the shape's region barely moves; asked to be blue (with Euler, which the sampler's note advises for
-    this), it turns blue but shrinks and moves: a known gap of this model (its card), kept here so that a model
-    that closes it shows up."""
+def test_low_strength_on_the_toy_model_keeps_the_layout_and_a_higher_one_recolours_it(toy_engine):
+    """The yellow triangle at the tab's defaults (the notebook's 50 steps at CFG 8): at strength 0.3 the shape's
+    region barely moves, asked for again or asked to be blue (it greens a little: a new colour needs more strength,
+    the model card's image to image row); at 0.6 it turns blue in its place."""
     source = draw(PICTURE)
     settings = replace(toy_engine.default_settings("img2img"), preview_every=0)
     assert (settings.steps, settings.guidance_scale) == (50, 8.0)
-    same = list(toy_engine.img2img("a yellow triangle on a white background", "", source, 0.3, settings).frames)
-    blue = list(toy_engine.img2img("a blue triangle on a white background", "", source, 0.3,
-                                   replace(settings, scheduler="euler")).frames)
+    def result(prompt, strength):
+        return list(toy_engine.img2img(prompt, "", source, strength, settings).frames)[-1].image
     def mask(im):
         return (vae.from_pil(im)[0] - vae.from_pil(Image.new("RGB", im.size, "white"))[0]).abs().sum(0) > 0.5
     def iou(a, b):
         return ((a & b).sum() / (a | b).sum()).item()
-    assert iou(mask(source), mask(same[-1].image)) > 0.7  # 0.75 when measured
-    reading = Reader().read(blue[-1].image)
+    same = result("a yellow triangle on a white background", 0.3)
+    blue = result("a blue triangle on a white background", 0.3)
+    assert iou(mask(source), mask(same)) > 0.8 and iou(mask(source), mask(blue)) > 0.8  # 0.87, 0.84 when measured
+    recoloured = result("a blue triangle on a white background", 0.6)
+    reading = Reader().read(recoloured)
     assert (reading.color, reading.shape) == ("blue", "triangle")
-    assert iou(mask(source), mask(blue[-1].image)) < 0.5  # 0.33: the model card's image to image gap
+    assert iou(mask(source), mask(recoloured)) > 0.6  # 0.71
 
 
 # --- the VAE ---

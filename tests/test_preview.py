@@ -1,5 +1,5 @@
 """Fast previews against the VAE: the fitted linear map is used only on models where it fits the VAE, judged on
-held-out images; elsewhere (the toy model, the tiny random one) fast previews are VAE decodes."""
+held-out images (the toy model's); elsewhere (the tiny random one) fast previews are VAE decodes."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from core.sampler import Settings, sample
 from tests.conftest import as_the_app_runs
 from tests.test_sampler import conditioning
 
-MIN_PREVIEW_PSNR = 20.0  # dB from the VAE's decode; the toy's linear map gives 13-15 on real runs
+MIN_PREVIEW_PSNR = 20.0  # dB from the VAE's decode
 FIT_TOLERANCE = 1e-3
 
 
@@ -23,18 +23,18 @@ def upscaled(image, side: int) -> torch.Tensor:
     return F.interpolate(vae.from_pil(image), size=(side, side), mode="nearest")
 
 
-def test_fast_previews_of_a_toy_run_are_close_to_the_vae_where_the_linear_map_is_not(toy_engine):
+def test_fast_previews_of_a_toy_run_are_the_linear_map_and_close_to_the_vae(toy_engine):
+    """On the toy's 16x16 latents the map fits its VAE (R^2 0.93 on held-out images), so fast previews are one
+    pixel a latent cell, near the VAE's decode of the same x0."""
     bundle = toy_engine.bundle
     settings = replace(toy_engine.default_settings(), steps=6, seed=3, preview_every=1, previews="fast")
     frames = list(toy_engine.txt2img("a red circle on a white background", "", settings).frames)
-    x0 = torch.cat([f.x0 for f in frames])                                             # (6, 4, 8, 8)
+    x0 = torch.cat([f.x0 for f in frames])                                             # (6, 4, 16, 16)
     with torch.no_grad():
         decoded = vae.decode(bundle, x0)                                             # (6, 3, 64, 64)
-        linear = F.interpolate(vae.linear_preview(bundle, x0), size=(64, 64), mode="nearest")
     shown = torch.cat([upscaled(f.x0_image, 64) for f in frames])                      # (6, 3, 64, 64)
-    assert vae.psnr(shown, decoded) >= MIN_PREVIEW_PSNR
-    assert vae.psnr(linear, decoded) < MIN_PREVIEW_PSNR  # why: the map explains too little of the toy's colours
-    assert not vae.preview_map(bundle).good
+    assert vae.preview_map(bundle).good and frames[0].x0_image.size == (16, 16)
+    assert vae.psnr(shown, decoded) >= MIN_PREVIEW_PSNR  # 20.6 when measured
 
 
 def test_the_map_is_fitted_deterministically_and_judged_on_held_out_images(tiny_bundle):

@@ -371,7 +371,7 @@ def test_each_measurement_runs_at_its_tab_s_settings(monkeypatch, capsys, mode, 
     printed = json.loads(capsys.readouterr().out)
     assert (printed["steps"], printed["guidance_scale"]) == expected[:2]
     if mode == "--blue":
-        assert printed["scale"] == 80.0  # the toy folder's loss scale
+        assert printed["scale"] == 100.0  # the toy folder's loss scale
 
 
 def test_box_iou():

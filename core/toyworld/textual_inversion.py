@@ -50,7 +50,7 @@ def train(steps: int = 400, batch: int = 16, lr: float = 5e-3, seed: int = 0) ->
         part.requires_grad_(False)
     pairs = teal_scenes(64, seed)
     with torch.no_grad():
-        clean = vae.encode(bundle, torch.stack([image for image, _ in pairs]))  # (64, 4, 8, 8)
+        clean = vae.encode(bundle, torch.stack([image for image, _ in pairs]))  # (64, 4, h, w)
     noise_schedule = DDPMScheduler.from_config(bundle.scheduler_config)
     start = text.token_embeddings(bundle, torch.tensor([[text.token_id(bundle, INITIALIZER)]]))[0]  # (1, hidden)
     vector = start.detach().clone().requires_grad_()

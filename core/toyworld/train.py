@@ -1,8 +1,8 @@
 """Train the toy world's Stable Diffusion from scratch, and save it as a diffusers folder.
 
-    python -m core.toyworld.train                      # the shipped model: about 4.5 hours on 2 CPU cores
-    python -m core.toyworld.train --device cuda        # the same recipe on a GPU (VAE and UNet: ~14 min on an H200)
-    python -m core.toyworld.train --preset fine --out /tmp/fine  # 16x16 latents: about 2.5 hours on 2 CPU cores
+    python -m core.toyworld.train                      # the shipped model (16x16 latents): about 3 hours on 2 CPU cores
+    python -m core.toyworld.train --device cuda        # the same recipe on a GPU, in minutes
+    python -m core.toyworld.train --preset full --out /tmp/full  # SD's 8x8 latents at 64 px: about 4.5 hours
     python -m core.toyworld.train --preset tiny --out /tmp/toy   # seconds: checks that the recipe runs
 
 Every stage runs a fixed number of steps, so the same command gives the same model on any machine. Each
@@ -12,8 +12,8 @@ output (`--checkpoints`): the same command run again resumes from the last one a
 The data paints every named colour in random shades of itself, and a tenth of shapes and of backgrounds in
 arbitrary colours that their captions leave unnamed, so that colour is continuous in this world as in
 photographs. Three stages:
-1. an AutoencoderKL (8x down, 4 latent channels, as SD v1) trained on crops of the procedural images
-   with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
+1. an AutoencoderKL (4 latent channels as SD v1; 4x down, 8x in the full preset as in SD) trained on crops of
+   the procedural images with L1 + a tiny KL term; its scaling_factor is then set from the latents' standard deviation;
 2. a CLIP text encoder (the real 49,408-token vocabulary) and a cross-attention UNet, trained together
    on epsilon prediction with SD's noise schedule, 10% of captions dropped for classifier-free guidance,
    and every caption dropped below timestep 150 (by then the scene is decided and only its edges are left
@@ -122,10 +122,10 @@ STAGE_FIELDS["vae decoder restart"] = STAGE_FIELDS["vae decoder"] + ("decoder_re
 
 PRESETS = {
     "full": TrainConfig(),
-    # 16x16 latents at 64 px: a VAE of three levels (4x down) and a UNet of three, so that a shape spans more
-    # latent cells (image to image's layout is lost on the 8x8 cells, model/EXPERIMENTS.md attempt 36); 4 channels a
-    # norm group at the first level, as the full preset has 2 (attempt 38: with 1 no colour is learned); attention
-    # at 8x8, 4x4 and mid as in the full preset, none at 16x16, where it took 60% of a step's time (attempt 41)
+    # the shipped model (attempt 42): 16x16 latents at 64 px, a VAE of three levels (4x down) and a UNet of three,
+    # so that a shape spans more latent cells (image to image's layout is lost on the 8x8 cells, attempt 36); 4
+    # channels a norm group at the first level, as the full preset has 2 (attempt 38: with 1 no colour is learned);
+    # attention at 8x8, 4x4 and mid as in the full preset, none at 16x16, where it took 60% of a step (attempt 41)
     "fine": TrainConfig(vae_channels=(32, 64, 64), unet_channels=(32, 64, 128), unet_norm_groups=8,
                         unet_attention=(False, True, True)),
     "tiny": TrainConfig(images=256, held_out=32, vae_channels=(8, 16, 16, 16), vae_steps=6, vae_batch=8,
@@ -492,7 +492,7 @@ def default_checkpoints(out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument("--preset", choices=PRESETS, default="fine")
     parser.add_argument("--out", type=Path, default=HERE / "model")
     parser.add_argument("--checkpoints", type=Path,
                         help="the folder of checkpoints a stopped run resumes from (default: .OUT-checkpoints beside OUT)")
