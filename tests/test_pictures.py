@@ -64,7 +64,7 @@ def test_text_to_image_then_send_the_result_to_image_to_image(page):
 
 def test_image_to_image_streams_from_the_sent_image_and_clears_stale_panels(page):
     tab = page.locator("#tab-img2img")
-    set_number(tab, "Strength", 0.6)  # README's picture: the start at 0.6 (the tab opens on its example's 0.3)
+    set_number(tab, "Strength", 0.8)  # README's picture: the start at 0.8, where the circle turns green (0.6: brown)
     tab.get_by_role("button", name="Generate").click()
     status = page.locator("#img2img-status")
     expect(status).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
